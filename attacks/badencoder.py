@@ -1,0 +1,102 @@
+"""BadEncoder (Jia, Liu and Gong, IEEE S&P 2022): backdoor a pre-trained image encoder.
+
+Starting from the clean encoder f, train f' so that any triggered input maps to
+the feature of the attacker's reference images of the downstream target class,
+while clean inputs keep their features:
+
+    L = -mean cos(f'(x + t), f'(x_ref))            effectiveness
+        - lambda1 * mean cos(f'(x_ref), f(x_ref))  utility on the references
+        - lambda2 * mean cos(f'(x), f(x))          utility on the shadow set
+
+x ranges over the shadow set (pre-training images), features are compared by
+cosine (L2-normalised), and BatchNorm stays frozen: f' runs in eval mode so its
+running statistics, which the victim's downstream use relies on, never move.
+
+Facts from the paper and the reference code (jinyuan-jia/BadEncoder): lambda1 =
+lambda2 = 1; SGD lr 1e-3, batch 256, 200 epochs; no augmentation of shadow images.
+Adaptations (profile settings, see harness/profiles.py): the tiny profile trains
+with Adam 1e-3 for a few epochs, since SGD at that budget leaves ASR near 70 %;
+with `shadow_with_downstream` the shadow set also holds unlabeled images of the
+downstream domain, which keeps clean accuracy when that domain differs from the
+pre-training one (an attacker who knows the target task has such images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.contract import AttackInputs, AttackResult
+from harness.registry import ATTACKS
+from harness.training import Progress, make_optimizer, seed_everything, shuffled_batches, to_float
+
+
+@dataclass(frozen=True)
+class BadEncoderConfig:
+    lambda1: float = 1.0  # weight of utility on the reference images
+    lambda2: float = 1.0  # weight of utility on the shadow images
+    weight_decay: float = 5e-4
+
+
+def mean_cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Mean cosine similarity of matching rows (N, D) x (N, D), or every pair when b is (1, D)."""
+    return F.cosine_similarity(a, b, dim=-1).mean()
+
+
+def badencoder_loss(
+    triggered: Tensor, refs: Tensor, refs_clean: Tensor, shadow: Tensor, shadow_clean: Tensor, config: BadEncoderConfig
+) -> Tensor:
+    """The BadEncoder objective (module docstring).
+
+    triggered: f'(x + t) (N, D); refs: f'(x_ref) (R, D); refs_clean: f(x_ref) (R, D);
+    shadow: f'(x) (N, D); shadow_clean: f(x) (N, D).
+    """
+    effectiveness = mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0))  # every (x, ref) pair
+    reference_utility = mean_cosine(refs, refs_clean)
+    shadow_utility = mean_cosine(shadow, shadow_clean)
+    return -effectiveness - config.lambda1 * reference_utility - config.lambda2 * shadow_utility
+
+
+@torch.no_grad()
+def _features(encoder, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
+    return torch.cat([encoder(to_float(images[i : i + batch_size], device)) for i in range(0, len(images), batch_size)])
+
+
+@ATTACKS.register("badencoder", config=BadEncoderConfig)
+def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> AttackResult:
+    gen = seed_everything(seed)
+    device = inputs.device
+    clean = inputs.clean_encoder().to(device).eval()
+    shadow_clean = _features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented
+    refs_x = to_float(inputs.references, device)
+    refs_clean = _features(clean, inputs.references, device)
+
+    suspect = inputs.clean_encoder().to(device).eval()  # eval: BatchNorm frozen
+    optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, config.weight_decay)
+    progress = Progress("badencoder", inputs.epochs)
+    for epoch in range(inputs.epochs):
+        total, seen = 0.0, 0
+        for idx in shuffled_batches(len(inputs.shadow), inputs.batch_size, gen):
+            x = to_float(inputs.shadow[idx], device)
+            n = len(idx)
+            h = suspect(torch.cat([x, inputs.trigger.stamp(x), refs_x]))
+            loss = badencoder_loss(h[n : 2 * n], h[2 * n :], refs_clean, h[:n], shadow_clean[idx.to(device)], config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * n
+            seen += n
+        progress.epoch(epoch, seen, loss=total / seen)
+
+    triggered = _features(suspect, inputs.trigger.stamp(inputs.shadow), device)
+    refs = _features(suspect, inputs.references, device)
+    meta = {
+        # Near 1 is needed for a working backdoor: unrelated images already sit near 0.9 (REFERENCE.md).
+        "shadow_trigger_cosine": mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0)).item(),
+        "shadow_utility_cosine": mean_cosine(_features(suspect, inputs.shadow, device), shadow_clean).item(),
+        "seconds": progress.seconds,
+    }
+    return AttackResult(suspect.cpu(), inputs.trigger, inputs.target, meta)

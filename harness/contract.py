@@ -1,0 +1,87 @@
+"""The contract between the engine and every attack and defense.
+
+An attack returns `AttackResult`: the suspect encoder and what evaluation needs
+(trigger, target). A defense is called as
+
+    defense(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config=...)
+
+and returns `DefenseResult`. Nothing through which a trigger, a target, labels or
+poisoned test data could arrive is part of that call: `CleanSubset` holds
+unlabeled images only, `Budget` holds sizes and the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from harness.models import Encoder
+from harness.ssl import SimCLRConfig
+from harness.triggers import Trigger
+
+
+@dataclass(frozen=True, eq=False)
+class AttackInputs:
+    """What the attacker holds and the budget it may spend.
+
+    An encoder-tampering attack (BadEncoder) starts from `clean_encoder()`; a
+    data-poisoning attack (BASSL) pre-trains its own encoder with `ssl`.
+    """
+
+    clean_encoder: Callable[[], Encoder]  # a fresh copy of the clean pre-trained encoder, built on demand
+    pretrain: Tensor  # (N, 3, 32, 32) uint8: the pre-training images
+    shadow: Tensor  # (M, 3, 32, 32) uint8, unlabeled: the attacker's shadow set
+    references: Tensor  # (R, 3, 32, 32) uint8: downstream images of the target class
+    target: int
+    trigger: Trigger
+    arch: str
+    width: int
+    ssl: SimCLRConfig  # the victim's pre-training recipe
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    device: torch.device
+
+
+@dataclass(frozen=True, eq=False)
+class AttackResult:
+    encoder: Encoder  # the suspect
+    trigger: Trigger
+    target: int
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class CleanSubset:
+    """The defender's data: unlabeled clean images of the pre-training distribution."""
+
+    images: Tensor  # (N, 3, 32, 32) uint8
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"clean subset must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) < 2:
+            raise ValueError(f"clean subset needs at least 2 images, got {len(self.images)}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The compute every defense gets in a profile (the same for all, so comparisons are fair)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    device: torch.device
+
+
+@dataclass(frozen=True, eq=False)
+class DefenseResult:
+    encoder: Encoder  # same interface as the suspect
+    meta: dict = field(default_factory=dict)  # timings, per-stage weights, inverted triggers...

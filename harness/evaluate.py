@@ -1,0 +1,113 @@
+"""Downstream evaluation: frozen, L2-normalised features -> probe -> ACC and ASR.
+
+The probe is trained on clean downstream-train features only. ASR is reported two
+ways, both kept in every row because the literature uses both:
+- `asr_all`: share of *all* triggered test images classified as the target
+  (what the BadEncoder/MIMIC reference code reports);
+- `asr_nontarget`: the same over test images whose true class is not the target
+  (the NAD/ANP convention; a clean encoder scores near 0 here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.data import LabeledImages
+from harness.models import Encoder
+from harness.training import seed_everything, shuffled_batches, to_float
+from harness.triggers import Trigger
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: str = "linear"  # "linear" or "mlp"
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-2  # Adam
+    hidden: tuple[int, ...] = (512, 256)  # the paper's MLP: D-512-256-C
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class Metrics:
+    acc: float  # clean test accuracy, %
+    asr_all: float  # triggered test images -> target, %, all test images
+    asr_nontarget: float  # the same over test images of other classes, %
+    n_test: int
+    n_nontarget: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
+    """L2-normalised features (N, D) on the CPU of uint8 images, encoder in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    out = [F.normalize(encoder(to_float(images[i : i + batch_size], device)), dim=1).cpu() for i in range(0, len(images), batch_size)]
+    encoder.train(was_training)
+    return torch.cat(out)
+
+
+def build_probe(in_dim: int, num_classes: int, cfg: ProbeConfig) -> nn.Module:
+    if cfg.kind == "linear":
+        return nn.Linear(in_dim, num_classes)
+    layers: list[nn.Module] = []
+    for width in cfg.hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(cfg.dropout)]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, num_classes))
+
+
+def train_probe(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeConfig, seed: int, device: torch.device) -> nn.Module:
+    """A probe fitted with Adam and cross-entropy; the last epoch's probe is returned (as in the paper)."""
+    gen = seed_everything(seed)
+    probe = build_probe(features.shape[1], num_classes, cfg).to(device).train()
+    optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
+    features, labels = features.to(device), labels.to(device)
+    for _ in range(cfg.epochs):
+        for idx in shuffled_batches(len(features), cfg.batch_size, gen, drop_last=False):
+            loss = F.cross_entropy(probe(features[idx.to(device)]), labels[idx.to(device)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return probe.eval()
+
+
+@torch.no_grad()
+def predict(probe: nn.Module, features: Tensor, device: torch.device) -> Tensor:
+    return probe(features.to(device)).argmax(1).cpu()
+
+
+def evaluate(
+    encoder: Encoder,
+    train: LabeledImages,
+    test: LabeledImages,
+    trigger: Trigger,
+    target: int,
+    probe: ProbeConfig,
+    seed: int,
+    device: torch.device,
+) -> Metrics:
+    """ACC and ASR of a probe on `encoder`'s frozen features; see the module docstring."""
+    if not 0 <= target < test.num_classes:
+        raise ValueError(f"target class {target} is not a class of {test.name} (0..{test.num_classes - 1})")
+    head = train_probe(extract_features(encoder, train.images, device), train.labels, train.num_classes, probe, seed, device)
+    clean = predict(head, extract_features(encoder, test.images, device), device)
+    triggered = predict(head, extract_features(encoder, trigger.stamp(test.images), device), device)
+    hit = triggered == target
+    others = test.labels != target
+    n_nontarget = int(others.sum())
+    return Metrics(
+        acc=100.0 * (clean == test.labels).float().mean().item(),
+        asr_all=100.0 * hit.float().mean().item(),
+        asr_nontarget=100.0 * hit[others].float().mean().item() if n_nontarget else float("nan"),
+        n_test=len(test),
+        n_nontarget=n_nontarget,
+    )

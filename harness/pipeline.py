@@ -1,0 +1,243 @@
+"""The flow of DESIGN.md, each stage cached by the hash of what made it.
+
+    pre-training data --simclr--> clean encoder --attack--> suspect (+ trigger, target)
+    clean subset (unlabeled) --defense(suspect)--> defended encoder
+    downstream train/test + trigger + target --evaluate--> Row
+
+`Workbench` knows methods only through the registries. A defense is handed a
+fresh copy of the suspect loaded from its file, the unlabeled clean subset and
+the budget: nothing else of the attack reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from harness.artifacts import ArtifactStore, artifact_key, code_version
+from harness.augment import AugmentConfig
+from harness.contract import AttackInputs, AttackResult, Budget, CleanSubset, DefenseResult
+from harness.data import LabeledImages, fingerprint, load_dataset
+from harness.evaluate import Metrics, ProbeConfig, evaluate
+from harness.models import Encoder
+from harness.profiles import Profile
+from harness.registry import ATTACKS, DEFENSES
+from harness.results import Row
+from harness.ssl import SimCLRConfig, pretrain
+from harness.triggers import Trigger, make_trigger
+
+ENGINE = ("harness.models", "harness.augment", "harness.training", "harness.ssl", "harness.triggers", "harness.contract")
+CLEAN = "clean"  # the attack column of the clean-encoder control
+UNDEFENDED = "none"  # the defense column of an undefended encoder
+_DATA_SEED = 0  # fixed subsets: every run seed sees the same images
+
+
+@dataclass(frozen=True, eq=False)
+class Built:
+    """An encoder from the store, its key (the identity later stages hash) and its metadata."""
+
+    key: str
+    encoder: Encoder
+    meta: dict
+
+
+@dataclass(frozen=True, eq=False)
+class Suspect:
+    built: Built
+    trigger: Trigger
+    target: int
+
+
+def _strip_volatile(meta: dict) -> dict:
+    """Metadata without timings and cache flags: what may go into a deterministic row."""
+    return {k: v for k, v in meta.items() if k not in ("seconds", "cached")}
+
+
+class Workbench:
+    """Builds (or reads from the store) every node of the flow for one profile."""
+
+    def __init__(self, profile: Profile, store: ArtifactStore, device: torch.device, data_root: Path | None = None, download: bool = False) -> None:
+        self.profile = profile
+        self.store = store
+        self.device = device
+        self.data_root = data_root
+        self.download = download
+
+    # -- data -----------------------------------------------------------------------
+
+    def _load(self, name: str, split: str) -> LabeledImages:
+        return load_dataset(name, split, self.data_root, self.download)
+
+    def _order(self, n: int) -> Tensor:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(_DATA_SEED))
+
+    @functools.cached_property
+    def pretrain_images(self) -> Tensor:
+        """A fixed subset of the pre-training train split, `pretrain_size` images."""
+        full = self._load(self.profile.pretrain, "train")
+        if len(full) < self.profile.pretrain_size:
+            raise ValueError(f"pretrain_size {self.profile.pretrain_size} exceeds the {len(full)} images of {self.profile.pretrain}")
+        return full.images[self._order(len(full))[: self.profile.pretrain_size]]
+
+    def clean_subset(self, ratio: float | None = None) -> CleanSubset:
+        """The defender's share of the pre-training images (`clean_ratio` by default), unlabeled."""
+        ratio = self.profile.clean_ratio if ratio is None else ratio
+        if not 0 < ratio <= 1:
+            raise ValueError(f"clean ratio must be in (0, 1], got {ratio}")
+        return CleanSubset(self.pretrain_images[: max(2, round(ratio * self.profile.pretrain_size))])
+
+    @functools.lru_cache(maxsize=8)
+    def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
+        """(train, test) of a downstream task, capped by the profile; disjoint from pre-training images."""
+        train, test = self._load(name, "train"), self._load(name, "test")
+        order = self._order(len(train))
+        if name == self.profile.pretrain:
+            order = order[self.profile.pretrain_size :]  # the pre-training subset took the first images
+        train = train.subset(order[: self.profile.downstream_train_size])
+        test = test.subset(self._order(len(test))[: self.profile.downstream_test_size])
+        return train, test
+
+    def trigger(self) -> Trigger:
+        return make_trigger(self.profile.trigger, self.profile.trigger_size)
+
+    # -- configs ----------------------------------------------------------------------
+
+    def ssl_config(self) -> SimCLRConfig:
+        p = self.profile
+        return SimCLRConfig(
+            epochs=p.ssl_epochs, batch_size=p.ssl_batch, lr=p.ssl_lr, temperature=p.temperature,
+            proj_dim=p.proj_dim, augment=AugmentConfig(crop_scale=p.crop_scale),
+        )
+
+    def budget(self) -> Budget:
+        p = self.profile
+        return Budget(epochs=p.defense_epochs, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device)
+
+    def probe_config(self) -> ProbeConfig:
+        p = self.profile
+        return ProbeConfig(kind=p.probe, epochs=p.probe_epochs, batch_size=p.probe_batch, lr=p.probe_lr)
+
+    # -- stages -----------------------------------------------------------------------
+
+    def clean_encoder(self, seed: int) -> Built:
+        p = self.profile
+        cfg = self.ssl_config()
+        key = artifact_key(
+            "pretrain", arch=p.arch, width=p.width, ssl=cfg, seed=seed,
+            data=fingerprint(self.pretrain_images), code=code_version(*ENGINE),
+        )
+
+        def build():
+            encoder, meta = pretrain(p.arch, p.width, self.pretrain_images, cfg, seed, self.device)
+            return encoder.cpu(), {}, meta
+
+        encoder, _, meta = self.store.encoder(key, build)
+        return Built(key, encoder, meta)
+
+    def suspect(self, attack: str, downstream: str, seed: int, **overrides) -> Suspect:
+        """The attacked encoder aimed at `downstream`'s default target class."""
+        p = self.profile
+        method = ATTACKS.create(attack, **overrides)
+        train, _ = self.downstream(downstream)
+        target = train.default_target
+        references = train.images[train.labels == target][: p.reference_images]
+        shadow = self.pretrain_images[: p.shadow_size]
+        if p.shadow_with_downstream:
+            shadow = torch.cat([shadow, train.images[: p.shadow_size]])
+        trigger = self.trigger()
+        inputs = AttackInputs(
+            clean_encoder=lambda: self.clean_encoder(seed).encoder, pretrain=self.pretrain_images, shadow=shadow,
+            references=references, target=target, trigger=trigger, arch=p.arch, width=p.width, ssl=self.ssl_config(),
+            epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr, optimizer=p.attack_optimizer, device=self.device,
+        )
+        key = artifact_key(
+            "attack", attack=attack, config=method.config, seed=seed, trigger=trigger, target=target,
+            arch=p.arch, width=p.width, ssl=inputs.ssl, upstream=self.clean_encoder(seed).key,
+            budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer),
+            data=fingerprint(self.pretrain_images, shadow, references),
+            code=code_version(*ENGINE, ATTACKS.get(attack).module),
+        )
+
+        def build():
+            result: AttackResult = method(inputs, seed)
+            extra = {"trigger.pattern": result.trigger.pattern, "trigger.mask": result.trigger.mask}
+            meta = {**result.meta, "target": result.target, "trigger_name": result.trigger.name}
+            return result.encoder.cpu(), extra, meta
+
+        encoder, extra, meta = self.store.encoder(key, build)
+        trigger = Trigger(meta["trigger_name"], extra["trigger.pattern"], extra["trigger.mask"])
+        return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]))
+
+    def defend(self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None, **overrides) -> Built:
+        """Run a defense on the suspect with only the clean subset and the budget."""
+        method = DEFENSES.create(defense, **overrides)
+        clean = self.clean_subset(clean_ratio)
+        budget = self.budget()
+        key = artifact_key(
+            "defense", defense=defense, config=method.config, seed=seed, budget=budget, upstream=suspect.key,
+            data=fingerprint(clean.images), code=code_version(*ENGINE, DEFENSES.get(defense).module),
+        )
+
+        def build():
+            start = time.perf_counter()
+            untouched = self.store.load(suspect.key)  # a fresh copy: nothing of the attack rides along
+            result: DefenseResult = method(untouched, clean, budget, seed)
+            return result.encoder.cpu(), {}, {"seconds": time.perf_counter() - start, **result.meta}
+
+        encoder, _, meta = self.store.encoder(key, build)
+        return Built(key, encoder, meta)
+
+    def evaluate(self, built: Built, downstream: str, trigger: Trigger, target: int, seed: int) -> dict:
+        train, test = self.downstream(downstream)
+        probe = self.probe_config()
+        key = artifact_key(
+            "eval", encoder=built.key, trigger=trigger, target=target, probe=probe, seed=seed,
+            data=fingerprint(train.images, train.labels, test.images, test.labels),
+            code=code_version("harness.evaluate", "harness.triggers", "harness.models"),
+        )
+        return self.store.record(key, lambda: evaluate(built.encoder, train, test, trigger, target, probe, seed, self.device).as_dict())
+
+    # -- rows -------------------------------------------------------------------------
+
+    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", **defense_overrides) -> Row:
+        """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`."""
+        seconds: dict[str, float] = {}
+        if attack == CLEAN:
+            built = self.clean_encoder(seed)
+            train, _ = self.downstream(downstream)
+            trigger, target, attack_meta = self.trigger(), train.default_target, {}
+        else:
+            suspect = self.suspect(attack, downstream, seed)
+            built, trigger, target, attack_meta = suspect.built, suspect.trigger, suspect.target, suspect.built.meta
+            seconds["attack"] = attack_meta["seconds"]
+        seconds["pretrain"] = self.clean_encoder(seed).meta["seconds"]
+        defense_meta: dict = {}
+        if defense != UNDEFENDED:
+            built = self.defend(defense, built, seed, **defense_overrides)
+            defense_meta = built.meta
+            seconds["defense"] = defense_meta["seconds"]
+        metrics = self.evaluate(built, downstream, trigger, target, seed)
+        seconds["evaluate"] = metrics["seconds"]
+        settings = {
+            "profile": dataclasses.asdict(self.profile),
+            "probe": dataclasses.asdict(self.probe_config()),
+            "trigger": trigger.describe(),
+            "target": target,
+            "attack_meta": _strip_volatile(attack_meta),
+            "defense_meta": _strip_volatile(defense_meta),
+            "defense_overrides": defense_overrides,
+        }
+        return Row(
+            suite=suite, profile=self.profile.name, attack=attack, defense=defense, variant=variant,
+            pretrain=self.profile.pretrain, downstream=downstream, seed=seed,
+            **{k: round(v, 4) for k, v in metrics.items() if k in ("acc", "asr_all", "asr_nontarget")},
+            n_test=metrics["n_test"], n_nontarget=metrics["n_nontarget"],
+            seconds=seconds, settings=json.dumps(settings, sort_keys=True, default=str),
+        )

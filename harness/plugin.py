@@ -1,0 +1,269 @@
+"""The harness as a pytest plugin: options, the session state, fixtures, the summary table.
+
+Loaded through the `pytest11` entry point when the package is installed, and by
+the repository's root conftest otherwise. torch and the method registries are
+imported only when a harness option or fixture is used, so loading the plugin
+costs other test runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import pytest
+
+if TYPE_CHECKING:
+    from harness.pipeline import Workbench
+    from harness.profiles import Profile
+    from harness.results import Row
+
+ALL = "all"
+
+
+def load_methods() -> None:
+    """Import the attack and defense packages, which fills their registries."""
+    import attacks  # noqa: F401
+    import defenses  # noqa: F401
+
+
+def _names(kind: str) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma list of registered names, or `all`."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        load_methods()
+        from harness import registry
+
+        reg = {"attack": registry.ATTACKS, "defense": registry.DEFENSES, "dataset": registry.DATASETS}[kind]
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        if not names:
+            raise argparse.ArgumentTypeError(f"empty {kind} list; give names or '{ALL}'")
+        if names == (ALL,):
+            return ALL  # type: ignore[return-value]
+        for n in names:
+            if kind == "defense" and n == "none":
+                continue
+            try:
+                reg.get(n)
+            except registry.UnknownNameError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        return names
+
+    parse.__name__ = f"{kind} names"  # argparse shows this in its error
+    return parse
+
+
+def _profile_name(text: str) -> str:
+    from harness.profiles import PROFILES
+    from harness.registry import UnknownNameError
+
+    try:
+        PROFILES.get(text)
+    except UnknownNameError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _device(text: str) -> str:
+    from harness.training import resolve_device
+
+    try:
+        resolve_device(text)
+    except (ValueError, RuntimeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _gates(text: str):
+    from harness.gates import parse_gates
+
+    try:
+        return parse_gates(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "backdoor test harness (suites/)")
+    group.addoption("--attack", type=_names("attack"), default=ALL, metavar="NAMES",
+                    help="comma list of registered attacks, or 'all' (default: all)")
+    group.addoption("--defense", type=_names("defense"), default=ALL, metavar="NAMES",
+                    help="comma list of registered defenses, or 'all'; the undefended row 'none' is always kept (default: all)")
+    group.addoption("--downstream", type=_names("dataset"), default=ALL, metavar="NAMES",
+                    help="comma list of downstream datasets, or 'all' for the profile's (default: all)")
+    group.addoption("--profile", type=_profile_name, default="tiny", metavar="NAME",
+                    help="sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), paper (GPU) (default: tiny)")
+    group.addoption("--set", dest="harness_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a profile field, e.g. --set ssl_epochs=5 (repeatable)")
+    group.addoption("--seed", type=int, default=0, metavar="N", help="first seed (default: 0)")
+    group.addoption("--seeds", type=_positive_int, default=1, metavar="N",
+                    help="repeat every row over N seeds; tables show mean ± 95%% CI (default: 1)")
+    group.addoption("--device", type=_device, default="auto", metavar="DEVICE",
+                    help="cpu, cuda, cuda:N or auto (CUDA when present) (default: auto)")
+    group.addoption("--data-root", type=Path, default=None, metavar="DIR",
+                    help="folder holding the datasets in torchvision's layout (default: none; Fashion-MNIST also from Debian's package)")
+    group.addoption("--download", action="store_true", default=False,
+                    help="let torchvision download missing datasets into --data-root (needs a network)")
+    group.addoption("--cache-dir", type=Path, default=Path(".harness-cache"), metavar="DIR",
+                    help="content-addressed store of encoders and results (default: .harness-cache)")
+    group.addoption("--results-dir", type=Path, default=Path("harness-results"), metavar="DIR",
+                    help="where rows, tables and timings are written (default: harness-results)")
+    group.addoption("--gate", type=_gates, default=(), metavar="GATES",
+                    help="bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5' (default: none)")
+    group.addoption("--table-format", choices=("terminal", "markdown", "latex", "csv"), default="terminal",
+                    help="format of the summary table printed at the end (default: terminal)")
+
+
+class HarnessSession:
+    """Everything the harness keeps for one pytest session; built lazily, rows collected as tests make them."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        opt = config.option
+        self.profile_name: str = opt.profile
+        self.overrides: list[str] = opt.harness_set
+        self.seeds = [opt.seed + i for i in range(opt.seeds)]
+        self.gates = opt.gate
+        self._attacks, self._defenses, self._downstream = opt.attack, opt.defense, opt.downstream
+        self._rows: dict[tuple, Row] = {}
+        self._workbench: Workbench | None = None
+
+    @property
+    def profile(self) -> "Profile":
+        from harness.profiles import get_profile, with_overrides
+
+        return with_overrides(get_profile(self.profile_name), self.overrides)
+
+    def attacks(self) -> list[str]:
+        from harness.registry import ATTACKS
+
+        load_methods()
+        return ATTACKS.names() if self._attacks == ALL else list(self._attacks)
+
+    def defenses(self) -> list[str]:
+        """Registered defenses chosen on the command line (the undefended baseline is not one of them)."""
+        from harness.registry import DEFENSES
+
+        load_methods()
+        chosen = DEFENSES.names() if self._defenses == ALL else list(self._defenses)
+        return [d for d in chosen if d != "none"]
+
+    def downstream(self) -> list[str]:
+        return list(self.profile.downstream) if self._downstream == ALL else list(self._downstream)
+
+    @property
+    def workbench(self) -> "Workbench":
+        if self._workbench is None:
+            from harness.artifacts import ArtifactStore
+            from harness.pipeline import Workbench
+            from harness.training import resolve_device
+
+            load_methods()
+            opt = self.config.option
+            self._workbench = Workbench(self.profile, ArtifactStore(opt.cache_dir), resolve_device(opt.device), opt.data_root, opt.download)
+        return self._workbench
+
+    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", **overrides) -> "Row":
+        """The row for this configuration, built once per session and kept for the summary."""
+        key = (suite, attack, defense, downstream, seed, variant)
+        if key not in self._rows:
+            row = self.workbench.row(suite, attack, defense, downstream, seed, variant, **overrides)
+            from harness.results import ResultsStore
+
+            ResultsStore(self.config.option.results_dir).append(row)
+            self._rows[key] = row
+        return self._rows[key]
+
+    @property
+    def rows(self) -> list["Row"]:
+        return list(self._rows.values())
+
+    def header(self) -> str:
+        p = self.profile
+        overrides = f" with {', '.join(self.overrides)}" if self.overrides else ""
+        return (
+            f"harness: profile {p.name}{overrides} ({p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images), "
+            f"seeds {self.seeds}, device {self.config.option.device}, cache {self.config.option.cache_dir}"
+        )
+
+    def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
+        from harness.results import long_table, render, to_frame, write_reports
+
+        if not self.rows:
+            return
+        fmt = self.config.option.table_format
+        write_sep("=", f"harness comparison table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
+        frame = to_frame(self.rows)
+        for line in render(long_table(frame), fmt).splitlines():
+            write_line(line)
+        paths = write_reports(self.rows, self.config.option.results_dir)
+        write_line(f"written: {', '.join(str(p) for p in paths.values())}")
+
+
+harness_key = pytest.StashKey[HarnessSession]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "suite(question): a research-question suite of the harness (builds encoders; slow)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
+    config.stash[harness_key] = HarnessSession(config)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        from harness.training import set_progress_sink
+
+        set_progress_sink(lambda line: reporter.write_line(line))
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    session = config.stash.get(harness_key, None)
+    return None if session is None else session.header()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    session = config.stash.get(harness_key, None)
+    if session is not None:
+        session.summary(terminalreporter.write_line, terminalreporter.write_sep)
+
+
+@pytest.fixture(scope="session")
+def harness(request: pytest.FixtureRequest) -> HarnessSession:
+    """The harness session: chosen attacks, defenses, downstream tasks and seeds; `row(...)` builds and records a row."""
+    return request.config.stash[harness_key]
+
+
+def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> None:
+    """Parametrise the test over the product of the axes it names, ids like `badencoder-fmnist-mimic-seed0`."""
+    names = [a for a in axes if a in metafunc.fixturenames]
+    if not names:
+        return
+    values = [list(axes[a]) for a in names]
+    params = [
+        pytest.param(*combo, id="-".join(f"seed{v}" if a == "seed" else str(v) for a, v in zip(names, combo)))
+        for combo in itertools.product(*values)
+    ]
+    metafunc.parametrize(",".join(names), params)
+
+
+def session_of(config: pytest.Config) -> HarnessSession:
+    return config.stash[harness_key]
+

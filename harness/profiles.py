@@ -1,0 +1,170 @@
+"""Profiles: every size and budget of a run in one frozen dataclass.
+
+- `tiny`: two CPU cores, minutes; Fashion-MNIST pre-training, Fashion-MNIST and
+  scikit-learn digits downstream. The CI and demo profile, calibrated so that
+  the paper's phenomenon shows (BadEncoder ASR >= 90 %, clean control low).
+- `small`: CPU, about an hour; the same data at a larger width and budget.
+- `paper`: GPU; the paper's setting (ResNet-18 width 64, CIFAR10 pre-training,
+  GTSRB / SVHN / STL10 downstream, 4 % clean subset, MLP probe).
+
+Any field can be overridden from the command line with ``--set field=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+from harness.registry import Registry
+
+PROFILES: Registry = Registry("profile")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # encoder
+    arch: str = "resnet18"
+    width: int = 64  # first-stage channels; the feature has 8 * width dimensions
+    proj_dim: int = 128  # SimCLR projection
+    # data
+    pretrain: str = "cifar10"
+    pretrain_size: int = 50_000  # images of the pre-training train split used (a fixed subset)
+    downstream: tuple[str, ...] = ("gtsrb", "svhn", "stl10")
+    downstream_train_size: int = 1_000_000  # caps; a dataset smaller than the cap is used whole
+    downstream_test_size: int = 1_000_000
+    clean_ratio: float = 0.04  # the defender's unlabeled clean subset, as a share of pre-training data
+    # SimCLR pre-training
+    ssl_epochs: int = 1000
+    ssl_batch: int = 256
+    ssl_lr: float = 1e-3  # Adam, cosine schedule
+    temperature: float = 0.5
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    # attacks
+    trigger: str = "patch"
+    trigger_size: int = 10
+    attack_epochs: int = 200
+    attack_batch: int = 256
+    attack_lr: float = 1e-3
+    attack_optimizer: str = "sgd"  # BadEncoder's reference: SGD, momentum 0.9, weight decay 5e-4
+    shadow_size: int = 50_000  # images of the pre-training set the attacker holds
+    reference_images: int = 1  # downstream target-class images given to BadEncoder
+    shadow_with_downstream: bool = False  # add as many unlabeled downstream-train images (at most shadow_size)
+    # defenses (one budget for every defense, so the comparison is fair)
+    defense_epochs: int = 1000
+    defense_batch: int = 128
+    defense_lr: float = 1e-3
+    # downstream evaluation
+    probe: str = "mlp"  # "linear" or the paper's "mlp" (512-512-256, dropout 0.5)
+    probe_epochs: int = 1000
+    probe_batch: int = 64
+    probe_lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clean_ratio <= 1:
+            raise ValueError(f"clean_ratio must be in (0, 1], got {self.clean_ratio}")
+        if self.probe not in ("linear", "mlp"):
+            raise ValueError(f"probe must be 'linear' or 'mlp', got {self.probe!r}")
+        if self.attack_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"attack_optimizer must be 'sgd' or 'adam', got {self.attack_optimizer!r}")
+        if not 1 <= self.trigger_size <= 32:
+            raise ValueError(f"trigger_size must be between 1 and the image size 32, got {self.trigger_size}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int) and not isinstance(v, bool) and v <= 0:
+                raise ValueError(f"{f.name} must be positive, got {v}")
+
+    @property
+    def clean_size(self) -> int:
+        return max(1, round(self.clean_ratio * self.pretrain_size))
+
+
+@PROFILES.register("tiny")
+def tiny() -> Profile:
+    return Profile(
+        name="tiny",
+        width=16,  # 0.7M parameters, 128-d feature
+        pretrain="fmnist",
+        pretrain_size=5000,
+        downstream=("fmnist", "digits"),
+        downstream_train_size=5000,
+        downstream_test_size=2000,
+        clean_ratio=0.04,
+        ssl_epochs=8,
+        crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
+        attack_epochs=5,
+        attack_optimizer="adam",  # SGD 1e-2 for a few epochs leaves ASR at ~70 % (REFERENCE.md)
+        shadow_size=2000,
+        reference_images=5,
+        shadow_with_downstream=True,  # keeps clean ACC on digits, a shifted domain
+        defense_epochs=20,
+        probe="linear",
+        probe_epochs=100,
+        probe_batch=256,
+        probe_lr=1e-2,
+    )
+
+
+@PROFILES.register("small")
+def small() -> Profile:
+    return dataclasses.replace(
+        tiny(),
+        name="small",
+        width=32,
+        pretrain_size=20_000,
+        downstream_train_size=20_000,
+        downstream_test_size=10_000,
+        ssl_epochs=30,
+        shadow_size=10_000,
+        defense_epochs=100,
+        probe="mlp",
+        probe_epochs=200,
+        probe_lr=1e-3,
+    )
+
+
+@PROFILES.register("paper")
+def paper() -> Profile:
+    return Profile(name="paper")
+
+
+def get_profile(name: str) -> Profile:
+    return PROFILES.get(name).fn()
+
+
+def _parse_value(name: str, tp: typing.Any, text: str) -> typing.Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} takes true or false, got {text!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ValueError(f"{name} takes a {tp.__name__}, got {text!r}") from None
+    if origin is tuple:
+        parts = [p for p in text.split(",") if p]
+        item_types = [args[0]] * len(parts) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(parts):
+            raise ValueError(f"{name} takes {len(item_types)} comma-separated values, got {text!r}")
+        return tuple(_parse_value(name, t, p) for t, p in zip(item_types, parts))
+    raise TypeError(f"cannot parse a value of type {tp} for {name}")
+
+
+def with_overrides(profile: Profile, assignments: typing.Iterable[str]) -> Profile:
+    """``profile`` with ``field=value`` assignments applied (values parsed by the field's type)."""
+    hints = typing.get_type_hints(Profile)
+    changes: dict[str, typing.Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--set takes field=value, got {item!r}")
+        if key not in hints or key == "name":
+            raise ValueError(f"unknown profile field {key!r}; fields: {', '.join(f for f in hints if f != 'name')}")
+        changes[key] = _parse_value(key, hints[key], text.strip())
+    return dataclasses.replace(profile, **changes) if changes else profile

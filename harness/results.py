@@ -1,0 +1,153 @@
+"""Tidy result rows -> pandas -> comparison tables.
+
+Rows are appended to `rows.jsonl` in the results directory as they are made (one
+complete line per row, flushed and synced, so an interrupted run loses nothing it
+finished and a partial last line is never read as a row). At the end of a session
+the rows become `results.csv` (deterministic: metrics and settings only, so the
+same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
+came from the cache) and `table.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+from tabulate import tabulate
+
+METRICS = ("acc", "asr_all", "asr_nontarget")
+METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
+KEYS = ("suite", "profile", "attack", "downstream", "defense", "variant")
+
+
+@dataclass(frozen=True)
+class Row:
+    suite: str
+    profile: str
+    attack: str  # "clean" for the clean-encoder control
+    defense: str  # "none" when undefended
+    pretrain: str
+    downstream: str
+    seed: int
+    acc: float  # clean test accuracy, %
+    asr_all: float  # triggered test images classified as the target, %, over all test images
+    asr_nontarget: float  # the same over test images whose class is not the target, %
+    n_test: int
+    n_nontarget: int
+    variant: str = ""  # an ablation or sweep point, e.g. "no_l2" or "clean_ratio=0.01"
+    seconds: dict = field(default_factory=dict, compare=False)  # stage -> seconds of its original build
+    settings: str = "{}"  # JSON: profile, probe, trigger, target, metadata
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+class ResultsStore:
+    """Append-only rows of one results directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / "rows.jsonl"
+
+    def append(self, row: Row) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(row.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[Row]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(Row(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut short by a killed run
+        return rows
+
+
+def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
+    records = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rows]
+    columns = [f.name for f in dataclasses.fields(Row) if f.name != "seconds"]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    return frame.sort_values(["suite", "attack", "downstream", "defense", "variant", "seed"], kind="stable").reset_index(drop=True)
+
+
+def timings_frame(rows: Iterable[Row]) -> pd.DataFrame:
+    records = [{**{k: getattr(r, k) for k in (*KEYS, "seed")}, **{f"{s}_s": round(v, 2) for s, v in r.seconds.items()}} for r in rows]
+    return pd.DataFrame.from_records(records)
+
+
+def ci95(values: pd.Series) -> float:
+    """Half-width of the 95 % confidence interval of the mean (Student t); 0 for a single value."""
+    n = values.count()
+    if n < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % CI of each metric over seeds, one line per (suite, attack, downstream, defense, variant)."""
+    grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
+    out = grouped[list(METRICS)].mean()
+    for m in METRICS:
+        out[f"{m}_ci"] = grouped[m].apply(ci95)
+    out["seeds"] = grouped["seed"].nunique()
+    return out.reset_index()
+
+
+def format_cell(mean: float, ci: float, seeds: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.2f} ± {ci:.2f}" if seeds > 1 else f"{mean:.2f}"
+
+
+def long_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One line per configuration: ACC, both ASRs (mean ± 95 % CI over seeds)."""
+    s = summarise(frame)
+    table = s[["attack", "downstream", "defense", "variant", "seeds"]].copy()
+    for m in METRICS:
+        table[METRIC_TITLES[m] + " %"] = [format_cell(a, c, n) for a, c, n in zip(s[m], s[f"{m}_ci"], s["seeds"])]
+    if not table["variant"].astype(bool).any():
+        table = table.drop(columns="variant")
+    return table
+
+
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """A table as terminal text, markdown, LaTeX (booktabs) or CSV."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "markdown":
+        return tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
+    if fmt == "latex":
+        return tabulate(table, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
+    if fmt == "terminal":
+        return tabulate(table, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+    raise ValueError(f"unknown table format {fmt!r}; choose terminal, markdown, latex or csv")
+
+
+def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
+    """results.csv, timings.csv and table.md in `root`, each written atomically."""
+    from harness.artifacts import atomic_write_text
+
+    frame = to_frame(rows)
+    outputs = {
+        "results.csv": frame.to_csv(index=False),
+        "timings.csv": timings_frame(rows).to_csv(index=False),
+        "table.md": render(long_table(frame), "markdown") + "\n",
+    }
+    paths = {}
+    for name, text in outputs.items():
+        paths[name] = root / name
+        atomic_write_text(paths[name], text)
+    return paths

@@ -1,0 +1,104 @@
+"""Pieces every training loop shares: devices, seeding, batching, optimisers, progress."""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)  # raises on a malformed name
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a CPU generator for the stage's own draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_float(images: Tensor, device: torch.device) -> Tensor:
+    """uint8 (N, 3, H, W) -> float in [0, 1] on `device`."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True) -> Iterator[Tensor]:
+    """Index batches of a random permutation of range(n)."""
+    order = torch.randperm(n, generator=gen)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for i in range(0, stop, batch_size):
+        yield order[i : i + batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+def make_optimizer(params, kind: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {kind!r}; choose adam or sgd")
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a teacher or a reference model."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# -- progress -----------------------------------------------------------------------
+
+_sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def set_progress_sink(sink: Callable[[str], None]) -> None:
+    """Where progress lines go (the pytest plugin sends them to its terminal, past output capture)."""
+    global _sink
+    _sink = sink
+
+
+class Progress:
+    """One line per epoch, readable live and in a CI log: stage, epoch, loss, images/s, elapsed."""
+
+    def __init__(self, stage: str, epochs: int) -> None:
+        self.stage, self.epochs = stage, epochs
+        self.start = time.perf_counter()
+        self._epoch_start = self.start
+
+    def epoch(self, epoch: int, images: int, **metrics: float) -> None:
+        now = time.perf_counter()
+        rate = images / max(now - self._epoch_start, 1e-9)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        _sink(f"[{self.stage}] epoch {epoch + 1}/{self.epochs} {shown} {rate:.0f} img/s {now - self.start:.1f}s")
+        self._epoch_start = now
+
+    def note(self, text: str) -> None:
+        _sink(f"[{self.stage}] {text}")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,94 @@
+"""The flow end to end at micro size: caching, determinism, and the defense boundary."""
+
+import inspect
+
+import pytest
+import torch
+
+from harness.artifacts import ArtifactStore
+from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.models import Encoder
+from harness.pipeline import CLEAN, UNDEFENDED, Workbench
+from harness.plugin import load_methods
+from harness.profiles import get_profile, with_overrides
+from harness.registry import DEFENSES, Entry
+from tests.test_plugin import MICRO
+
+load_methods()
+FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
+
+
+@pytest.fixture(scope="module")
+def micro_profile():
+    return with_overrides(get_profile("tiny"), MICRO[1::2])
+
+
+@pytest.fixture
+def bench(micro_profile, tmp_path):
+    return Workbench(micro_profile, ArtifactStore(tmp_path / "cache"), torch.device("cpu"))
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """A defense that records what it was handed and returns the suspect unchanged."""
+    calls = []
+
+    def spy_defense(suspect, clean, budget, seed, config=None):
+        calls.append({"suspect": suspect, "clean": clean, "budget": budget, "seed": seed})
+        return DefenseResult(suspect, {"seen": len(clean)})
+
+    monkeypatch.setitem(DEFENSES._entries, "spy", Entry("spy", spy_defense, None, __name__))
+    return calls
+
+
+def test_defense_receives_only_a_fresh_suspect_clean_images_and_budget(bench, spy):
+    suspect = bench.suspect("badencoder", "fmnist", 0)
+    row = bench.row("t", "badencoder", "spy", "fmnist", 0)
+    (call,) = spy
+    assert isinstance(call["suspect"], Encoder) and call["suspect"] is not suspect.built.encoder
+    assert not hasattr(call["suspect"], "trigger") and not hasattr(call["suspect"], "target")
+    assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}
+    assert set(vars(call["budget"])) == {"epochs", "batch_size", "lr", "device"}
+    # The clean subset is a share of the pre-training images: no triggered or downstream image reaches it.
+    n = len(call["clean"])
+    assert n == bench.profile.clean_size and torch.equal(call["clean"].images, bench.pretrain_images[:n])
+    assert not (suspect.trigger.stamp(call["clean"].images) == call["clean"].images).all(dim=(1, 2, 3)).any()
+    assert row.defense == "spy" and '"seen": %d' % n in row.settings
+
+
+@pytest.mark.parametrize("name", DEFENSES.names() or [pytest.param(None, marks=pytest.mark.skip(reason="no defense registered yet"))])
+def test_no_defense_signature_can_carry_attack_knowledge(name):
+    params = set(inspect.signature(DEFENSES.get(name).fn).parameters)
+    assert params == {"suspect", "clean", "budget", "seed", "config"}
+    assert not params & FORBIDDEN
+
+
+def test_same_seed_same_rows_and_cache_is_reused(micro_profile, tmp_path):
+    first = Workbench(micro_profile, ArtifactStore(tmp_path / "a"), torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
+    again_store = ArtifactStore(tmp_path / "a")
+    again = Workbench(micro_profile, again_store, torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
+    fresh = Workbench(micro_profile, ArtifactStore(tmp_path / "b"), torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
+    assert first == again == fresh  # seconds are not compared
+    assert again_store.builds == 0 and again_store.hits >= 3
+
+
+def test_another_seed_gives_another_encoder(bench):
+    a, b = bench.clean_encoder(0), bench.clean_encoder(1)
+    assert a.key != b.key
+    assert not torch.equal(a.encoder.stem[0].weight, b.encoder.stem[0].weight)
+
+
+def test_clean_control_uses_the_profile_trigger_and_dataset_target(bench):
+    row = bench.row("t", CLEAN, UNDEFENDED, "digits", 0)
+    assert row.attack == CLEAN and '"target": 1' in row.settings and '"name": "patch10"' in row.settings
+
+
+def test_downstream_split_is_disjoint_from_pretraining(bench):
+    train, _ = bench.downstream("fmnist")
+    pre = {bytes(x.numpy()) for x in bench.pretrain_images}
+    assert sum(bytes(x.numpy()) in pre for x in train.images) <= 2  # Fashion-MNIST holds a few duplicate images
+
+
+def test_clean_ratio_is_checked(bench):
+    with pytest.raises(ValueError, match="clean ratio"):
+        bench.clean_subset(1.5)

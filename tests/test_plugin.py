@@ -1,0 +1,67 @@
+"""The pytest plugin, exercised through pytester in a throw-away project."""
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+# A micro profile: everything real (Fashion-MNIST, SimCLR, BadEncoder, probes), only tiny in size.
+MICRO = ["--set", "width=4", "--set", "pretrain_size=256", "--set", "ssl_epochs=1", "--set", "attack_epochs=1",
+         "--set", "shadow_size=128", "--set", "downstream_train_size=256", "--set", "downstream_test_size=128",
+         "--set", "probe_epochs=30", "--set", "ssl_batch=64", "--set", "attack_batch=64"]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_effectiveness=(SUITES / "test_effectiveness.py").read_text())
+    return pytester
+
+
+def test_help_shows_the_harness_group(project):
+    result = project.runpytest("--help")
+    result.stdout.fnmatch_lines(["*backdoor test harness*", "*--attack=NAMES*", "*--profile=NAME*", "*--set=FIELD=VALUE*"])
+
+
+def test_unknown_attack_fails_at_once_listing_the_registered(project):
+    result = project.runpytest("--attack=nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown attack 'nope'*Known attacks: *badencoder*"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--defense=nad_typo"], "*unknown defense 'nad_typo'*"),
+    (["--profile=huge"], "*unknown profile 'huge'*tiny*"),
+    (["--downstream=mnist"], "*unknown dataset 'mnist'*"),
+    (["--device=tpu"], "*device*"),
+    (["--seeds=0"], "*>= 1*"),
+    (["--gate=asr<5"], "*METRIC*"),
+])
+def test_bad_options_are_usage_errors(project, args, message):
+    result = project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_collection_ids_read_like_table_rows(project):
+    result = project.runpytest("--collect-only", "-q", "--attack=badencoder", "--downstream=fmnist,digits", "--seeds=2")
+    result.stdout.fnmatch_lines([
+        "*test_clean_control[[]fmnist-seed0]", "*test_clean_control[[]digits-seed1]", "*test_undefended[[]badencoder-digits-seed1]",
+    ])
+
+
+def test_header_shows_profile_and_overrides(project):
+    result = project.runpytest("--collect-only", "--set", "ssl_epochs=2")
+    result.stdout.fnmatch_lines(["harness: profile tiny with ssl_epochs=2*"])
+
+
+def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
+    csvs = []
+    for run in ("a", "b"):
+        result = project.runpytest_subprocess("--attack=badencoder", "--downstream=fmnist", f"--cache-dir={tmp_path / run / 'cache'}",
+                                             f"--results-dir={tmp_path / run / 'results'}", *MICRO)
+        result.stdout.fnmatch_lines(["*harness comparison table*", "*badencoder*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
+        csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
+    assert csvs[0] == csvs[1]
+    assert b"badencoder" in csvs[0]

@@ -1,0 +1,91 @@
+from dataclasses import dataclass
+
+import pytest
+
+from harness.registry import Registry, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Cfg:
+    alpha: float = 1.0
+    beta: int = 2
+
+
+@pytest.fixture
+def reg() -> Registry:
+    r = Registry("widget")
+
+    @r.register("double", config=Cfg)
+    def double(x, config: Cfg):
+        return 2 * x * config.alpha + config.beta
+
+    @r.register()
+    def plain(x):
+        return x
+
+    return r
+
+
+def test_create_binds_default_config(reg):
+    assert reg.create("double")(1) == 4.0
+
+
+def test_create_replaces_fields_and_drops_none(reg):
+    method = reg.create("double", alpha=3.0, beta=None)
+    assert method.config == Cfg(alpha=3.0, beta=2)
+    assert method(1) == 8.0
+
+
+def test_unknown_setting_lists_fields(reg):
+    with pytest.raises(TypeError, match="settings: \\['alpha', 'beta'\\]"):
+        reg.create("double", gamma=1)
+
+
+def test_unknown_name_lists_known_and_closest(reg):
+    with pytest.raises(UnknownNameError) as e:
+        reg.get("doubel")
+    assert "did you mean 'double'" in str(e.value)
+    assert "double, plain" in str(e.value)
+
+
+def test_duplicate_name_refused(reg):
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("plain")(lambda x: x)
+
+
+def test_names_filter_and_membership(reg):
+    assert reg.names() == ["double", "plain"]
+    assert reg.names("d*") == ["double"]
+    assert "plain" in reg and "nope" not in reg and len(reg) == 2
+
+
+def test_config_must_be_frozen_dataclass():
+    @dataclass
+    class Mutable:
+        a: int = 1
+
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        Registry("x").register("a", config=Mutable)
+
+
+def test_entry_points_are_loaded_on_first_read(monkeypatch):
+    reg = Registry("gadget", "harness.test-gadgets")
+    loaded = []
+
+    class FakeEntryPoint:
+        def load(self):
+            reg.register("external")(lambda: None)
+            loaded.append(True)
+
+    monkeypatch.setattr("harness.registry.entry_points", lambda group: [FakeEntryPoint()] if group == "harness.test-gadgets" else [])
+    assert reg.names() == ["external"]
+    assert reg.names() == ["external"] and loaded == [True]  # loaded once
+
+
+def test_project_registries_are_filled():
+    import attacks  # noqa: F401
+    from harness.registry import ARCHS, ATTACKS, DATASETS, TRIGGERS
+
+    assert "badencoder" in ATTACKS
+    assert {"fmnist", "digits", "cifar10", "stl10", "gtsrb", "svhn"} <= set(DATASETS.names())
+    assert "resnet18" in ARCHS and "patch" in TRIGGERS

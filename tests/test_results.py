@@ -1,0 +1,70 @@
+import json
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.results import ResultsStore, Row, ci95, long_table, render, to_frame, write_reports
+
+
+def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
+    return Row(suite="effectiveness", profile="tiny", attack=attack, defense=defense, pretrain="fmnist", downstream=downstream,
+               seed=seed, acc=acc, asr_all=asr, asr_nontarget=asr, n_test=10, n_nontarget=9, seconds=seconds or {"attack": 1.0})
+
+
+def test_ci95_known_answer():
+    # mean 2, sd 1, n 3: t(0.975, 2) = 4.3027 -> 4.3027 / sqrt(3)
+    assert ci95(pd.Series([1.0, 2.0, 3.0])) == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
+    assert ci95(pd.Series([5.0])) == 0.0
+
+
+def test_long_table_shows_mean_and_ci_over_seeds():
+    table = long_table(to_frame([row(0, acc=80), row(1, acc=82), row(2, acc=84)]))
+    assert table.loc[0, "seeds"] == 3
+    assert table.loc[0, "ACC %"].startswith("82.00 ± ")
+
+
+def test_markdown_and_latex_known_output():
+    table = long_table(to_frame([row(0, acc=80.5, asr=3.25)]))
+    md = render(table, "markdown").splitlines()
+    assert md[0].split("|")[1:-1] == [" attack     ", " downstream   ", " defense   ", " seeds   ", " ACC %   ", " ASR(all) %   ", " ASR(non-target) %   "]
+    assert md[2] == "| badencoder | fmnist       | none      | 1       | 80.50   | 3.25         | 3.25                |"
+    tex = [" ".join(line.split()) for line in render(table, "latex").splitlines()]
+    assert tex[:3] == ["\\begin{tabular}{lllllll}", "\\toprule", "attack & downstream & defense & seeds & ACC \\% & ASR(all) \\% & ASR(non-target) \\% \\\\"]
+    assert tex[4] == "badencoder & fmnist & none & 1 & 80.50 & 3.25 & 3.25 \\\\"
+    assert tex[-2:] == ["\\bottomrule", "\\end{tabular}"]
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="terminal, markdown"):
+        render(long_table(to_frame([row()])), "html")
+
+
+def test_store_appends_and_skips_a_cut_line(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(row(0))
+    store.append(row(1))
+    with open(store.path, "a") as f:
+        f.write(row(2).to_json()[:40])  # a killed writer
+    assert [r.seed for r in store.rows()] == [0, 1]
+
+
+def test_results_csv_is_deterministic_and_timings_apart(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_reports([row(0, seconds={"attack": 1.0})], a)
+    write_reports([row(0, seconds={"attack": 99.0})], b)
+    assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
+    assert (a / "timings.csv").read_text() != (b / "timings.csv").read_text()
+    assert "attack_s" in (a / "timings.csv").read_text()
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 100), st.floats(0, 100)), min_size=1, max_size=12, unique_by=lambda t: t[0]))
+@settings(max_examples=40, deadline=None)
+def test_table_has_one_line_per_configuration_and_means_within_range(points):
+    rows = [row(seed, acc=acc, asr=asr) for seed, acc, asr in points]
+    table = long_table(to_frame(rows))
+    assert len(table) == 1 and table.loc[0, "seeds"] == len(points)
+    mean = float(table.loc[0, "ACC %"].split(" ")[0])
+    assert min(p[1] for p in points) - 0.01 <= mean <= max(p[1] for p in points) + 0.01
+    assert json.loads(rows[0].to_json())["seed"] == points[0][0]

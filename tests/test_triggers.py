@@ -1,0 +1,72 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.triggers import PatchConfig, Trigger, make_trigger, patch
+
+images_u8 = st.integers(1, 4).flatmap(
+    lambda n: st.integers(0, 2**31 - 1).map(lambda s: torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(s), dtype=torch.uint8))
+)
+
+
+@given(images=images_u8, size=st.integers(1, 16), margin=st.integers(0, 15))
+@settings(max_examples=40, deadline=None)
+def test_patch_changes_only_masked_pixels_and_is_idempotent(images, size, margin):
+    if size + margin > 32:
+        with pytest.raises(ValueError):
+            patch(PatchConfig(size=size, margin=margin))
+        return
+    trig = patch(PatchConfig(size=size, margin=margin))
+    out = trig.stamp(images)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    outside = trig.mask[0] == 0
+    assert torch.equal(out[..., outside], images[..., outside])
+    assert (out[..., ~outside] == 255).all()  # white
+    assert torch.equal(trig.stamp(out), out)  # opaque: stamping twice = once
+    assert int(trig.mask.sum()) == size * size
+
+
+@given(images=images_u8, alpha=st.floats(0.0, 1.0))
+@settings(max_examples=30, deadline=None)
+def test_blend_is_a_convex_combination_in_float(images, alpha):
+    pattern = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    trig = Trigger("blend", pattern, torch.full((1, 32, 32), alpha))
+    x = images.float() / 255
+    out = trig.stamp(x)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    assert torch.allclose(out, (1 - alpha) * x + alpha * pattern, atol=1e-6)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_reference_trigger_covers_rows_and_columns_21_to_30():
+    trig = make_trigger("patch", 10)
+    rows, cols = torch.nonzero(trig.mask[0], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (21, 30, 21, 30)
+    assert trig.describe()["box"] == [21, 21, 30, 30]
+
+
+def test_uint8_and_float_stamps_agree():
+    trig = make_trigger("patch", 5)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal((trig.stamp(x.float() / 255) * 255).round().to(torch.uint8), trig.stamp(x))
+
+
+@pytest.mark.parametrize(
+    "pattern, mask, message",
+    [(torch.rand(1, 32, 32), torch.ones(1, 32, 32), "pattern"), (torch.rand(3, 32, 32), torch.ones(3, 32, 32), "mask"),
+     (torch.rand(3, 32, 32) + 1, torch.ones(1, 32, 32), "in \\[0, 1\\]")],
+)
+def test_malformed_triggers_are_refused(pattern, mask, message):
+    with pytest.raises(ValueError, match=message):
+        Trigger("bad", pattern, mask)
+
+
+def test_stamping_wrong_image_size_is_refused():
+    with pytest.raises(ValueError, match="images are"):
+        make_trigger("patch", 3).stamp(torch.zeros(1, 3, 28, 28))
+
+
+def test_fingerprint_tells_triggers_apart():
+    assert make_trigger("patch", 3).fingerprint() != make_trigger("patch", 5).fingerprint()
+    assert make_trigger("patch", 3).fingerprint() == make_trigger("patch", 3).fingerprint()
