@@ -67,7 +67,7 @@ def _features(encoder, images: Tensor, device: torch.device, batch_size: int = 5
 
 @ATTACKS.register("badencoder", config=BadEncoderConfig)
 def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> AttackResult:
-    gen = seed_everything(seed)
+    gen = seed_everything(seed, "badencoder")
     device = inputs.device
     clean = inputs.clean_encoder().to(device).eval()
     shadow_clean = _features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented

@@ -67,7 +67,7 @@ def build_probe(in_dim: int, num_classes: int, cfg: ProbeConfig) -> nn.Module:
 
 def train_probe(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeConfig, seed: int, device: torch.device) -> nn.Module:
     """A probe fitted with Adam and cross-entropy; the last epoch's probe is returned (as in the paper)."""
-    gen = seed_everything(seed)
+    gen = seed_everything(seed, "probe")
     probe = build_probe(features.shape[1], num_classes, cfg).to(device).train()
     optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     features, labels = features.to(device), labels.to(device)

@@ -55,9 +55,14 @@ class Suspect:
     target: int
 
 
+def _is_volatile(key: str) -> bool:
+    """Timings and cache flags differ between runs of the same inputs; by convention their keys say so."""
+    return "seconds" in key or key == "cached"
+
+
 def _strip_volatile(meta: dict) -> dict:
     """Metadata without timings and cache flags: what may go into a deterministic row."""
-    return {k: v for k, v in meta.items() if k not in ("seconds", "cached")}
+    return {k: v for k, v in meta.items() if not _is_volatile(k)}
 
 
 class Workbench:
@@ -223,6 +228,8 @@ class Workbench:
             built = self.defend(defense, built, seed, **defense_overrides)
             defense_meta = built.meta
             seconds["defense"] = defense_meta["seconds"]
+            phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
+            seconds.update({f"defense_{phase}": v for phase, v in phases.items()})
         metrics = self.evaluate(built, downstream, trigger, target, seed)
         seconds["evaluate"] = metrics["seconds"]
         settings = {

@@ -223,7 +223,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if reporter is not None:
         from harness.training import set_progress_sink
 
-        set_progress_sink(lambda line: reporter.write_line(line))
+        def show(line: str) -> None:
+            reporter.write_line(line)
+            reporter.flush()  # live in a CI log too, not at the end of the session
+
+        set_progress_sink(show)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

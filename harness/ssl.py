@@ -50,7 +50,7 @@ def train_simclr(
     encoder: Encoder, images: Tensor, cfg: SimCLRConfig, seed: int, device: torch.device, stage: str = "simclr"
 ) -> tuple[Encoder, dict]:
     """Train `encoder` in place with SimCLR on uint8 `images`; returns it with training metadata."""
-    gen = seed_everything(seed)
+    gen = seed_everything(seed, "simclr")
     encoder = encoder.to(device).train()
     projector = Projector(encoder.feature_dim, cfg.proj_dim).to(device).train()
     params = list(encoder.parameters()) + list(projector.parameters())
@@ -76,5 +76,5 @@ def train_simclr(
 
 def pretrain(arch: str, width: int, images: Tensor, cfg: SimCLRConfig, seed: int, device: torch.device) -> tuple[Encoder, dict]:
     """A SimCLR encoder trained from a seeded random initialisation."""
-    seed_everything(seed)
+    seed_everything(seed, "simclr")
     return train_simclr(build_encoder(arch, width), images, cfg, seed, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import sys
@@ -25,8 +26,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, numpy and torch; return a CPU generator for the stage's own draws."""
+def seed_everything(seed: int, stage: str) -> torch.Generator:
+    """Seed Python, numpy and torch for one stage; return a CPU generator for the stage's own draws.
+
+    Each stage draws from its own stream, derived from (stage, seed): a distillation
+    student seeded like the pre-training run would otherwise start from the very
+    initial weights the victim encoder started from.
+    """
+    seed = int.from_bytes(hashlib.sha256(f"{stage}:{seed}".encode()).digest()[:8], "little") % 2**63
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
