@@ -1,0 +1,3 @@
+"""Defenses, one module each; importing the package registers them all in `harness.registry.DEFENSES`."""
+
+from defenses import mimic  # noqa: F401

@@ -33,7 +33,10 @@ from harness.results import Row
 from harness.ssl import SimCLRConfig, pretrain
 from harness.triggers import Trigger, make_trigger
 
-ENGINE = ("harness.models", "harness.augment", "harness.training", "harness.ssl", "harness.triggers", "harness.contract")
+# The modules whose source each stage's cache key hashes (its "code version").
+PRETRAIN_CODE = ("harness.models", "harness.augment", "harness.training", "harness.ssl")
+METHOD_CODE = (*PRETRAIN_CODE, "harness.triggers", "harness.contract", "harness.mine", "harness.attention")
+EVALUATE_CODE = ("harness.evaluate", "harness.triggers", "harness.models")
 CLEAN = "clean"  # the attack column of the clean-encoder control
 UNDEFENDED = "none"  # the defense column of an undefended encoder
 _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
@@ -136,7 +139,7 @@ class Workbench:
         cfg = self.ssl_config()
         key = artifact_key(
             "pretrain", arch=p.arch, width=p.width, ssl=cfg, seed=seed,
-            data=fingerprint(self.pretrain_images), code=code_version(*ENGINE),
+            data=fingerprint(self.pretrain_images), code=code_version(*PRETRAIN_CODE),
         )
 
         def build():
@@ -167,7 +170,7 @@ class Workbench:
             arch=p.arch, width=p.width, ssl=inputs.ssl, upstream=self.clean_encoder(seed).key,
             budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer),
             data=fingerprint(self.pretrain_images, shadow, references),
-            code=code_version(*ENGINE, ATTACKS.get(attack).module),
+            code=code_version(*METHOD_CODE, ATTACKS.get(attack).module),
         )
 
         def build():
@@ -187,7 +190,7 @@ class Workbench:
         budget = self.budget()
         key = artifact_key(
             "defense", defense=defense, config=method.config, seed=seed, budget=budget, upstream=suspect.key,
-            data=fingerprint(clean.images), code=code_version(*ENGINE, DEFENSES.get(defense).module),
+            data=fingerprint(clean.images), code=code_version(*METHOD_CODE, DEFENSES.get(defense).module),
         )
 
         def build():
@@ -205,7 +208,7 @@ class Workbench:
         key = artifact_key(
             "eval", encoder=built.key, trigger=trigger, target=target, probe=probe, seed=seed,
             data=fingerprint(train.images, train.labels, test.images, test.labels),
-            code=code_version("harness.evaluate", "harness.triggers", "harness.models"),
+            code=code_version(*EVALUATE_CODE),
         )
         return self.store.record(key, lambda: evaluate(built.encoder, train, test, trigger, target, probe, seed, self.device).as_dict())
 

@@ -75,5 +75,28 @@ def patch(config: PatchConfig) -> Trigger:
     return Trigger(f"patch{s}", pattern, mask)
 
 
+@dataclass(frozen=True)
+class CheckerboardConfig:
+    size: int = 10  # side of the square, pixels
+    margin: int = 1
+    cell: int = 1  # side of one checkerboard cell, pixels
+    image_size: int = IMAGE_SIZE
+
+
+@TRIGGERS.register("checkerboard", config=CheckerboardConfig)
+def checkerboard(config: CheckerboardConfig) -> Trigger:
+    """An opaque black-and-white checkerboard square near the bottom-right corner.
+
+    Unlike a uniform white square, a one-pixel checkerboard does not occur in
+    augmented crops of grayscale garments, so a defender's clean Fashion-MNIST data
+    never shows the backdoor's response (see harness/profiles.py, tiny).
+    """
+    square = patch(PatchConfig(size=config.size, margin=config.margin, image_size=config.image_size))
+    rows = torch.arange(config.image_size).view(-1, 1) // config.cell
+    cols = torch.arange(config.image_size).view(1, -1) // config.cell
+    board = ((rows + cols) % 2).float().expand(3, -1, -1)
+    return Trigger(f"checkerboard{config.size}", board * square.mask, square.mask)
+
+
 def make_trigger(name: str, size: int) -> Trigger:
     return TRIGGERS.create(name, size=size)()

@@ -70,3 +70,24 @@ def test_stamping_wrong_image_size_is_refused():
 def test_fingerprint_tells_triggers_apart():
     assert make_trigger("patch", 3).fingerprint() != make_trigger("patch", 5).fingerprint()
     assert make_trigger("patch", 3).fingerprint() == make_trigger("patch", 3).fingerprint()
+
+
+@given(images=images_u8, size=st.integers(2, 12), cell=st.integers(1, 3))
+@settings(max_examples=30, deadline=None)
+def test_checkerboard_is_binary_inside_the_square_and_idempotent(images, size, cell):
+    from harness.triggers import CheckerboardConfig, checkerboard
+
+    trig = checkerboard(CheckerboardConfig(size=size, cell=cell))
+    out = trig.stamp(images)
+    inside = trig.mask[0] == 1
+    assert torch.equal(out[..., ~inside], images[..., ~inside])
+    assert set(out[..., inside].unique().tolist()) <= {0, 255}
+    assert 0 < int((out[..., inside] == 255).sum()) < out[..., inside].numel()  # both colours present
+    assert torch.equal(trig.stamp(out), out)
+
+
+def test_every_registered_trigger_fits_the_reference_box():
+    from harness.registry import TRIGGERS
+
+    for name in TRIGGERS.names():
+        assert make_trigger(name, 10).describe()["box"] == [21, 21, 30, 30], name
