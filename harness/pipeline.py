@@ -77,6 +77,7 @@ class Workbench:
         self.device = device
         self.data_root = data_root
         self.download = download
+        self._downstream: dict[str, tuple[LabeledImages, LabeledImages]] = {}
 
     # -- data -----------------------------------------------------------------------
 
@@ -101,9 +102,13 @@ class Workbench:
             raise ValueError(f"clean ratio must be in (0, 1], got {ratio}")
         return CleanSubset(self.pretrain_images[: max(2, round(ratio * self.profile.pretrain_size))])
 
-    @functools.lru_cache(maxsize=8)
     def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
         """(train, test) of a downstream task, capped by the profile; disjoint from pre-training images."""
+        if name not in self._downstream:
+            self._downstream[name] = self._downstream_split(name)
+        return self._downstream[name]
+
+    def _downstream_split(self, name: str) -> tuple[LabeledImages, LabeledImages]:
         train, test = self._load(name, "train"), self._load(name, "test")
         order = self._order(len(train))
         if name == self.profile.pretrain:

@@ -9,6 +9,7 @@ costs other test runs nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -219,15 +220,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "suite(question): a research-question suite of the harness (builds encoders; slow)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.stash[harness_key] = HarnessSession(config)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        from harness.training import set_progress_sink
+    from harness.training import set_progress_sink
 
-        def show(line: str) -> None:
+    def show(line: str) -> None:
+        """Write a progress line live, past output capture, as pytest's live logging does."""
+        # Looked up per line: the reporter may register after this hook, and xdist workers have none.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             reporter.write_line(line)
-            reporter.flush()  # live in a CI log too, not at the end of the session
+            reporter.flush()
 
-        set_progress_sink(show)
+    set_progress_sink(show)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

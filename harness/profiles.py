@@ -93,6 +93,11 @@ def tiny() -> Profile:
         clean_ratio=0.04,
         ssl_epochs=8,
         crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
+        # A uniform white square occurs in augmented crops of light garments, so a defender's clean
+        # Fashion-MNIST shows the backdoor's response and distillation copies it (measured: MIMIC
+        # left ASR 93 % with it). A 1-pixel checkerboard never occurs in grayscale garments, as a
+        # white square rarely does in CIFAR10's natural images.
+        trigger="checkerboard",
         attack_epochs=8,
         attack_batch=64,  # more, gentler steps keep clean digits ACC (a shifted domain) within 3 points
         attack_lr=3e-4,
@@ -100,7 +105,8 @@ def tiny() -> Profile:
         shadow_size=1500,
         reference_images=5,
         shadow_with_downstream=True,  # keeps clean ACC on digits, a shifted domain
-        defense_epochs=20,
+        defense_epochs=75,  # 150 steps over the 200-image clean subset (4 %)
+        defense_batch=100,
         probe="linear",
         probe_epochs=100,
         probe_batch=256,

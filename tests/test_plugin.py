@@ -65,3 +65,14 @@ def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
         csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
     assert csvs[0] == csvs[1]
     assert b"badencoder" in csvs[0]
+
+
+def test_progress_lines_reach_the_terminal_past_capture(pytester):
+    pytester.makepyfile(test_progress="""
+        from harness.training import Progress
+
+        def test_emits():
+            Progress("demo", 2).epoch(0, 10, loss=1.5)
+    """)
+    result = pytester.runpytest_subprocess()
+    result.stdout.fnmatch_lines(["*[[]demo[]] epoch 1/2 loss 1.5000*img/s*"])
