@@ -15,9 +15,8 @@ import time
 
 import torch
 
-from defenses.mimic import MimicConfig, localise, mimic_loss, stage_weights
-from harness.augment import simclr_view
-from harness.models import STAGES, Projector, build_encoder
+from defenses.mimic import MimicConfig, distillation_step, localise, stage_weights
+from harness.models import Projector, build_encoder
 from harness.ssl import SimCLRConfig, simclr_step
 from harness.training import freeze, resolve_device, seed_everything
 
@@ -62,12 +61,7 @@ def main() -> None:
         sync()
 
     def distil():
-        views = torch.cat([simclr_view(x, cfg.augment, gen), simclr_view(x, cfg.augment, gen)])
-        with torch.no_grad():
-            t_stages, t_feat = teacher.forward_stages(views)
-        s_stages, s_feat = student.forward_stages(views)
-        z1, z2 = projector(s_feat).chunk(2)
-        loss, _ = mimic_loss(s_stages, s_feat, t_stages, t_feat, z1, z2, betas, cfg)
+        loss, _ = distillation_step(teacher, student, projector, x, betas, cfg, gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -173,6 +173,18 @@ def mimic_loss(
     return loss, {"l0": l0.item(), "l1": l1.item(), "l2": l2.item()}
 
 
+def distillation_step(
+    teacher: Encoder, student: Encoder, projector: Projector, x: Tensor, betas: dict[str, float], cfg: MimicConfig, gen: torch.Generator
+) -> tuple[Tensor, dict[str, float]]:
+    """MIMIC's loss on two fresh views of a float batch x (N, 3, H, W): the teacher under no_grad."""
+    views = torch.cat([simclr_view(x, cfg.augment, gen), simclr_view(x, cfg.augment, gen)])
+    with torch.no_grad():
+        t_stages, t_feat = teacher.forward_stages(views)
+    s_stages, s_feat = student.forward_stages(views)
+    z1, z2 = projector(s_feat).chunk(2)
+    return mimic_loss(s_stages, s_feat, t_stages, t_feat, z1, z2, betas, cfg)
+
+
 @DEFENSES.register("mimic", config=MimicConfig)
 def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: MimicConfig) -> DefenseResult:
     gen = seed_everything(seed, "mimic")
@@ -194,13 +206,7 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
         totals: dict[str, float] = {}
         seen = 0
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
-            x = to_float(clean.images[idx], device)
-            views = torch.cat([simclr_view(x, config.augment, gen), simclr_view(x, config.augment, gen)])
-            with torch.no_grad():
-                t_stages, t_feat = teacher.forward_stages(views)
-            s_stages, s_feat = student.forward_stages(views)
-            z1, z2 = projector(s_feat).chunk(2)
-            loss, terms = mimic_loss(s_stages, s_feat, t_stages, t_feat, z1, z2, betas, config)
+            loss, terms = distillation_step(teacher, student, projector, to_float(clean.images[idx], device), betas, config, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

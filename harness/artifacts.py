@@ -12,6 +12,7 @@ workers asking for the same artifact build it once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -58,10 +59,15 @@ def code_version(*modules: str) -> str:
     """Hash of the source files of the named modules: editing them invalidates what they built."""
     h = hashlib.sha256()
     for name in sorted(set(modules)):
-        path = importlib.import_module(name).__file__
         h.update(name.encode())
-        h.update(Path(path).read_bytes())
+        h.update(_source_hash(name).encode())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _source_hash(module: str) -> str:
+    """Read once per process, so a file edited while a run goes on does not relabel what that run builds."""
+    return hashlib.sha256(Path(importlib.import_module(module).__file__).read_bytes()).hexdigest()
 
 
 def artifact_key(stage: str, **parts: Any) -> str:

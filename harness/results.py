@@ -115,9 +115,11 @@ def format_cell(mean: float, ci: float, seeds: int) -> str:
 def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration: ACC, both ASRs (mean ± 95 % CI over seeds)."""
     s = summarise(frame)
-    table = s[["attack", "downstream", "defense", "variant", "seeds"]].copy()
+    table = s[["suite", "attack", "downstream", "defense", "variant", "seeds"]].copy()
     for m in METRICS:
         table[METRIC_TITLES[m] + " %"] = [format_cell(a, c, n) for a, c, n in zip(s[m], s[f"{m}_ci"], s["seeds"])]
+    if table["suite"].nunique() < 2:  # columns that would say the same thing on every line
+        table = table.drop(columns="suite")
     if not table["variant"].astype(bool).any():
         table = table.drop(columns="variant")
     return table

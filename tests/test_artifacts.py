@@ -35,11 +35,15 @@ def test_canonical_refuses_unhashable_values():
         canonical({"x": torch.zeros(1)})
 
 
-def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
+def test_code_version_changes_with_the_source_in_a_new_process_only(tmp_path, monkeypatch):
+    from harness.artifacts import _source_hash
+
     (tmp_path / "mod_v.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     v1 = code_version("mod_v")
     (tmp_path / "mod_v.py").write_text("X = 2\n")
+    assert code_version("mod_v") == v1  # this process ran the old source
+    _source_hash.cache_clear()  # as a new process would
     assert code_version("mod_v") != v1
 
 

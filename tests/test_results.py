@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pandas as pd
@@ -68,3 +69,10 @@ def test_table_has_one_line_per_configuration_and_means_within_range(points):
     mean = float(table.loc[0, "ACC %"].split(" ")[0])
     assert min(p[1] for p in points) - 0.01 <= mean <= max(p[1] for p in points) + 0.01
     assert json.loads(rows[0].to_json())["seed"] == points[0][0]
+
+
+def test_suite_column_appears_only_when_suites_differ():
+    one = long_table(to_frame([row(0)]))
+    two = long_table(to_frame([row(0), dataclasses.replace(row(0), suite="generalisation")]))
+    assert "suite" not in one.columns
+    assert list(two["suite"]) == ["effectiveness", "generalisation"]
