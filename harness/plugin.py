@@ -214,13 +214,16 @@ class HarnessSession:
 
 
 harness_key = pytest.StashKey[HarnessSession]()
+previous_sink_key = pytest.StashKey[Callable[[str], None]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "suite(question): a research-question suite of the harness (builds encoders; slow)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.stash[harness_key] = HarnessSession(config)
-    from harness.training import set_progress_sink
+    from harness.training import progress_sink, set_progress_sink
+
+    config.stash[previous_sink_key] = progress_sink()
 
     def show(line: str) -> None:
         """Write a progress line live, past output capture, as pytest's live logging does."""
@@ -234,6 +237,14 @@ def pytest_configure(config: pytest.Config) -> None:
             reporter.flush()
 
     set_progress_sink(show)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give the progress sink back: a nested session (pytester) must not leave its closed terminal behind."""
+    if previous_sink_key in config.stash:
+        from harness.training import set_progress_sink
+
+        set_progress_sink(config.stash[previous_sink_key])
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -82,6 +82,10 @@ def freeze(model: nn.Module) -> nn.Module:
 _sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
 
+def progress_sink() -> Callable[[str], None]:
+    return _sink
+
+
 def set_progress_sink(sink: Callable[[str], None]) -> None:
     """Where progress lines go (the pytest plugin sends them to its terminal, past output capture)."""
     global _sink

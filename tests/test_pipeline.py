@@ -80,7 +80,8 @@ def test_another_seed_gives_another_encoder(bench):
 
 def test_clean_control_uses_the_profile_trigger_and_dataset_target(bench):
     row = bench.row("t", CLEAN, UNDEFENDED, "digits", 0)
-    assert row.attack == CLEAN and '"target": 1' in row.settings and '"name": "patch10"' in row.settings
+    expected = f'"name": "{bench.trigger().name}"'
+    assert row.attack == CLEAN and '"target": 1' in row.settings and expected in row.settings
 
 
 def test_downstream_split_is_disjoint_from_pretraining(bench):

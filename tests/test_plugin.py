@@ -15,7 +15,8 @@ MICRO = ["--set", "width=4", "--set", "pretrain_size=256", "--set", "ssl_epochs=
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_effectiveness=(SUITES / "test_effectiveness.py").read_text())
+    # Another basename than suites/test_effectiveness.py, which the outer session may have imported already.
+    pytester.makepyfile(test_effectiveness_copy=(SUITES / "test_effectiveness.py").read_text())
     return pytester
 
 
@@ -76,3 +77,12 @@ def test_progress_lines_reach_the_terminal_past_capture(pytester):
     """)
     result = pytester.runpytest_subprocess()
     result.stdout.fnmatch_lines(["*[[]demo[]] epoch 1/2 loss 1.5000*img/s*"])
+
+
+def test_a_nested_session_gives_the_progress_sink_back(pytester):
+    from harness.training import progress_sink
+
+    before = progress_sink()
+    pytester.makepyfile(test_nothing="def test_ok():\n    pass\n")
+    pytester.runpytest()
+    assert progress_sink() is before
