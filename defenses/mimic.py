@@ -192,11 +192,13 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     teacher = freeze(suspect.to(device))
     student = clone_architecture(teacher).train()  # random initialisation, seeded above
 
-    located = Localisation({}, {})
     if config.attention and config.mi_guidance:
         source = teacher if config.localise_on == "teacher" else freeze(clone_architecture(teacher))
         located = localise(teacher, source, clean.images, config, device, gen)
-    betas = stage_weights(located.mi, config)
+        betas = stage_weights(located.mi, config)
+    else:  # no MI is estimated: uniform betas (unused without the attention term)
+        located = Localisation({}, {})
+        betas = stage_weights({}, dataclasses.replace(config, mi_guidance=False))
 
     projector = Projector(student.feature_dim, config.proj_dim).to(device)
     params = list(student.parameters()) + list(projector.parameters())

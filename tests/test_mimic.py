@@ -72,7 +72,10 @@ def test_signature_carries_no_attack_knowledge():
     assert DEFENSES.get("mimic").fn is mimic
 
 
-@pytest.mark.parametrize("config", [TINY, MimicConfig(mi_guidance=False), MimicConfig(localise_on="student", mine=TINY.mine, mine_views=2)])
+@pytest.mark.parametrize("config", [
+    TINY, MimicConfig(mi_guidance=False), MimicConfig(localise_on="student", mine=TINY.mine, mine_views=2),
+    MimicConfig(attention=False), MimicConfig(contrastive=False, attention=False),  # the ablation's no_attention, clone_only
+])
 def test_student_starts_random_and_keeps_the_interface(config):
     torch.manual_seed(0)
     suspect = build_encoder("resnet18", 4).eval()
@@ -86,8 +89,9 @@ def test_student_starts_random_and_keeps_the_interface(config):
     assert not torch.allclose(student.stem[0].weight, suspect.stem[0].weight, atol=1e-2)
     assert student(torch.rand(2, 3, 32, 32)).shape == (2, suspect.feature_dim)
     assert set(result.meta["beta_per_stage"]) == set(STAGES)
-    assert bool(result.meta["mi_per_stage"]) == config.mi_guidance
-    assert set(result.meta["localisation_seconds_per_stage"]) == ({"samples", *STAGES} if config.mi_guidance else set())
+    localised = config.mi_guidance and config.attention
+    assert bool(result.meta["mi_per_stage"]) == localised
+    assert set(result.meta["localisation_seconds_per_stage"]) == ({"samples", *STAGES} if localised else set())
 
 
 def test_config_is_checked():
