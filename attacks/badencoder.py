@@ -24,6 +24,7 @@ pre-training one (an attacker who knows the target task has such images).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +66,25 @@ def _features(encoder, images: Tensor, device: torch.device, batch_size: int = 5
     return torch.cat([encoder(to_float(images[i : i + batch_size], device)) for i in range(0, len(images), batch_size)])
 
 
-@ATTACKS.register("badencoder", config=BadEncoderConfig)
-def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> AttackResult:
-    gen = seed_everything(seed, "badencoder")
+@dataclass(frozen=True, eq=False)
+class TamperBatch:
+    """One step's features: f'(x), f'(x + t), f'(x_ref), the clean encoder's f(x), f(x_ref), and f' stage maps."""
+
+    shadow: Tensor
+    triggered: Tensor
+    refs: Tensor
+    shadow_clean: Tensor
+    refs_clean: Tensor
+    shadow_stages: dict[str, Tensor]
+    triggered_stages: dict[str, Tensor]
+
+
+def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, objective: Callable[[TamperBatch], Tensor]) -> AttackResult:
+    """Train a copy of the clean encoder (BatchNorm frozen) to minimise `objective` over the shadow set.
+
+    The loop BadEncoder and attacks built on it (attacks/adaptive.py) share; each keeps its loss in its module.
+    """
+    gen = seed_everything(seed, stage)
     device = inputs.device
     clean = inputs.clean_encoder().to(device).eval()
     shadow_clean = _features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented
@@ -75,15 +92,19 @@ def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> Att
     refs_clean = _features(clean, inputs.references, device)
 
     suspect = inputs.clean_encoder().to(device).eval()  # eval: BatchNorm frozen
-    optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, config.weight_decay)
-    progress = Progress("badencoder", inputs.epochs)
+    optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, weight_decay)
+    progress = Progress(stage, inputs.epochs)
     for epoch in range(inputs.epochs):
         total, seen = 0.0, 0
         for idx in shuffled_batches(len(inputs.shadow), inputs.batch_size, gen):
             x = to_float(inputs.shadow[idx], device)
             n = len(idx)
-            h = suspect(torch.cat([x, inputs.trigger.stamp(x), refs_x]))
-            loss = badencoder_loss(h[n : 2 * n], h[2 * n :], refs_clean, h[:n], shadow_clean[idx.to(device)], config)
+            stages, h = suspect.forward_stages(torch.cat([x, inputs.trigger.stamp(x), refs_x]))
+            batch = TamperBatch(
+                shadow=h[:n], triggered=h[n : 2 * n], refs=h[2 * n :], shadow_clean=shadow_clean[idx.to(device)], refs_clean=refs_clean,
+                shadow_stages={s: m[:n] for s, m in stages.items()}, triggered_stages={s: m[n : 2 * n] for s, m in stages.items()},
+            )
+            loss = objective(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -100,3 +121,11 @@ def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> Att
         "seconds": progress.seconds,
     }
     return AttackResult(suspect.cpu(), inputs.trigger, inputs.target, meta)
+
+
+@ATTACKS.register("badencoder", config=BadEncoderConfig)
+def badencoder(inputs: AttackInputs, seed: int, config: BadEncoderConfig) -> AttackResult:
+    def objective(b: TamperBatch) -> Tensor:
+        return badencoder_loss(b.triggered, b.refs, b.refs_clean, b.shadow, b.shadow_clean, config)
+
+    return tamper(inputs, seed, "badencoder", config.weight_decay, objective)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from harness.artifacts import ArtifactStore
+    from harness.contract import AttackNotApplicable
     from harness.pipeline import CLEAN, UNDEFENDED, Workbench
     from harness.plugin import load_methods
     from harness.profiles import get_profile, with_overrides
@@ -36,7 +37,11 @@ def _run(args: argparse.Namespace) -> int:
         for task in downstream:
             plan = [(CLEAN, UNDEFENDED)] + [(a, d) for a in attacks for d in (UNDEFENDED, *defenses)]
             for attack, defense in plan:
-                row = bench.row("run", attack, defense, task, seed)
+                try:
+                    row = bench.row("run", attack, defense, task, seed)
+                except AttackNotApplicable as why:
+                    print(f"harness: skipped {attack} on {task}: {why}", file=sys.stderr)
+                    continue
                 store.append(row)
                 rows.append(row)
     print(render(long_table(to_frame(rows)), args.format))

@@ -33,9 +33,11 @@ class AttackInputs:
 
     clean_encoder: Callable[[], Encoder]  # a fresh copy of the clean pre-trained encoder, built on demand
     pretrain: Tensor  # (N, 3, 32, 32) uint8: the pre-training images
+    pretrain_labels: Tensor  # (N,) their categories: a poisoning attacker picks images of one category
     shadow: Tensor  # (M, 3, 32, 32) uint8, unlabeled: the attacker's shadow set
     references: Tensor  # (R, 3, 32, 32) uint8: downstream images of the target class
     target: int
+    target_in_pretrain: bool  # the downstream task has the pre-training classes, so `target` is also a pre-training category
     trigger: Trigger
     arch: str
     width: int
@@ -45,6 +47,10 @@ class AttackInputs:
     lr: float
     optimizer: str
     device: torch.device
+
+
+class AttackNotApplicable(Exception):
+    """The attack cannot aim at this downstream task (e.g. poisoning a pre-training category the task lacks)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -35,7 +35,7 @@ from harness.triggers import Trigger, make_trigger
 
 # The modules whose source each stage's cache key hashes (its "code version").
 PRETRAIN_CODE = ("harness.models", "harness.augment", "harness.training", "harness.ssl")
-METHOD_CODE = (*PRETRAIN_CODE, "harness.triggers", "harness.contract", "harness.mine", "harness.attention")
+METHOD_CODE = (*PRETRAIN_CODE, "harness.triggers", "harness.contract", "harness.mine", "harness.attention", "harness.finetune")
 EVALUATE_CODE = ("harness.evaluate", "harness.triggers", "harness.models")
 CLEAN = "clean"  # the attack column of the clean-encoder control
 UNDEFENDED = "none"  # the defense column of an undefended encoder
@@ -88,12 +88,16 @@ class Workbench:
         return torch.randperm(n, generator=torch.Generator().manual_seed(_DATA_SEED))
 
     @functools.cached_property
-    def pretrain_images(self) -> Tensor:
-        """A fixed subset of the pre-training train split, `pretrain_size` images."""
+    def pretrain_set(self) -> LabeledImages:
+        """A fixed subset of the pre-training train split, `pretrain_size` images (labels only attackers see)."""
         full = self._load(self.profile.pretrain, "train")
         if len(full) < self.profile.pretrain_size:
             raise ValueError(f"pretrain_size {self.profile.pretrain_size} exceeds the {len(full)} images of {self.profile.pretrain}")
-        return full.images[self._order(len(full))[: self.profile.pretrain_size]]
+        return full.subset(self._order(len(full))[: self.profile.pretrain_size])
+
+    @property
+    def pretrain_images(self) -> Tensor:
+        return self.pretrain_set.images
 
     def clean_subset(self, ratio: float | None = None) -> CleanSubset:
         """The defender's share of the pre-training images (`clean_ratio` by default), unlabeled."""
@@ -166,15 +170,17 @@ class Workbench:
             shadow = torch.cat([shadow, train.images[: p.shadow_size]])
         trigger = self.trigger()
         inputs = AttackInputs(
-            clean_encoder=lambda: self.clean_encoder(seed).encoder, pretrain=self.pretrain_images, shadow=shadow,
-            references=references, target=target, trigger=trigger, arch=p.arch, width=p.width, ssl=self.ssl_config(),
+            clean_encoder=lambda: self.clean_encoder(seed).encoder, pretrain=self.pretrain_images,
+            pretrain_labels=self.pretrain_set.labels, shadow=shadow, references=references, target=target,
+            target_in_pretrain=downstream == p.pretrain, trigger=trigger, arch=p.arch, width=p.width, ssl=self.ssl_config(),
             epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr, optimizer=p.attack_optimizer, device=self.device,
         )
         key = artifact_key(
             "attack", attack=attack, config=method.config, seed=seed, trigger=trigger, target=target,
             arch=p.arch, width=p.width, ssl=inputs.ssl, upstream=self.clean_encoder(seed).key,
             budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer),
-            data=fingerprint(self.pretrain_images, shadow, references),
+            target_in_pretrain=inputs.target_in_pretrain,
+            data=fingerprint(self.pretrain_images, self.pretrain_set.labels, shadow, references),
             code=code_version(*METHOD_CODE, ATTACKS.get(attack).module),
         )
 

@@ -178,9 +178,14 @@ class HarnessSession:
 
     def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", **overrides) -> "Row":
         """The row for this configuration, built once per session and kept for the summary."""
+        from harness.contract import AttackNotApplicable
+
         key = (suite, attack, defense, downstream, seed, variant)
         if key not in self._rows:
-            row = self.workbench.row(suite, attack, defense, downstream, seed, variant, **overrides)
+            try:
+                row = self.workbench.row(suite, attack, defense, downstream, seed, variant, **overrides)
+            except AttackNotApplicable as why:
+                pytest.skip(f"{attack} on {downstream}: {why}")
             from harness.results import ResultsStore
 
             ResultsStore(self.config.option.results_dir).append(row)

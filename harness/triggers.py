@@ -48,10 +48,25 @@ class Trigger:
     def fingerprint(self) -> str:
         return fingerprint(self.pattern, self.mask)
 
-    def describe(self) -> dict:
+    def box(self) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) of the pixels the trigger touches, inclusive."""
         rows, cols = torch.nonzero(self.mask[0] > 0, as_tuple=True)
-        box = [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())] if rows.numel() else []
-        return {"name": self.name, "pixels": int(rows.numel()), "box": box, "fingerprint": self.fingerprint()}
+        if not rows.numel():
+            raise ValueError(f"trigger {self.name} touches no pixel")
+        return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
+
+    def placed(self, top: int, left: int) -> Trigger:
+        """The same trigger moved so that its box starts at (top, left); the box must stay inside the image."""
+        t, l, b, r = self.box()
+        h, w = self.mask.shape[1:]
+        if not (0 <= top <= h - (b - t + 1) and 0 <= left <= w - (r - l + 1)):
+            raise ValueError(f"trigger {self.name} ({b - t + 1}x{r - l + 1}) does not fit at ({top}, {left}) in {h}x{w}")
+        shift = (top - t, left - l)
+        return Trigger(self.name, torch.roll(self.pattern, shift, dims=(1, 2)), torch.roll(self.mask, shift, dims=(1, 2)))
+
+    def describe(self) -> dict:
+        pixels = int((self.mask[0] > 0).sum())
+        return {"name": self.name, "pixels": pixels, "box": list(self.box()) if pixels else [], "fingerprint": self.fingerprint()}
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class PatchConfig:
     size: int = 10  # side of the square, pixels
     margin: int = 1  # distance from the bottom-right corner (the reference's 10x10 covers rows/cols 21..30)
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    position: tuple[int, int] | None = None  # (top, left) of the square; None: `margin` from the bottom-right corner
     image_size: int = IMAGE_SIZE
 
 
@@ -72,7 +88,8 @@ def patch(config: PatchConfig) -> Trigger:
     mask = torch.zeros(1, n, n)
     mask[:, top : top + s, top : top + s] = 1
     pattern = torch.tensor(config.color, dtype=torch.float32).view(3, 1, 1).expand(3, n, n).clone() * mask
-    return Trigger(f"patch{s}", pattern, mask)
+    square = Trigger(f"patch{s}", pattern, mask)
+    return square if config.position is None else square.placed(*config.position)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,47 @@ def checkerboard(config: CheckerboardConfig) -> Trigger:
     cols = torch.arange(config.image_size).view(1, -1) // config.cell
     board = ((rows + cols) % 2).float().expand(3, -1, -1)
     return Trigger(f"checkerboard{config.size}", board * square.mask, square.mask)
+
+
+@dataclass(frozen=True)
+class FourCornersConfig:
+    size: int = 3  # side of each square, pixels
+    margin: int = 1
+    cell: int = 1
+    image_size: int = IMAGE_SIZE
+
+
+@TRIGGERS.register("four_corners", config=FourCornersConfig)
+def four_corners(config: FourCornersConfig) -> Trigger:
+    """The checkerboard square at each of the four corners (BadNets' four-corner trigger)."""
+    one = checkerboard(CheckerboardConfig(size=config.size, margin=config.margin, cell=config.cell, image_size=config.image_size))
+    far = config.image_size - config.size - config.margin
+    pattern, mask = torch.zeros_like(one.pattern), torch.zeros_like(one.mask)
+    for top in (config.margin, far):
+        for left in (config.margin, far):
+            corner = one.placed(top, left)
+            pattern, mask = torch.maximum(pattern, corner.pattern), torch.maximum(mask, corner.mask)
+    if int(mask.sum()) != 4 * config.size**2:
+        raise ValueError(f"four {config.size}x{config.size} squares {config.margin} px from the corners overlap in a {config.image_size}x{config.image_size} image")
+    return Trigger(f"four_corners{config.size}", pattern, mask)
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    size: int = IMAGE_SIZE  # side of the blended square at the bottom-right (the whole image by default)
+    alpha: float = 0.2  # share of the noise pattern: 0.8 * image + 0.2 * noise
+    noise_seed: int = 0  # the pattern is fixed: one noise image for every stamped input
+    image_size: int = IMAGE_SIZE
+
+
+@TRIGGERS.register("blend", config=BlendConfig)
+def blend(config: BlendConfig) -> Trigger:
+    """Random-pixel blend: (1 - alpha) * image + alpha * a fixed uniform-noise image."""
+    if not 0 < config.alpha <= 1:
+        raise ValueError(f"blend alpha must be in (0, 1], got {config.alpha}")
+    square = patch(PatchConfig(size=config.size, margin=0, image_size=config.image_size))
+    noise = torch.rand(3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(config.noise_seed))
+    return Trigger(f"blend{config.size}", noise * square.mask, config.alpha * square.mask)
 
 
 def make_trigger(name: str, size: int) -> Trigger:

@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.registry import TRIGGERS
 from harness.triggers import PatchConfig, Trigger, make_trigger, patch
 
 images_u8 = st.integers(1, 4).flatmap(
@@ -86,8 +87,68 @@ def test_checkerboard_is_binary_inside_the_square_and_idempotent(images, size, c
     assert torch.equal(trig.stamp(out), out)
 
 
-def test_every_registered_trigger_fits_the_reference_box():
-    from harness.registry import TRIGGERS
-
-    for name in TRIGGERS.names():
+def test_square_triggers_fit_the_reference_box():
+    for name in ("patch", "checkerboard"):
         assert make_trigger(name, 10).describe()["box"] == [21, 21, 30, 30], name
+
+
+# -- every registered family ------------------------------------------------------------
+
+FAMILIES = TRIGGERS.names()
+
+
+def test_the_issue_s_families_are_registered():
+    assert {"patch", "checkerboard", "four_corners", "blend"} <= set(FAMILIES)
+
+
+@given(images=images_u8, family=st.sampled_from(FAMILIES), size=st.sampled_from([3, 5, 10]))
+@settings(max_examples=60, deadline=None)
+def test_every_family_keeps_shape_range_and_unmasked_pixels(images, family, size):
+    trig = make_trigger(family, size)
+    out = trig.stamp(images)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    untouched = trig.mask[0] == 0
+    assert torch.equal(out[..., untouched], images[..., untouched])
+    x = images.float() / 255
+    out_f = trig.stamp(x)
+    assert out_f.min() >= 0 and out_f.max() <= 1
+    assert torch.allclose(out_f, (1 - trig.mask) * x + trig.mask * trig.pattern, atol=1e-6)
+
+
+@given(images=images_u8, size=st.sampled_from([3, 5, 10, 32]), alpha=st.floats(0.05, 1.0))
+@settings(max_examples=30, deadline=None)
+def test_blend_mixes_image_and_noise_in_the_stated_ratio(images, size, alpha):
+    trig = TRIGGERS.create("blend", size=size, alpha=alpha)()
+    region = trig.mask[0] > 0
+    assert int(region.sum()) == size * size and torch.allclose(trig.mask[0][region], torch.tensor(alpha))
+    x = images.float() / 255
+    expected = (1 - alpha) * x[..., region] + alpha * trig.pattern[:, region]
+    assert torch.allclose(trig.stamp(x)[..., region], expected, atol=1e-6)
+    assert trig.pattern[:, region].std() > 0.2  # noise, not a flat colour
+
+
+@given(size=st.integers(1, 7), margin=st.integers(0, 4))
+@settings(max_examples=30, deadline=None)
+def test_four_corners_puts_one_square_in_each_corner(size, margin):
+    trig = TRIGGERS.create("four_corners", size=size, margin=margin)()
+    mask = trig.mask[0]
+    far = 32 - size - margin
+    for top in (margin, far):
+        for left in (margin, far):
+            assert (mask[top : top + size, left : left + size] == 1).all()
+    assert int(mask.sum()) == 4 * size * size
+
+
+@given(family=st.sampled_from(["patch", "checkerboard"]), size=st.integers(1, 12), top=st.integers(-3, 34), left=st.integers(-3, 34))
+@settings(max_examples=60, deadline=None)
+def test_placed_moves_the_box_and_refuses_to_leave_the_image(family, size, top, left):
+    trig = make_trigger(family, size)
+    if not (0 <= top <= 32 - size and 0 <= left <= 32 - size):
+        with pytest.raises(ValueError, match="does not fit"):
+            trig.placed(top, left)
+        return
+    moved = trig.placed(top, left)
+    assert moved.box() == (top, left, top + size - 1, left + size - 1)
+    assert torch.equal(moved.mask.sum(), trig.mask.sum())
+    t, l, _, _ = trig.box()
+    assert torch.equal(moved.pattern[:, top : top + size, left : left + size], trig.pattern[:, t : t + size, l : l + size])

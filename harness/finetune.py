@@ -1,0 +1,62 @@
+"""SimCLR fine-tuning of an existing encoder on a small clean set.
+
+The label-free stand-in for "fine-tune on clean data" that FT, Fine-Pruning and
+NAD's teacher share: the supervised originals fine-tune with cross-entropy on
+labelled clean data; an SSL encoder's defender has unlabeled images, so the loss
+is NT-Xent on two augmented views (harness/ssl.py) through a fresh projector.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from harness.augment import AugmentConfig
+from harness.models import Encoder, Projector
+from harness.ssl import SimCLRConfig, simclr_step
+from harness.training import Progress, shuffled_batches, to_float
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    temperature: float = 0.5
+    proj_dim: int = 128
+    weight_decay: float = 1e-6
+    augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
+
+
+def ssl_finetune(
+    encoder: Encoder, images: Tensor, epochs: int, batch_size: int, lr: float, cfg: FinetuneConfig,
+    gen: torch.Generator, device: torch.device, stage: str, after_step: Callable[[], None] | None = None,
+) -> dict:
+    """Fine-tune `encoder` in place (train mode, Adam) with NT-Xent on uint8 `images`; it ends in eval mode.
+
+    `after_step` runs after every optimiser step (Fine-Pruning keeps its pruned weights at zero there).
+    Returns {"loss_per_epoch", "seconds"}.
+    """
+    simclr = SimCLRConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=cfg.temperature, proj_dim=cfg.proj_dim, augment=cfg.augment)
+    encoder = encoder.to(device).train()
+    projector = Projector(encoder.feature_dim, cfg.proj_dim).to(device).train()
+    params = list(encoder.parameters()) + list(projector.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    progress = Progress(stage, epochs)
+    losses = []
+    for epoch in range(epochs):
+        total, seen = 0.0, 0
+        for idx in shuffled_batches(len(images), batch_size, gen):
+            loss = simclr_step(encoder, projector, to_float(images[idx], device), simclr, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        losses.append(total / seen)
+        progress.epoch(epoch, seen, loss=losses[-1])
+    encoder.eval()
+    return {"loss_per_epoch": losses, "seconds": progress.seconds}
