@@ -205,7 +205,7 @@ class HarnessSession:
         )
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import long_table, render, to_frame, write_reports
+        from harness.results import cost_table, long_table, render, to_frame, write_reports
 
         if not self.rows:
             return
@@ -214,6 +214,11 @@ class HarnessSession:
         frame = to_frame(self.rows)
         for line in render(long_table(frame), fmt).splitlines():
             write_line(line)
+        cost = cost_table(self.rows)
+        if len(cost):
+            write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")
+            for line in render(cost, fmt).splitlines():
+                write_line(line)
         paths = write_reports(self.rows, self.config.option.results_dir)
         write_line(f"written: {', '.join(str(p) for p in paths.values())}")
 

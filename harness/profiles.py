@@ -51,7 +51,10 @@ class Profile:
     shadow_size: int = 50_000  # images of the pre-training set the attacker holds
     reference_images: int = 1  # downstream target-class images given to BadEncoder
     shadow_with_downstream: bool = False  # add as many unlabeled downstream-train images (at most shadow_size)
-    # defenses (one budget for every defense, so the comparison is fair)
+    # defenses: one budget for every defense, so the comparison is fair. Every defense gets the same clean
+    # subset and `defense_epochs` passes over it at `defense_batch` and `defense_lr`; MIMIC spends them on
+    # distillation (plus its MI localisation), FT and FP on SSL fine-tuning, NAD on teacher fine-tuning and
+    # distillation together, ANP on mask steps. Seconds differ and are reported per row (the cost suite).
     defense_epochs: int = 1000
     defense_batch: int = 128
     defense_lr: float = 1e-3

@@ -5,7 +5,7 @@ complete line per row, flushed and synced, so an interrupted run loses nothing i
 finished and a partial last line is never read as a row). At the end of a session
 the rows become `results.csv` (deterministic: metrics and settings only, so the
 same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
-came from the cache) and `table.md`.
+came from the cache), `table.md` and `cost.md` (seconds per defense and phase).
 """
 
 from __future__ import annotations
@@ -125,6 +125,35 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
+    """Seconds each defense took (mean ± 95 % CI over its runs), in total and per phase, one line per defense.
+
+    Seconds are those of each encoder's original build (a cached row keeps them), so the table does not
+    depend on what the cache held; they are measurements, so unlike the ACC/ASR table they vary between runs.
+    """
+    records = [
+        {"defense": r.defense, "variant": r.variant, "total": r.seconds["defense"],
+         **{k.removeprefix("defense_"): v for k, v in r.seconds.items() if k.startswith("defense_")}}
+        for r in rows if r.defense != "none" and "defense" in r.seconds
+    ]
+    if not records:
+        return pd.DataFrame(columns=["defense", "runs", "seconds"])
+    frame = pd.DataFrame.from_records(records)
+    phases = sorted(c for c in frame.columns if c not in ("defense", "variant", "total"))
+    lines = []
+    for (defense, variant), group in frame.groupby(["defense", "variant"], sort=True):
+        line = {"defense": defense, "variant": variant, "runs": len(group)}
+        line["seconds"] = format_cell(group["total"].mean(), ci95(group["total"]), len(group))
+        for phase in phases:
+            values = group[phase].dropna()
+            line[phase + " s"] = format_cell(values.mean(), ci95(values), len(values)) if len(values) else ""
+        lines.append(line)
+    table = pd.DataFrame(lines)
+    if not table["variant"].astype(bool).any():
+        table = table.drop(columns="variant")
+    return table
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
     """A table as terminal text, markdown, LaTeX (booktabs) or CSV."""
     if fmt == "csv":
@@ -147,6 +176,7 @@ def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
         "results.csv": frame.to_csv(index=False),
         "timings.csv": timings_frame(rows).to_csv(index=False),
         "table.md": render(long_table(frame), "markdown") + "\n",
+        "cost.md": render(cost_table(rows), "markdown") + "\n",
     }
     paths = {}
     for name, text in outputs.items():

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.results import ResultsStore, Row, ci95, long_table, render, to_frame, write_reports
+from harness.results import ResultsStore, Row, ci95, cost_table, long_table, render, to_frame, write_reports
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -76,3 +76,18 @@ def test_suite_column_appears_only_when_suites_differ():
     two = long_table(to_frame([row(0), dataclasses.replace(row(0), suite="generalisation")]))
     assert "suite" not in one.columns
     assert list(two["suite"]) == ["effectiveness", "generalisation"]
+
+
+def test_cost_table_averages_seconds_per_defense_and_phase():
+    rows = [
+        row(0, defense="mimic", seconds={"defense": 10.0, "defense_localisation": 2.0, "defense_distillation": 8.0}),
+        row(1, defense="mimic", seconds={"defense": 14.0, "defense_localisation": 4.0, "defense_distillation": 10.0}),
+        row(0, defense="ft", seconds={"defense": 5.0, "defense_finetune": 5.0}),
+        row(0, defense="none", seconds={"attack": 3.0}),  # undefended rows cost no defense time
+    ]
+    table = cost_table(rows).set_index("defense")
+    assert list(table.index) == ["ft", "mimic"]
+    assert table.loc["mimic", "runs"] == 2 and table.loc["mimic", "seconds"].startswith("12.00 ± ")
+    assert table.loc["mimic", "localisation s"].startswith("3.00 ± ") and table.loc["ft", "localisation s"] == ""
+    assert table.loc["ft", "finetune s"] == "5.00"
+    assert cost_table([row()]).empty
