@@ -62,8 +62,11 @@ def test_bassl_needs_the_pre_training_classes():
 
 
 def test_bassl_pre_trains_on_the_poisoned_set():
-    result = bassl(attack_inputs(target_in_pretrain=True), 0, BASSLConfig(poison_rate=0.5))
+    result = bassl(attack_inputs(target_in_pretrain=True), 0, BASSLConfig(poison_rate=0.5, color=(0.0, 1.0, 0.0)))
     assert result.meta["poisoned_images"] == 4 and result.target == 3  # round(0.5 * 7)
+    # Its own trigger: an opaque patch of the given colour, the size of the profile's (5x5 here).
+    assert result.trigger.describe()["box"] == [26, 26, 30, 30]
+    assert result.trigger.pattern[:, 28, 28].tolist() == [0.0, 1.0, 0.0] and result.trigger.mask.sum() == 25
     assert result.encoder(torch.rand(2, 3, 32, 32)).shape == (2, 32)
 
 

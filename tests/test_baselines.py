@@ -1,4 +1,4 @@
-"""FT, Fine-Pruning, NAD and ANP: each runs end to end and keeps a property of its method."""
+"""The baseline defenses: each runs end to end and keeps a property of its method."""
 
 import inspect
 
@@ -7,6 +7,8 @@ import torch
 
 from defenses.anp import ANPConfig, anp, batchnorm_layers, learn_masks
 from defenses.fp import FinePruningConfig, channels_to_prune, fp, last_conv_activity
+from defenses.medic import MedicConfig, active_stages, importance, medic
+from defenses.moth import pseudo_labels
 from defenses.nad import NADConfig, nad, nad_loss
 from harness.contract import Budget, CleanSubset
 from harness.models import STAGES, build_encoder
@@ -14,7 +16,8 @@ from harness.registry import DEFENSES
 
 CPU = torch.device("cpu")
 BUDGET = Budget(epochs=2, batch_size=8, lr=1e-3, device=CPU)
-BASELINES = ["ft", "fp", "nad", "anp"]
+BASELINES = ["ft", "fp", "nad", "anp", "moth", "decree", "medic"]
+ONLY_WHEN_FOUND = {"anp", "decree"}  # prune or unlearn only what they find; a random encoder may give them nothing
 
 
 def suspect_and_clean(seed: int = 0):
@@ -34,7 +37,7 @@ def test_runs_end_to_end_and_keeps_the_interface(name):
     assert type(encoder) is type(reference) and encoder.config == reference.config
     assert encoder.state_dict().keys() == reference.state_dict().keys()
     assert encoder(torch.rand(3, 3, 32, 32)).shape == (3, reference.feature_dim)
-    if name != "anp":  # ANP only prunes, and two epochs may leave every mask above its threshold
+    if name not in ONLY_WHEN_FOUND:
         changed = any(not torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), reference.state_dict().values()))
         assert changed, f"{name} returned the suspect's weights untouched"
     assert any(k.endswith("_seconds") for k in result.meta)
@@ -121,3 +124,37 @@ def test_anp_prunes_exactly_the_channels_under_the_threshold():
         keep = after[n].weight != 0
         assert torch.equal(bn.weight[keep], before[n][keep])
     assert 0 <= result.meta["mask_min"] <= result.meta["mask_mean"] <= 1
+
+
+# -- MEDIC ----------------------------------------------------------------------------
+
+
+def test_medic_importance_is_non_negative_with_mean_one_per_stage():
+    suspect, clean = suspect_and_clean()
+    weights = importance(suspect.eval(), clean.images, MedicConfig(), 8, torch.Generator().manual_seed(0), CPU)
+    assert set(weights) == set(STAGES)
+    for w in weights.values():
+        assert (w >= 0).all() and w.mean().item() == pytest.approx(1.0, rel=1e-5)
+        assert w.std() > 0  # channels differ in importance
+
+
+def test_medic_student_starts_random_and_stages_join_in_order():
+    suspect, clean = suspect_and_clean()
+    student = medic(suspect, clean, Budget(epochs=1, batch_size=8, lr=1e-3, device=CPU), seed=0, config=MedicConfig()).encoder
+    assert not torch.allclose(student.stem[0].weight, suspect.stem[0].weight, atol=1e-2)
+    assert [len(active_stages(e, 8, True)) for e in range(8)] == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert active_stages(0, 8, False) == STAGES
+
+
+# -- MOTH -----------------------------------------------------------------------------
+
+
+def test_moth_pseudo_labels_come_from_features_alone():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(4) * 5
+    truth = torch.arange(4).repeat_interleave(10)
+    features = centres[truth] + 0.1 * torch.randn(40, 4, generator=g)
+    labels = pseudo_labels(features, 4, seed=0)
+    # The same partition as the true clusters, up to the names of the clusters.
+    assert all(len(set(labels[truth == c].tolist())) == 1 for c in range(4)) and len(set(labels.tolist())) == 4
+    assert torch.equal(labels, pseudo_labels(features, 4, seed=0))
