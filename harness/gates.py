@@ -1,15 +1,19 @@
 """Gates: assertions on result rows that CI can enforce.
 
 A gate is `metric op bound`, e.g. `asr_nontarget<=10` or `acc_drop<=5`, where
-`acc_drop` is the undefended encoder's ACC minus the row's. A failing gate reads
-like a good assertion: which row, which metric, its value and the bound.
+`acc_drop` is the undefended encoder's ACC minus the row's. A baseline file holds
+saved rows; against it a row fails when its ASR(non-target) rose or its ACC fell
+by more than a tolerance. A failing gate reads like a good assertion: which row,
+which metric, its value, the bound and the baseline.
 """
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.results import Row
 
@@ -59,3 +63,47 @@ def check(row: Row, gate: Gate, undefended: Row | None = None) -> None:
     if not _OPS[gate.op](value, gate.bound):
         reference = f" (undefended ACC {undefended.acc:.2f})" if gate.metric == "acc_drop" and undefended else ""
         raise AssertionError(f"gate failed for {row_id(row)}: {gate.metric} = {value:.2f}, required {gate}{reference}")
+
+
+# -- against a saved baseline -----------------------------------------------------------
+
+
+def baseline_key(row: Row) -> str:
+    return "/".join([row.suite, row.profile, row_id(row)])
+
+
+def load_baseline(path: Path) -> dict[str, dict[str, float]]:
+    """{row key: {"acc", "asr_all", "asr_nontarget"}} from a file written by `save_baseline`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"baseline file {path} does not exist (write one with --update-baseline)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"baseline file {path} is not JSON: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and {"acc", "asr_nontarget"} <= set(v) for v in data.values()):
+        raise ValueError(f"baseline file {path} is not a map of row keys to metrics")
+    return data
+
+
+def save_baseline(rows: list[Row], path: Path, merge: bool = True) -> None:
+    """Write the rows' metrics as the baseline (keeping other rows already in the file when `merge`)."""
+    from harness.artifacts import atomic_write_text
+
+    data = load_baseline(path) if merge and Path(path).exists() else {}
+    data.update({baseline_key(r): {"acc": r.acc, "asr_all": r.asr_all, "asr_nontarget": r.asr_nontarget} for r in rows})
+    atomic_write_text(Path(path), json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+
+
+def check_baseline(row: Row, baseline: dict[str, dict[str, float]], tolerance: float) -> None:
+    """Fail when the row's ASR(non-target) rose, or its ACC fell, by more than `tolerance` points."""
+    __tracebackhide__ = True
+    saved = baseline.get(baseline_key(row))
+    if saved is None:
+        return  # a row the baseline does not know yet: nothing to regress from
+    if row.asr_nontarget > saved["asr_nontarget"] + tolerance:
+        raise AssertionError(
+            f"regression for {row_id(row)}: asr_nontarget = {row.asr_nontarget:.2f}, baseline {saved['asr_nontarget']:.2f} "
+            f"(+{tolerance:g} allowed)"
+        )
+    if row.acc < saved["acc"] - tolerance:
+        raise AssertionError(f"regression for {row_id(row)}: acc = {row.acc:.2f}, baseline {saved['acc']:.2f} (-{tolerance:g} allowed)")

@@ -225,13 +225,24 @@ class Workbench:
 
     # -- rows -------------------------------------------------------------------------
 
-    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", **defense_overrides) -> Row:
-        """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`."""
+    def row(
+        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
+        trigger_of: str | None = None, **defense_overrides,
+    ) -> Row:
+        """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`.
+
+        A clean-encoder row evaluates the profile's trigger, or with `trigger_of` the trigger that attack
+        defines (BASSL brings its own); such a row is labelled by the variant "<attack>'s trigger".
+        """
         seconds: dict[str, float] = {}
         if attack == CLEAN:
             built = self.clean_encoder(seed)
             train, _ = self.downstream(downstream)
             trigger, target, attack_meta = self.trigger(), train.default_target, {}
+            if trigger_of is not None:
+                theirs = self.suspect(trigger_of, downstream, seed)
+                if theirs.trigger.fingerprint() != trigger.fingerprint():
+                    trigger, target, variant = theirs.trigger, theirs.target, variant or f"{trigger_of}'s trigger"
         else:
             suspect = self.suspect(attack, downstream, seed)
             built, trigger, target, attack_meta = suspect.built, suspect.trigger, suspect.target, suspect.built.meta

@@ -125,6 +125,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5' (default: none)")
     group.addoption("--table-format", choices=("terminal", "markdown", "latex", "csv"), default="terminal",
                     help="format of the summary table printed at the end (default: terminal)")
+    group.addoption("--baseline", type=Path, default=None, metavar="FILE",
+                    help="fail a row whose ASR(non-target) rose or ACC fell beyond --baseline-tolerance against this saved file")
+    group.addoption("--update-baseline", action="store_true", default=False,
+                    help="write this session's rows into the --baseline file instead of checking against it")
+    group.addoption("--baseline-tolerance", type=float, default=2.0, metavar="POINTS",
+                    help="percentage points a row may move against the baseline (default: 2)")
 
 
 class HarnessSession:
@@ -138,8 +144,19 @@ class HarnessSession:
         self.seeds = [opt.seed + i for i in range(opt.seeds)]
         self.gates = opt.gate
         self._attacks, self._defenses, self._downstream = opt.attack, opt.defense, opt.downstream
-        self._rows: dict[tuple, Row] = {}
+        self._rows: dict[tuple, Row] = {}  # by the row's own identity: what the summary shows
+        self._requests: dict[tuple, Row] = {}  # by what a test asked for
         self._workbench: Workbench | None = None
+        self.baseline: dict | None = None
+        if opt.baseline is not None and not opt.update_baseline:
+            from harness.gates import load_baseline
+
+            try:
+                self.baseline = load_baseline(opt.baseline)
+            except ValueError as e:
+                raise pytest.UsageError(str(e)) from None
+        elif opt.update_baseline and opt.baseline is None:
+            raise pytest.UsageError("--update-baseline needs --baseline FILE to write")
 
     @property
     def profile(self) -> "Profile":
@@ -176,21 +193,31 @@ class HarnessSession:
             self._workbench = Workbench(self.profile, ArtifactStore(opt.cache_dir), resolve_device(opt.device), opt.data_root, opt.download)
         return self._workbench
 
-    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", **overrides) -> "Row":
+    def row(
+        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", trigger_of: str | None = None, **overrides
+    ) -> "Row":
         """The row for this configuration, built once per session and kept for the summary."""
         from harness.contract import AttackNotApplicable
 
-        key = (suite, attack, defense, downstream, seed, variant)
-        if key not in self._rows:
+        request = (suite, attack, defense, downstream, seed, variant, trigger_of, tuple(sorted(overrides.items())))
+        if request not in self._requests:
             try:
-                row = self.workbench.row(suite, attack, defense, downstream, seed, variant, **overrides)
+                row = self.workbench.row(suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, **overrides)
             except AttackNotApplicable as why:
                 pytest.skip(f"{attack} on {downstream}: {why}")
-            from harness.results import ResultsStore
+            identity = (row.suite, row.attack, row.defense, row.downstream, row.seed, row.variant)
+            if identity not in self._rows:  # two requests can name one row (a control whose trigger is the profile's)
+                from harness.results import ResultsStore
 
-            ResultsStore(self.config.option.results_dir).append(row)
-            self._rows[key] = row
-        return self._rows[key]
+                ResultsStore(self.config.option.results_dir).append(row)
+                self._rows[identity] = row
+            self._requests[request] = self._rows[identity]
+        row = self._requests[request]
+        if self.baseline is not None:
+            from harness.gates import check_baseline
+
+            check_baseline(row, self.baseline, self.config.option.baseline_tolerance)
+        return row
 
     @property
     def rows(self) -> list["Row"]:
@@ -219,8 +246,13 @@ class HarnessSession:
             write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")
             for line in render(cost, fmt).splitlines():
                 write_line(line)
-        paths = write_reports(self.rows, self.config.option.results_dir)
-        write_line(f"written: {', '.join(str(p) for p in paths.values())}")
+        paths = list(write_reports(self.rows, self.config.option.results_dir).values())
+        if self.config.option.update_baseline:
+            from harness.gates import save_baseline
+
+            save_baseline(self.rows, self.config.option.baseline)
+            paths.append(self.config.option.baseline)
+        write_line(f"written: {', '.join(str(p) for p in paths)}")
 
 
 harness_key = pytest.StashKey[HarnessSession]()

@@ -1,8 +1,9 @@
 """RQ1, effectiveness (the paper's Table I): attack x downstream task x defense.
 
 Three claims, one per test:
-- the clean encoder, with the attack's trigger stamped, does not predict the
-  target (the control that every ASR is read against);
+- the clean encoder, with the profile's trigger stamped, does not predict the
+  target (the control that every ASR is read against; an attack with a trigger
+  of its own, such as BASSL, gets a control row with its trigger too);
 - the undefended suspect does (the attack implanted a backdoor, so defense rows
   are meaningful);
 - every registered defense's row meets the `--gate` bounds.
@@ -34,7 +35,7 @@ def test_clean_control(harness, downstream: str, seed: int) -> None:
 
 
 def test_undefended(harness, attack: str, downstream: str, seed: int) -> None:
-    control = harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed)
+    control = harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed, trigger_of=attack)  # the clean encoder, this attack's trigger
     row = harness.row(SUITE, attack, UNDEFENDED, downstream, seed)
     check(row, Gate("asr_nontarget", ">=", control.asr_nontarget + BACKDOOR_MARGIN))
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.gates import Gate, check, parse_gates
+from harness.gates import Gate, check, check_baseline, load_baseline, parse_gates, save_baseline
 from tests.test_results import row
 
 
@@ -35,3 +35,32 @@ def test_gate_agrees_with_the_comparison(value, bound):
     else:
         with pytest.raises(AssertionError):
             check(r, Gate("asr_all", "<=", bound))
+
+
+def test_baseline_round_trip_and_regressions_read_like_assertions(tmp_path):
+    path = tmp_path / "baseline.json"
+    saved = row(0, acc=80.0, asr=5.0, defense="mimic")
+    save_baseline([saved], path)
+    baseline = load_baseline(path)
+    check_baseline(saved, baseline, tolerance=2.0)  # itself passes
+    check_baseline(row(0, acc=78.5, asr=6.9, defense="mimic"), baseline, tolerance=2.0)  # within tolerance
+    with pytest.raises(AssertionError, match=r"regression for badencoder-fmnist-mimic-seed0: asr_nontarget = 7.50, baseline 5.00"):
+        check_baseline(row(0, acc=80.0, asr=7.5, defense="mimic"), baseline, tolerance=2.0)
+    with pytest.raises(AssertionError, match=r"acc = 77.00, baseline 80.00"):
+        check_baseline(row(0, acc=77.0, asr=5.0, defense="mimic"), baseline, tolerance=2.0)
+    check_baseline(row(1, acc=0.0, asr=100.0, defense="mimic"), baseline, tolerance=2.0)  # unknown rows are not judged
+
+
+def test_saving_merges_rows_and_bad_files_are_clear_errors(tmp_path):
+    path = tmp_path / "baseline.json"
+    save_baseline([row(0, defense="mimic")], path)
+    save_baseline([row(0, defense="ft")], path)
+    assert len(load_baseline(path)) == 2
+    with pytest.raises(ValueError, match="does not exist"):
+        load_baseline(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_baseline(tmp_path / "bad.json")
+    (tmp_path / "odd.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="map of row keys"):
+        load_baseline(tmp_path / "odd.json")

@@ -38,6 +38,8 @@ def test_unknown_attack_fails_at_once_listing_the_registered(project):
     (["--device=tpu"], "*device*"),
     (["--seeds=0"], "*>= 1*"),
     (["--gate=asr<5"], "*METRIC*"),
+    (["--baseline=/nonexistent/baseline.json"], "*baseline file*does not exist*"),
+    (["--update-baseline"], "*--update-baseline needs --baseline*"),
 ])
 def test_bad_options_are_usage_errors(project, args, message):
     result = project.runpytest(*args)
