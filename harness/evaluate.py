@@ -99,6 +99,11 @@ def evaluate(
     if not 0 <= target < test.num_classes:
         raise ValueError(f"target class {target} is not a class of {test.name} (0..{test.num_classes - 1})")
     head = train_probe(extract_features(encoder, train.images, device), train.labels, train.num_classes, probe, seed, device)
+    return classifier_metrics(encoder, head, test, trigger, target, device)
+
+
+def classifier_metrics(encoder: Encoder, head: nn.Module, test: LabeledImages, trigger: Trigger, target: int, device: torch.device) -> Metrics:
+    """ACC and ASR of the classifier head(normalised encoder features) on clean and triggered test images."""
     clean = predict(head, extract_features(encoder, test.images, device), device)
     triggered = predict(head, extract_features(encoder, trigger.stamp(test.images), device), device)
     hit = triggered == target

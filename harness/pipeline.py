@@ -25,7 +25,7 @@ from harness.artifacts import ArtifactStore, artifact_key, code_version
 from harness.augment import AugmentConfig
 from harness.contract import AttackInputs, AttackResult, Budget, CleanSubset, DefenseResult
 from harness.data import LabeledImages, fingerprint, load_dataset
-from harness.evaluate import Metrics, ProbeConfig, evaluate
+from harness.evaluate import Metrics, ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
 from harness.models import Encoder
 from harness.profiles import Profile
 from harness.registry import ATTACKS, DEFENSES
@@ -37,6 +37,7 @@ from harness.triggers import Trigger, make_trigger
 PRETRAIN_CODE = ("harness.models", "harness.augment", "harness.training", "harness.ssl")
 METHOD_CODE = (*PRETRAIN_CODE, "harness.triggers", "harness.contract", "harness.mine", "harness.attention", "harness.finetune")
 EVALUATE_CODE = ("harness.evaluate", "harness.triggers", "harness.models")
+SUPERVISED = "supervised"  # the registry tag of attacks that backdoor a classifier (its backbone is the encoder)
 CLEAN = "clean"  # the attack column of the clean-encoder control
 UNDEFENDED = "none"  # the defense column of an undefended encoder
 _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
@@ -56,6 +57,7 @@ class Suspect:
     built: Built
     trigger: Trigger
     target: int
+    tensors: dict[str, Tensor]  # tensor-valued metadata of the attack, e.g. a backdoored classifier's head
 
 
 def _is_volatile(key: str) -> bool:
@@ -186,13 +188,15 @@ class Workbench:
 
         def build():
             result: AttackResult = method(inputs, seed)
-            extra = {"trigger.pattern": result.trigger.pattern, "trigger.mask": result.trigger.mask}
-            meta = {**result.meta, "target": result.target, "trigger_name": result.trigger.name}
-            return result.encoder.cpu(), extra, meta
+            tensors = {f"meta.{k}": v for k, v in result.meta.items() if isinstance(v, Tensor)}  # stored as tensors, not JSON
+            extra = {"trigger.pattern": result.trigger.pattern, "trigger.mask": result.trigger.mask, **tensors}
+            meta = {k: v for k, v in result.meta.items() if not isinstance(v, Tensor)}
+            return result.encoder.cpu(), extra, {**meta, "target": result.target, "trigger_name": result.trigger.name}
 
         encoder, extra, meta = self.store.encoder(key, build)
         trigger = Trigger(meta["trigger_name"], extra["trigger.pattern"], extra["trigger.mask"])
-        return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]))
+        tensors = {k.removeprefix("meta."): v for k, v in extra.items() if k.startswith("meta.")}
+        return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]), tensors)
 
     def defend(self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None, **overrides) -> Built:
         """Run a defense on the suspect with only the clean subset and the budget."""
@@ -223,18 +227,48 @@ class Workbench:
         )
         return self.store.record(key, lambda: evaluate(built.encoder, train, test, trigger, target, probe, seed, self.device).as_dict())
 
+    def evaluate_classifier(self, built: Built, suspect: Suspect, refit: bool, seed: int) -> dict:
+        """ACC and ASR of a backdoored classifier on the pre-training dataset's test split.
+
+        The classifier is `built`'s encoder with the attack's head, or, after a defense (`refit`), with a
+        head refitted on the labelled clean subset: the supervised defender's data (attacks/badnets.py).
+        """
+        _, test = self.downstream(self.profile.pretrain)
+        labelled = self.pretrain_set.subset(torch.arange(self.profile.clean_size))
+        probe = self.probe_config()
+        key = artifact_key(
+            "classifier_eval", encoder=built.key, head=(probe, seed) if refit else suspect.built.key, trigger=suspect.trigger,
+            target=suspect.target, data=fingerprint(test.images, test.labels, labelled.images, labelled.labels),
+            code=code_version(*EVALUATE_CODE),
+        )
+
+        def build() -> dict:
+            if refit:
+                features = extract_features(built.encoder, labelled.images, self.device)
+                head = train_probe(features, labelled.labels, test.num_classes, probe, seed, self.device)
+            else:
+                weight = suspect.tensors["head.weight"]
+                head = torch.nn.Linear(weight.shape[1], weight.shape[0])
+                head.load_state_dict({"weight": weight, "bias": suspect.tensors["head.bias"]})
+            return classifier_metrics(built.encoder, head.to(self.device), test, suspect.trigger, suspect.target, self.device).as_dict()
+
+        return self.store.record(key, build)
+
     # -- rows -------------------------------------------------------------------------
 
     def row(
         self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, **defense_overrides,
+        trigger_of: str | None = None, attack_overrides: dict | None = None, **defense_overrides,
     ) -> Row:
         """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`.
 
         A clean-encoder row evaluates the profile's trigger, or with `trigger_of` the trigger that attack
         defines (BASSL brings its own); such a row is labelled by the variant "<attack>'s trigger".
+        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`).
         """
         seconds: dict[str, float] = {}
+        attack_overrides = attack_overrides or {}
+        supervised = attack != CLEAN and ATTACKS.has_tag(attack, SUPERVISED)
         if attack == CLEAN:
             built = self.clean_encoder(seed)
             train, _ = self.downstream(downstream)
@@ -244,10 +278,11 @@ class Workbench:
                 if theirs.trigger.fingerprint() != trigger.fingerprint():
                     trigger, target, variant = theirs.trigger, theirs.target, variant or f"{trigger_of}'s trigger"
         else:
-            suspect = self.suspect(attack, downstream, seed)
+            suspect = self.suspect(attack, downstream, seed, **attack_overrides)
             built, trigger, target, attack_meta = suspect.built, suspect.trigger, suspect.target, suspect.built.meta
             seconds["attack"] = attack_meta["seconds"]
-        seconds["pretrain"] = self.clean_encoder(seed).meta["seconds"]
+        if not supervised:
+            seconds["pretrain"] = self.clean_encoder(seed).meta["seconds"]
         defense_meta: dict = {}
         if defense != UNDEFENDED:
             built = self.defend(defense, built, seed, **defense_overrides)
@@ -255,14 +290,20 @@ class Workbench:
             seconds["defense"] = defense_meta["seconds"]
             phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
             seconds.update({f"defense_{phase}": v for phase, v in phases.items()})
-        metrics = self.evaluate(built, downstream, trigger, target, seed)
+        if supervised:
+            metrics = self.evaluate_classifier(built, suspect, refit=defense != UNDEFENDED, seed=seed)
+            evaluation = {"classifier": "the attack's head" if defense == UNDEFENDED else "head refitted on the labelled clean subset"}
+        else:
+            metrics = self.evaluate(built, downstream, trigger, target, seed)
+            evaluation = {"probe": dataclasses.asdict(self.probe_config())}
         seconds["evaluate"] = metrics["seconds"]
         settings = {
             "profile": dataclasses.asdict(self.profile),
-            "probe": dataclasses.asdict(self.probe_config()),
+            **evaluation,
             "trigger": trigger.describe(),
             "target": target,
             "attack_meta": _strip_volatile(attack_meta),
+            "attack_overrides": attack_overrides,
             "defense_meta": _strip_volatile(defense_meta),
             "defense_overrides": defense_overrides,
         }

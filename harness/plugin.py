@@ -164,11 +164,14 @@ class HarnessSession:
 
         return with_overrides(get_profile(self.profile_name), self.overrides)
 
-    def attacks(self) -> list[str]:
+    def attacks(self, supervised: bool = False) -> list[str]:
+        """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
+        from harness.pipeline import SUPERVISED
         from harness.registry import ATTACKS
 
         load_methods()
-        return ATTACKS.names() if self._attacks == ALL else list(self._attacks)
+        chosen = ATTACKS.names() if self._attacks == ALL else list(self._attacks)
+        return [a for a in chosen if ATTACKS.has_tag(a, SUPERVISED) == supervised]
 
     def defenses(self) -> list[str]:
         """Registered defenses chosen on the command line (the undefended baseline is not one of them)."""
@@ -194,15 +197,19 @@ class HarnessSession:
         return self._workbench
 
     def row(
-        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "", trigger_of: str | None = None, **overrides
+        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
+        trigger_of: str | None = None, attack_overrides: dict | None = None, **overrides,
     ) -> "Row":
         """The row for this configuration, built once per session and kept for the summary."""
         from harness.contract import AttackNotApplicable
 
-        request = (suite, attack, defense, downstream, seed, variant, trigger_of, tuple(sorted(overrides.items())))
+        request = (suite, attack, defense, downstream, seed, variant, trigger_of,
+                   tuple(sorted((attack_overrides or {}).items())), tuple(sorted(overrides.items())))
         if request not in self._requests:
             try:
-                row = self.workbench.row(suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, **overrides)
+                row = self.workbench.row(
+                    suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, attack_overrides=attack_overrides, **overrides
+                )
             except AttackNotApplicable as why:
                 pytest.skip(f"{attack} on {downstream}: {why}")
             identity = (row.suite, row.attack, row.defense, row.downstream, row.seed, row.variant)

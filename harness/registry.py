@@ -53,6 +53,7 @@ class Entry(Generic[F]):
     fn: F
     config_type: type | None  # frozen dataclass of defaults, or None
     module: str  # where it was defined: its code version goes into cache keys
+    tags: frozenset[str] = frozenset()  # e.g. "supervised": an attack that backdoors a classifier, not an encoder
 
     def default_config(self) -> Any:
         return None if self.config_type is None else self.config_type()
@@ -71,8 +72,8 @@ class Registry(Generic[F]):
         self._entries: dict[str, Entry[F]] = {}
         self._plugins_loaded = entry_point_group is None
 
-    def register(self, name: str | None = None, *, config: type | None = None) -> Callable[[F], F]:
-        """Decorator: add the function under ``name`` (default: its own name)."""
+    def register(self, name: str | None = None, *, config: type | None = None, tags: tuple[str, ...] = ()) -> Callable[[F], F]:
+        """Decorator: add the function under ``name`` (default: its own name), with optional tags."""
         if config is not None and not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
             raise TypeError(f"{self.kind} config must be a frozen dataclass, got {config!r}")
 
@@ -80,7 +81,7 @@ class Registry(Generic[F]):
             key = name or fn.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered (by {self._entries[key].module})")
-            self._entries[key] = Entry(key, fn, config, fn.__module__)
+            self._entries[key] = Entry(key, fn, config, fn.__module__, frozenset(tags))
             return fn
 
         return decorate
@@ -126,6 +127,9 @@ class Registry(Generic[F]):
         """Registered names matching a shell-style pattern, sorted."""
         self._load_plugins()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def has_tag(self, name: str, tag: str) -> bool:
+        return tag in self.get(name).tags
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()

@@ -1,4 +1,4 @@
-"""BASSL's poisoning, the adaptive attack's regulariser, and the attack contract at micro size."""
+"""BASSL's and BadNets' poisoning, the adaptive attack's regulariser, and the attack contract at micro size."""
 
 import dataclasses
 
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from attacks.adaptive import AdaptiveConfig, adaptive_loss, attention_gap
 from attacks.badencoder import TamperBatch, badencoder_loss
+from attacks.badnets import BadNetsConfig, badnets, poison_labelled
 from attacks.bassl import BASSLConfig, bassl, poison
 from harness.contract import AttackInputs, AttackNotApplicable
 from harness.models import STAGES, build_encoder
@@ -95,3 +96,31 @@ def test_adaptive_loss_is_badencoder_loss_plus_the_weighted_gap():
     base = badencoder_loss(b.triggered, b.refs, b.refs_clean, b.shadow, b.shadow_clean, cfg)
     assert adaptive_loss(b, cfg).item() == pytest.approx(base.item() + 2.5 * attention_gap(clean, trig).item(), rel=1e-6)
     assert adaptive_loss(b, dataclasses.replace(cfg, lambda3=0.0)).item() == pytest.approx(base.item())
+
+
+# -- BadNets ----------------------------------------------------------------------------
+
+
+@given(target=st.integers(0, 9), rate=st.floats(0.01, 0.85), family=st.sampled_from(["checkerboard", "four_corners", "blend"]),
+       seed=st.integers(0, 1000))
+@settings(max_examples=40, deadline=None)
+def test_badnets_relabels_exactly_the_poisoned_share(target, rate, family, seed):
+    x, trigger = images(), make_trigger(family, 3)
+    poisoned, labels, chosen = poison_labelled(x, LABELS, target, trigger, rate, torch.Generator().manual_seed(seed))
+    assert len(chosen) == round(rate * len(LABELS)) and (LABELS[chosen] != target).all()
+    changed = (labels != LABELS).nonzero().flatten()
+    assert torch.equal(changed, chosen) and (labels[chosen] == target).all()  # exactly the poisoned images are relabelled
+    assert torch.equal(poisoned[chosen], trigger.stamp(x[chosen]))
+    untouched = torch.ones(len(x), dtype=torch.bool)
+    untouched[chosen] = False
+    assert torch.equal(poisoned[untouched], x[untouched])
+
+
+def test_badnets_trains_a_classifier_and_needs_the_pre_training_classes():
+    with pytest.raises(AttackNotApplicable):
+        badnets(attack_inputs(target_in_pretrain=False), 0, BadNetsConfig(epochs=1))
+    result = badnets(attack_inputs(target_in_pretrain=True), 0, BadNetsConfig(epochs=1, batch_size=16))
+    assert result.meta["head.weight"].shape == (10, 32) and result.meta["head.bias"].shape == (10,)
+    assert result.meta["poisoned_images"] == 7 and result.trigger.name == "checkerboard3"
+    with pytest.raises(ValueError, match="poison_rate"):
+        BadNetsConfig(poison_rate=1.0)

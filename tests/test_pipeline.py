@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.artifacts import ArtifactStore
-from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.contract import AttackNotApplicable, Budget, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.pipeline import CLEAN, UNDEFENDED, Workbench
 from harness.plugin import load_methods
@@ -93,3 +93,16 @@ def test_downstream_split_is_disjoint_from_pretraining(bench):
 def test_clean_ratio_is_checked(bench):
     with pytest.raises(ValueError, match="clean ratio"):
         bench.clean_subset(1.5)
+
+
+def test_a_supervised_attack_is_read_as_a_classifier(bench, spy):
+    quick = {"epochs": 1}
+    undefended = bench.row("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick)
+    assert '"classifier": "the attack\'s head"' in undefended.settings and '"name": "checkerboard3"' in undefended.settings
+    defended = bench.row("t", "badnets", "spy", "fmnist", 0, attack_overrides=quick)
+    (call,) = spy
+    assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}  # no labels reach the defense
+    assert "head refitted on the labelled clean subset" in defended.settings
+    assert undefended.n_test == defended.n_test == bench.downstream("fmnist")[1].images.shape[0]
+    with pytest.raises(AttackNotApplicable):
+        bench.row("t", "badnets", UNDEFENDED, "digits", 0, attack_overrides=quick)

@@ -89,3 +89,12 @@ def test_project_registries_are_filled():
     assert "badencoder" in ATTACKS
     assert {"fmnist", "digits", "cifar10", "stl10", "gtsrb", "svhn"} <= set(DATASETS.names())
     assert "resnet18" in ARCHS and "patch" in TRIGGERS
+
+
+def test_tags_say_what_kind_of_method_an_entry_is():
+    reg = Registry("attack")
+    reg.register("poison", tags=("supervised",))(lambda: None)
+    reg.register("tamper")(lambda: None)
+    assert reg.has_tag("poison", "supervised") and not reg.has_tag("tamper", "supervised")
+    with pytest.raises(UnknownNameError):
+        reg.has_tag("missing", "supervised")
