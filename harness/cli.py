@@ -18,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     from harness.plugin import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import ATTACKS, DEFENSES
-    from harness.results import ResultsStore, long_table, render, to_frame, write_reports
+    from harness.results import ResultsStore, write_reports
     from harness.training import resolve_device
 
     load_methods()
@@ -44,21 +44,32 @@ def _run(args: argparse.Namespace) -> int:
                     continue
                 store.append(row)
                 rows.append(row)
-    print(render(long_table(to_frame(rows)), args.format))
+    print_tables(rows, args.format)
     write_reports(rows, args.results_dir)
     return 0
 
 
 def _table(args: argparse.Namespace) -> int:
-    from harness.results import ResultsStore, long_table, render, to_frame, write_reports
+    from harness.results import ResultsStore, write_reports
 
     rows = ResultsStore(args.results_dir).rows()
     if not rows:
         print(f"harness: no rows in {args.results_dir / 'rows.jsonl'}", file=sys.stderr)
         return 2
-    print(render(long_table(to_frame(rows)), args.format))
+    print_tables(rows, args.format)
     write_reports(rows, args.results_dir)
     return 0
+
+
+def print_tables(rows: list, fmt: str) -> None:
+    """The Table-I comparison (when there is more than one defense column), then the long table."""
+    from harness.results import comparison_table, long_table, render, to_frame
+
+    frame = to_frame(rows)
+    comparison = comparison_table(frame)
+    if len(comparison.columns) > 3:
+        print(render(comparison, fmt) + "\n")
+    print(render(long_table(frame), fmt))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--download", action="store_true")
     run.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     run.add_argument("--results-dir", type=Path, default=Path("harness-results"))
-    run.add_argument("--format", choices=("terminal", "markdown", "latex", "csv"), default="terminal")
+    run.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
     run.set_defaults(func=_run)
     table = sub.add_parser("table", help="rebuild the tables from a results directory's stored rows")
     table.add_argument("results_dir", type=Path)
-    table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv"), default="terminal")
+    table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
     table.set_defaults(func=_table)
     return parser
 

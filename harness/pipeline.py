@@ -25,7 +25,7 @@ from harness.artifacts import ArtifactStore, artifact_key, code_version
 from harness.augment import AugmentConfig
 from harness.contract import AttackInputs, AttackResult, Budget, CleanSubset, DefenseResult
 from harness.data import LabeledImages, fingerprint, load_dataset
-from harness.evaluate import Metrics, ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
+from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
 from harness.models import Encoder
 from harness.profiles import Profile
 from harness.registry import ATTACKS, DEFENSES

@@ -123,7 +123,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where rows, tables and timings are written (default: harness-results)")
     group.addoption("--gate", type=_gates, default=(), metavar="GATES",
                     help="bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5' (default: none)")
-    group.addoption("--table-format", choices=("terminal", "markdown", "latex", "csv"), default="terminal",
+    group.addoption("--table-format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal",
                     help="format of the summary table printed at the end (default: terminal)")
     group.addoption("--baseline", type=Path, default=None, metavar="FILE",
                     help="fail a row whose ASR(non-target) rose or ACC fell beyond --baseline-tolerance against this saved file")
@@ -239,13 +239,18 @@ class HarnessSession:
         )
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import cost_table, long_table, render, to_frame, write_reports
+        from harness.results import comparison_table, cost_table, long_table, render, to_frame, write_reports
 
         if not self.rows:
             return
         fmt = self.config.option.table_format
-        write_sep("=", f"harness comparison table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
         frame = to_frame(self.rows)
+        comparison = comparison_table(frame)
+        if len(comparison.columns) > 3:  # more than one defense column: the paper's Table I shape
+            write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR)")
+            for line in render(comparison, fmt).splitlines():
+                write_line(line)
+        write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
         for line in render(long_table(frame), fmt).splitlines():
             write_line(line)
         cost = cost_table(self.rows)

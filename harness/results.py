@@ -5,7 +5,8 @@ complete line per row, flushed and synced, so an interrupted run loses nothing i
 finished and a partial last line is never read as a row). At the end of a session
 the rows become `results.csv` (deterministic: metrics and settings only, so the
 same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
-came from the cache), `table.md` and `cost.md` (seconds per defense and phase).
+came from the cache), `results.json` (the same rows), `table.md`, `comparison.md` and
+`comparison.tex` (the paper's Table I shape) and `cost.md` (seconds per defense and phase).
 """
 
 from __future__ import annotations
@@ -125,6 +126,30 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget") -> pd.DataFrame:
+    """The paper's Table I: one line per (attack, downstream), one column per defense, cells "ACC / ASR".
+
+    Means over seeds; `none` is the undefended encoder. The defense with the lowest ASR on a line
+    (ties: the higher ACC) is marked with a trailing "*". Clean-encoder controls and variants are left
+    out: they are the long table's business.
+    """
+    plain = frame[(frame["attack"] != "clean") & (frame["variant"].fillna("") == "")]
+    if plain.empty:
+        return pd.DataFrame()
+    means = plain.groupby(["attack", "downstream", "defense"], sort=True)[["acc", asr]].mean().reset_index()
+    defenses = sorted(means["defense"].unique(), key=lambda d: (d != "none", d))
+    lines = []
+    for (attack, downstream), group in means.groupby(["attack", "downstream"], sort=True):
+        cells = {d: (a, r) for d, a, r in zip(group["defense"], group["acc"], group[asr])}
+        defended = [(r, -a, d) for d, (a, r) in cells.items() if d != "none"]
+        best = min(defended)[2] if defended else None
+        line = {"attack": attack, "downstream": downstream}
+        for d in defenses:
+            line[d] = f"{cells[d][0]:.2f} / {cells[d][1]:.2f}{' *' if d == best else ''}" if d in cells else ""
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
     """Seconds each defense took (mean ± 95 % CI over its runs), in total and per phase, one line per defense.
 
@@ -154,17 +179,22 @@ def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
     return table
 
 
+TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")
+
+
 def render(table: pd.DataFrame, fmt: str) -> str:
-    """A table as terminal text, markdown, LaTeX (booktabs) or CSV."""
+    """A table as terminal text, markdown, LaTeX (booktabs), CSV or JSON (a list of records)."""
     if fmt == "csv":
         return table.to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=1, force_ascii=False)
     if fmt == "markdown":
         return tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
     if fmt == "latex":
         return tabulate(table, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
     if fmt == "terminal":
         return tabulate(table, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
-    raise ValueError(f"unknown table format {fmt!r}; choose terminal, markdown, latex or csv")
+    raise ValueError(f"unknown table format {fmt!r}; choose {', '.join(TABLE_FORMATS)}")
 
 
 def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
@@ -176,6 +206,9 @@ def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
         "results.csv": frame.to_csv(index=False),
         "timings.csv": timings_frame(rows).to_csv(index=False),
         "table.md": render(long_table(frame), "markdown") + "\n",
+        "comparison.md": render(comparison_table(frame), "markdown") + "\n",
+        "comparison.tex": render(comparison_table(frame), "latex") + "\n",
+        "results.json": frame.to_json(orient="records", indent=1, force_ascii=False) + "\n",
         "cost.md": render(cost_table(rows), "markdown") + "\n",
     }
     paths = {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.artifacts import ArtifactStore
-from harness.contract import AttackNotApplicable, Budget, CleanSubset, DefenseResult
+from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.pipeline import CLEAN, UNDEFENDED, Workbench
 from harness.plugin import load_methods

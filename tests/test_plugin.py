@@ -64,7 +64,7 @@ def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
     for run in ("a", "b"):
         result = project.runpytest_subprocess("--attack=badencoder", "--downstream=fmnist", f"--cache-dir={tmp_path / run / 'cache'}",
                                              f"--results-dir={tmp_path / run / 'results'}", *MICRO)
-        result.stdout.fnmatch_lines(["*harness comparison table*", "*badencoder*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
+        result.stdout.fnmatch_lines(["*harness comparison (profile tiny*", "*badencoder*fmnist*", "*harness table (profile tiny*", "*badencoder*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
         csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
     assert csvs[0] == csvs[1]
     assert b"badencoder" in csvs[0]
