@@ -1,12 +1,17 @@
-"""`python -m harness` / `harness`: run a slice without pytest, or rebuild tables from stored rows.
+"""`python -m harness` / `harness`: run a slice without pytest, rebuild tables, or check your own encoder.
 
     harness run --attack badencoder --downstream fmnist --profile tiny
     harness table harness-results --format latex
+    harness scan ENCODER --arch resnet18 --data IMAGES            exit 0: no backdoor found, 1: suspected
+    harness purify ENCODER --arch resnet18 --data IMAGES --defense mimic --out PURIFIED.safetensors
+
+Bad input (unknown names, unreadable or refused files, missing data) exits with 2 and one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -61,6 +66,85 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from defenses.decree import DecreeConfig, invert
+    from harness.contract import CleanSubset
+    from harness.external import load_external_encoder, load_image_folder
+    from harness.training import resolve_device, seed_everything
+
+    device = resolve_device(args.device)
+    encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix).to(device)
+    images = load_image_folder(args.data)
+    config = DecreeConfig(steps=args.steps)
+    found = invert(encoder, CleanSubset(images), config, seed_everything(args.seed, "scan"), device)
+    rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
+    print(f"harness scan: {'BACKDOOR SUSPECTED' if found.flagged else 'no backdoor found'} in {args.encoder}")
+    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.steps} steps")
+    print(f"  evidence: the smallest mask that collapses the features of clean images (mean pairwise cosine >= "
+          f"{config.target_cosine}) covers {found.l1_share:.2%} of the image; flagged below {config.flag_below:.0%}")
+    print(f"  stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
+    if args.json:
+        from harness.artifacts import atomic_write_text
+
+        report = {"encoder": str(args.encoder), "flagged": found.flagged, "l1_share": found.l1_share, "cosine": found.cosine,
+                  "flag_below": config.flag_below, "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows,
+                  "mask_columns": cols}
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    return 1 if found.flagged else 0
+
+
+def torch_nonzero_box(mask) -> tuple[list[int], list[int]]:
+    """[first, last] row and column of a boolean (H, W) mask's True pixels; empty lists when none."""
+    import torch
+
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    if not rows.numel():
+        return [], []
+    return [int(rows.min()), int(rows.max())], [int(cols.min()), int(cols.max())]
+
+
+def _purify(args: argparse.Namespace) -> int:
+    import dataclasses
+    import hashlib
+    import time
+
+    from harness.artifacts import atomic_write_text, save_encoder
+    from harness.contract import Budget, CleanSubset
+    from harness.external import load_external_encoder, load_image_folder
+    from harness.plugin import load_methods
+    from harness.profiles import get_profile, with_overrides
+    from harness.registry import DEFENSES
+    from harness.training import resolve_device
+
+    load_methods()
+    method = DEFENSES.create(args.defense)
+    profile = with_overrides(get_profile(args.profile), args.set)
+    device = resolve_device(args.device)
+    encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix)
+    images = load_image_folder(args.data)
+    budget = Budget(epochs=profile.defense_epochs, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
+    print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
+          f"{budget.epochs} epochs (profile {profile.name}), device {device}", file=sys.stderr)
+    start = time.perf_counter()
+    result = method(encoder, CleanSubset(images), budget, args.seed)
+    seconds = time.perf_counter() - start
+    save_encoder(args.out, result.encoder.cpu(), meta={"defense": args.defense})
+    sidecar = {
+        "defense": args.defense,
+        "settings": dataclasses.asdict(method.config) if method.config is not None else {},
+        "budget": {"epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr, "profile": profile.name},
+        "seed": args.seed,
+        "seconds": seconds,
+        "source": str(args.encoder),
+        "source_sha256": hashlib.sha256(Path(args.encoder).read_bytes()).hexdigest(),
+        "images": len(images),
+        "meta": result.meta,  # per defense: MI and beta per stage (MIMIC), pruned channels, verdicts...
+    }
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(sidecar, indent=1, default=str) + "\n")
+    print(f"written: {args.out} and {args.out.with_suffix('.json')} ({seconds:.1f} s)")
+    return 0
+
+
 def print_tables(rows: list, fmt: str) -> None:
     """The Table-I comparison (when there is more than one defense column), then the long table."""
     from harness.results import comparison_table, long_table, render, to_frame
@@ -94,17 +178,37 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("results_dir", type=Path)
     table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
     table.set_defaults(func=_table)
+    for name, helptext in (("scan", "look for a backdoor in your own encoder (label-free trigger inversion)"),
+                           ("purify", "run a defense on your own encoder and write the purified one")):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("encoder", type=Path, help=".safetensors, or a weights-only PyTorch state dict (.pt/.pth)")
+        cmd.add_argument("--arch", default="resnet18", help="registered architecture: resnet18 (CIFAR stem) or resnet18_imagenet (torchvision's)")
+        cmd.add_argument("--key-prefix", default="", help="a prefix to strip from tensor names, e.g. 'backbone.'")
+        cmd.add_argument("--data", type=Path, required=True, help="folder of unlabeled clean images (flat, or one sub-folder per class)")
+        cmd.add_argument("--device", default="auto")
+        cmd.add_argument("--seed", type=int, default=0)
+        if name == "scan":
+            cmd.add_argument("--steps", type=int, default=400, help="trigger-inversion steps (default: 400)")
+            cmd.add_argument("--json", type=Path, default=None, help="also write the verdict and its evidence as JSON")
+            cmd.set_defaults(func=_scan)
+        else:
+            cmd.add_argument("--defense", default="mimic")
+            cmd.add_argument("--out", type=Path, required=True, help="where to write the purified encoder (.safetensors)")
+            cmd.add_argument("--profile", default="tiny", help="whose defense budget to use (default: tiny)")
+            cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+            cmd.set_defaults(func=_purify)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from harness.artifacts import ArtifactError
     from harness.data import DatasetNotFound
     from harness.registry import UnknownNameError
 
     try:
         return args.func(args)
-    except (UnknownNameError, DatasetNotFound) as e:
+    except (UnknownNameError, DatasetNotFound, ArtifactError, ValueError) as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
 

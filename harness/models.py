@@ -5,7 +5,8 @@ The encoder is the CIFAR variant of ResNet-18 used by SimCLR, BadEncoder and MIM
 tiny CPU profile runs the same architecture as the paper at a fraction of the cost.
 Input: float images in [0, 1], shape (N, 3, H, W). Output: the pooled feature
 (N, 8 * width); `forward_stages` also returns the four stage maps that MIMIC,
-NAD and MEDIC read.
+NAD and MEDIC read. `resnet18_imagenet` is torchvision's layout (7x7 stride-2
+stem and max-pool), for encoders users bring (harness/external.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ CHANNELS_LAST_MIN_WIDTH = 16
 class ArchConfig:
     width: int = 64  # channels of the first stage; stages have width * (1, 2, 4, 8)
     blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    stem: str = "cifar"  # "cifar": 3x3 stride 1, no max-pool; "imagenet": torchvision's 7x7 stride 2 and max-pool
+
+    def __post_init__(self) -> None:
+        if self.stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+
+
+@dataclass(frozen=True)
+class ImageNetStemConfig(ArchConfig):
+    stem: str = "imagenet"
 
 
 class BasicBlock(nn.Module):
@@ -55,7 +66,12 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        if config.stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            )
         widths = (w, 2 * w, 4 * w, 8 * w)
         c_in = w
         for i, (name, c_out, n) in enumerate(zip(STAGES, widths, config.blocks)):
@@ -98,6 +114,12 @@ class Projector(nn.Module):
 
 @ARCHS.register("resnet18", config=ArchConfig)
 def resnet18(config: ArchConfig) -> Encoder:
+    return Encoder(config)
+
+
+@ARCHS.register("resnet18_imagenet", config=ImageNetStemConfig)
+def resnet18_imagenet(config: ArchConfig) -> Encoder:
+    """torchvision's ResNet-18 layout (7x7 stem, max-pool) without its classifier: for users' own encoders."""
     return Encoder(config)
 
 
