@@ -101,12 +101,28 @@ class Workbench:
     def pretrain_images(self) -> Tensor:
         return self.pretrain_set.images
 
-    def clean_subset(self, ratio: float | None = None) -> CleanSubset:
-        """The defender's share of the pre-training images (`clean_ratio` by default), unlabeled."""
+    def clean_subset(self, ratio: float | None = None, poisoned: tuple[Trigger, float] | None = None) -> CleanSubset:
+        """The defender's share of the pre-training images (`clean_ratio` by default), unlabeled.
+
+        `poisoned` = (trigger, share): the robustness question of a defender whose "clean" data is not, a
+        fixed random `share` of the subset carries the attack's trigger. The defense still only sees images.
+        """
         ratio = self.profile.clean_ratio if ratio is None else ratio
         if not 0 < ratio <= 1:
             raise ValueError(f"clean ratio must be in (0, 1], got {ratio}")
-        return CleanSubset(self.pretrain_images[: max(2, round(ratio * self.profile.pretrain_size))])
+        images = self.pretrain_images[: max(2, round(ratio * self.profile.pretrain_size))]
+        if poisoned is not None:
+            trigger, share = poisoned
+            if not 0 <= share <= 1:
+                raise ValueError(f"poisoned share of the clean subset must be in [0, 1], got {share}")
+            chosen = self._order(len(images))[: round(share * len(images))]
+            images = images.clone()
+            images[chosen] = trigger.stamp(images[chosen])
+        return CleanSubset(images)
+
+    def with_profile(self, **changes) -> "Workbench":
+        """A workbench for the profile with `changes` (e.g. a trigger size), sharing this one's store and data."""
+        return Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root, self.download)
 
     def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
         """(train, test) of a downstream task, capped by the profile; disjoint from pre-training images."""
@@ -198,10 +214,13 @@ class Workbench:
         tensors = {k.removeprefix("meta."): v for k, v in extra.items() if k.startswith("meta.")}
         return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]), tensors)
 
-    def defend(self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None, **overrides) -> Built:
+    def defend(
+        self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None,
+        poisoned: tuple[Trigger, float] | None = None, **overrides,
+    ) -> Built:
         """Run a defense on the suspect with only the clean subset and the budget."""
         method = DEFENSES.create(defense, **overrides)
-        clean = self.clean_subset(clean_ratio)
+        clean = self.clean_subset(clean_ratio, poisoned)
         budget = self.budget()
         key = artifact_key(
             "defense", defense=defense, config=method.config, seed=seed, budget=budget, upstream=suspect.key,
@@ -258,13 +277,15 @@ class Workbench:
 
     def row(
         self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, attack_overrides: dict | None = None, **defense_overrides,
+        trigger_of: str | None = None, attack_overrides: dict | None = None, clean_ratio: float | None = None,
+        clean_poison: float = 0.0, **defense_overrides,
     ) -> Row:
         """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`.
 
         A clean-encoder row evaluates the profile's trigger, or with `trigger_of` the trigger that attack
         defines (BASSL brings its own); such a row is labelled by the variant "<attack>'s trigger".
-        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`).
+        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`). `clean_ratio`
+        and `clean_poison` change the defender's data (see `clean_subset`).
         """
         seconds: dict[str, float] = {}
         attack_overrides = attack_overrides or {}
@@ -285,7 +306,8 @@ class Workbench:
             seconds["pretrain"] = self.clean_encoder(seed).meta["seconds"]
         defense_meta: dict = {}
         if defense != UNDEFENDED:
-            built = self.defend(defense, built, seed, **defense_overrides)
+            poisoned = (trigger, clean_poison) if clean_poison else None
+            built = self.defend(defense, built, seed, clean_ratio, poisoned, **defense_overrides)
             defense_meta = built.meta
             seconds["defense"] = defense_meta["seconds"]
             phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
@@ -306,6 +328,7 @@ class Workbench:
             "attack_overrides": attack_overrides,
             "defense_meta": _strip_volatile(defense_meta),
             "defense_overrides": defense_overrides,
+            "defender_data": {"clean_ratio": clean_ratio or self.profile.clean_ratio, "poisoned_share": clean_poison},
         }
         return Row(
             suite=suite, profile=self.profile.name, attack=attack, defense=defense, variant=variant,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -144,9 +145,16 @@ class HarnessSession:
         self.seeds = [opt.seed + i for i in range(opt.seeds)]
         self.gates = opt.gate
         self._attacks, self._defenses, self._downstream = opt.attack, opt.defense, opt.downstream
+        self._check_start_up(opt)
         self._rows: dict[tuple, Row] = {}  # by the row's own identity: what the summary shows
         self._requests: dict[tuple, Row] = {}  # by what a test asked for
         self._workbench: Workbench | None = None
+        self._workbenches: dict[tuple, Workbench] = {}  # profiles with changes (robustness sweeps)
+        # Under pytest-xdist the controller makes no rows: it reads what the workers append after this offset.
+        self._rows_offset: int | None = None
+        if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+            rows_file = Path(opt.results_dir) / "rows.jsonl"
+            self._rows_offset = rows_file.stat().st_size if rows_file.exists() else 0
         self.baseline: dict | None = None
         if opt.baseline is not None and not opt.update_baseline:
             from harness.gates import load_baseline
@@ -157,6 +165,22 @@ class HarnessSession:
                 raise pytest.UsageError(str(e)) from None
         elif opt.update_baseline and opt.baseline is None:
             raise pytest.UsageError("--update-baseline needs --baseline FILE to write")
+
+    def _check_start_up(self, opt) -> None:
+        """Bad settings are usage errors before anything is collected or built, not tracebacks mid-run."""
+        if opt.harness_set:
+            try:
+                self.profile  # noqa: B018 - parsing and validating the overrides is the point
+            except (ValueError, TypeError) as e:
+                raise pytest.UsageError(f"--set: {e}") from None
+        if opt.data_root is not None and not Path(opt.data_root).is_dir():
+            raise pytest.UsageError(f"--data-root {opt.data_root} is not a folder")
+        for option, folder in (("--results-dir", opt.results_dir), ("--cache-dir", opt.cache_dir)):
+            folder = Path(folder)
+            if folder.exists() and not folder.is_dir():
+                raise pytest.UsageError(f"{option} {folder} exists and is not a folder")
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise pytest.UsageError(f"{option} {folder} is not writable")
 
     @property
     def profile(self) -> "Profile":
@@ -198,16 +222,22 @@ class HarnessSession:
 
     def row(
         self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, attack_overrides: dict | None = None, **overrides,
+        trigger_of: str | None = None, attack_overrides: dict | None = None, profile_changes: dict | None = None, **overrides,
     ) -> "Row":
-        """The row for this configuration, built once per session and kept for the summary."""
+        """The row for this configuration, built once per session and kept for the summary.
+
+        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the
+        change in `variant`. Other keywords go to `Workbench.row` (clean_ratio, clean_poison, defense settings).
+        """
         from harness.contract import AttackNotApplicable
 
-        request = (suite, attack, defense, downstream, seed, variant, trigger_of,
+        changes = tuple(sorted((profile_changes or {}).items()))
+        request = (suite, attack, defense, downstream, seed, variant, trigger_of, changes,
                    tuple(sorted((attack_overrides or {}).items())), tuple(sorted(overrides.items())))
         if request not in self._requests:
+            bench = self.workbench if not changes else self._changed_workbench(changes)
             try:
-                row = self.workbench.row(
+                row = bench.row(
                     suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, attack_overrides=attack_overrides, **overrides
                 )
             except AttackNotApplicable as why:
@@ -226,6 +256,11 @@ class HarnessSession:
             check_baseline(row, self.baseline, self.config.option.baseline_tolerance)
         return row
 
+    def _changed_workbench(self, changes: tuple) -> "Workbench":
+        if changes not in self._workbenches:
+            self._workbenches[changes] = self.workbench.with_profile(**dict(changes))
+        return self._workbenches[changes]
+
     @property
     def rows(self) -> list["Row"]:
         return list(self._rows.values())
@@ -238,13 +273,22 @@ class HarnessSession:
             f"seeds {self.seeds}, device {self.config.option.device}, cache {self.config.option.cache_dir}"
         )
 
+    def session_rows(self) -> list["Row"]:
+        """This session's rows: those its tests made, or, as pytest-xdist's controller, those its workers appended."""
+        if self.rows or self._rows_offset is None:
+            return self.rows
+        from harness.results import ResultsStore
+
+        return ResultsStore(self.config.option.results_dir).rows(since=self._rows_offset)
+
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
         from harness.results import comparison_table, cost_table, long_table, render, to_frame, write_reports
 
-        if not self.rows:
+        rows = self.session_rows()
+        if not rows:
             return
         fmt = self.config.option.table_format
-        frame = to_frame(self.rows)
+        frame = to_frame(rows)
         comparison = comparison_table(frame)
         if len(comparison.columns) > 3:  # more than one defense column: the paper's Table I shape
             write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR)")
@@ -253,28 +297,37 @@ class HarnessSession:
         write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
         for line in render(long_table(frame), fmt).splitlines():
             write_line(line)
-        cost = cost_table(self.rows)
+        cost = cost_table(rows)
         if len(cost):
             write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")
             for line in render(cost, fmt).splitlines():
                 write_line(line)
-        paths = list(write_reports(self.rows, self.config.option.results_dir).values())
+        paths = list(write_reports(rows, self.config.option.results_dir).values())
         if self.config.option.update_baseline:
             from harness.gates import save_baseline
 
-            save_baseline(self.rows, self.config.option.baseline)
+            save_baseline(rows, self.config.option.baseline)
             paths.append(self.config.option.baseline)
         write_line(f"written: {', '.join(str(p) for p in paths)}")
 
 
+SUITE_MARKERS = ("effectiveness", "ablation", "robustness", "generalisation", "cost")
 harness_key = pytest.StashKey[HarnessSession]()
 previous_sink_key = pytest.StashKey[Callable[[str], None]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "suite(question): a research-question suite of the harness (builds encoders; slow)")
+    config.addinivalue_line("markers", "suite(question): a research-question suite of the harness (builds encoders)")
+    for question in SUITE_MARKERS:
+        config.addinivalue_line("markers", f"{question}: the {question} suite (select with -m {question})")
+    config.addinivalue_line("markers", "slow: a suite whose full grid takes hours on two CPU cores (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
     config.stash[harness_key] = HarnessSession(config)
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: share the cores instead of oversubscribing them
+        import torch
+
+        workers = int(config.workerinput.get("workercount", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     from harness.training import progress_sink, set_progress_sink
 
     config.stash[previous_sink_key] = progress_sink()

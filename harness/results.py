@@ -6,7 +6,8 @@ finished and a partial last line is never read as a row). At the end of a sessio
 the rows become `results.csv` (deterministic: metrics and settings only, so the
 same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
 came from the cache), `results.json` (the same rows), `table.md`, `comparison.md` and
-`comparison.tex` (the paper's Table I shape) and `cost.md` (seconds per defense and phase).
+`comparison.tex` (the paper's Table I shape), `cost.md` (seconds per defense and phase)
+and a PNG per sweep (harness/plots.py).
 """
 
 from __future__ import annotations
@@ -63,11 +64,15 @@ class ResultsStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def rows(self) -> list[Row]:
+    def rows(self, since: int = 0) -> list[Row]:
+        """Every complete row in the file, or those appended after byte offset `since`."""
         if not self.path.exists():
             return []
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8")
         rows = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 rows.append(Row(**json.loads(line)))
             except (json.JSONDecodeError, TypeError):
@@ -79,6 +84,8 @@ def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
     records = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rows]
     columns = [f.name for f in dataclasses.fields(Row) if f.name != "seconds"]
     frame = pd.DataFrame.from_records(records, columns=columns)
+    # A row made again (a re-run, or two xdist workers building the same control) counts once: the latest.
+    frame = frame.drop_duplicates(subset=["suite", "profile", "attack", "defense", "downstream", "seed", "variant"], keep="last")
     return frame.sort_values(["suite", "attack", "downstream", "defense", "variant", "seed"], kind="stable").reset_index(drop=True)
 
 
@@ -198,7 +205,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
 
 def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
-    """results.csv, timings.csv and table.md in `root`, each written atomically."""
+    """Every table and plot of the rows in `root`, each written atomically (see the module docstring)."""
     from harness.artifacts import atomic_write_text
 
     frame = to_frame(rows)
@@ -215,4 +222,7 @@ def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
     for name, text in outputs.items():
         paths[name] = root / name
         atomic_write_text(paths[name], text)
+    from harness.plots import sweep_plots
+
+    paths.update({p.name: p for p in sweep_plots(frame, root)})
     return paths

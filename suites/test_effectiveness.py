@@ -21,7 +21,7 @@ SUITE = "effectiveness"
 CONTROL_ASR_AT_MOST = 15.0  # a trigger alone moves few clean-encoder predictions to the target
 BACKDOOR_MARGIN = 20.0  # points of ASR(non-target) an implanted backdoor adds over the clean control
 
-pytestmark = pytest.mark.suite(SUITE)
+pytestmark = [pytest.mark.suite(SUITE), pytest.mark.effectiveness]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -24,7 +24,7 @@ TRIGGER_FAMILIES: dict[str, dict] = {  # RQ4.1's triggers, as attack settings
     "blend": {"trigger": "blend", "trigger_size": 32},
 }
 
-pytestmark = pytest.mark.suite(SUITE)
+pytestmark = [pytest.mark.suite(SUITE), pytest.mark.generalisation]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -64,3 +64,13 @@ def test_saving_merges_rows_and_bad_files_are_clear_errors(tmp_path):
     (tmp_path / "odd.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="map of row keys"):
         load_baseline(tmp_path / "odd.json")
+
+
+@given(text=st.text(alphabet="asr_nontargetc<=>0123456789.,- ", max_size=30))
+def test_any_gate_text_parses_or_is_a_value_error(text):
+    try:
+        gates = parse_gates(text)
+    except ValueError as e:
+        assert "METRIC" in str(e)
+        return
+    assert all(g.metric in ("acc", "asr_all", "asr_nontarget", "acc_drop") for g in gates)

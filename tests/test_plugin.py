@@ -40,6 +40,12 @@ def test_unknown_attack_fails_at_once_listing_the_registered(project):
     (["--gate=asr<5"], "*METRIC*"),
     (["--baseline=/nonexistent/baseline.json"], "*baseline file*does not exist*"),
     (["--update-baseline"], "*--update-baseline needs --baseline*"),
+    (["--set", "clean_ratio=2"], "*--set: clean_ratio must be in (0, 1]*"),
+    (["--set", "trigger_size=40"], "*--set: trigger_size must be between 1 and the image size 32*"),
+    (["--set", "widht=8"], "*--set: unknown profile field 'widht'*"),
+    (["--set", "width=eight"], "*--set: width takes a int*"),
+    (["--data-root=/nonexistent/datasets"], "*--data-root /nonexistent/datasets is not a folder*"),
+    (["--results-dir=/dev/null"], "*--results-dir /dev/null exists and is not a folder*"),
 ])
 def test_bad_options_are_usage_errors(project, args, message):
     result = project.runpytest(*args)

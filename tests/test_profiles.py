@@ -1,6 +1,8 @@
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness.profiles import PROFILES, Profile, get_profile, with_overrides
 
@@ -40,3 +42,13 @@ def test_validation_rejects_nonsense():
         Profile(name="x", trigger_size=40)
     with pytest.raises(ValueError, match="probe"):
         Profile(name="x", probe="svm")
+
+
+@given(field=st.sampled_from([f.name for f in dataclasses.fields(Profile)] + ["nosuch", ""]), text=st.text(max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_any_set_assignment_is_a_profile_or_a_value_error(field, text):
+    try:
+        profile = with_overrides(get_profile("tiny"), [f"{field}={text}"])
+    except ValueError:
+        return  # the plugin turns it into a usage error naming the field
+    assert isinstance(profile, Profile) and 0 < profile.clean_ratio <= 1 and 1 <= profile.trigger_size <= 32

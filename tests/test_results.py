@@ -114,3 +114,23 @@ def test_exactly_one_best_defense_per_line_and_it_has_the_lowest_asr(asrs, accs)
     (line,) = comparison_table(to_frame(rows)).to_dict("records")
     marked = [n for n in names if line[n].endswith(" *")]
     assert len(marked) == 1 and round(asrs[names.index(marked[0])], 4) == round(min(asrs), 4)
+
+
+def test_sweeps_become_one_png_per_suite_and_setting(tmp_path):
+    rows = [dataclasses.replace(row(s, acc=80 - v, asr=v, defense="mimic"), suite="ablation", variant=f"lambda1={v / 10:g}")
+            for s in (0, 1) for v in (0, 4, 10)]
+    rows += [dataclasses.replace(row(0, defense="mimic"), suite="robustness", variant="clean_ratio=0.01"), row(0, defense="mimic")]
+    paths = write_reports(rows, tmp_path)
+    pngs = sorted(p.name for p in paths.values() if p.suffix == ".png")
+    assert pngs == ["plot-ablation-lambda1.png", "plot-robustness-clean_ratio.png"]
+    assert (tmp_path / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_points_average_over_seeds():
+    from harness.plots import sweep_points
+
+    rows = [dataclasses.replace(row(s, acc=70 + s, asr=10.0 * s, defense="mimic"), variant="lambda2=1000") for s in (0, 2)]
+    rows.append(dataclasses.replace(row(0, defense="mimic"), variant="no_clone"))  # not a sweep point
+    points = sweep_points(to_frame(rows))
+    assert len(points) == 1 and points.loc[0, "sweep"] == "lambda2" and points.loc[0, "value"] == 1000.0
+    assert points.loc[0, "acc"] == 71.0 and points.loc[0, "asr_nontarget"] == 10.0
