@@ -282,7 +282,7 @@ class HarnessSession:
         return ResultsStore(self.config.option.results_dir).rows(since=self._rows_offset)
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import comparison_table, cost_table, long_table, render, to_frame, write_reports
+        from harness.results import comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
 
         rows = self.session_rows()
         if not rows:
@@ -297,6 +297,11 @@ class HarnessSession:
         write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
         for line in render(long_table(frame), fmt).splitlines():
             write_line(line)
+        verdicts = verdict_table(frame)
+        if len(verdicts):
+            write_sep("-", "detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)")
+            for line in render(verdicts, fmt).splitlines():
+                write_line(line)
         cost = cost_table(rows)
         if len(cost):
             write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")

@@ -6,7 +6,8 @@ finished and a partial last line is never read as a row). At the end of a sessio
 the rows become `results.csv` (deterministic: metrics and settings only, so the
 same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
 came from the cache), `results.json` (the same rows), `table.md`, `comparison.md` and
-`comparison.tex` (the paper's Table I shape), `cost.md` (seconds per defense and phase)
+`comparison.tex` (the paper's Table I shape), `cost.md` (seconds per defense and phase),
+`verdicts.md` (detectors' verdicts and evidence)
 and a PNG per sweep (harness/plots.py).
 """
 
@@ -157,6 +158,18 @@ def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget") -> pd.Data
     return pd.DataFrame(lines)
 
 
+def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Detectors' verdicts: one line per row whose defense reports `flagged` (DECREE), with its evidence."""
+    lines = []
+    for r in frame.itertuples():
+        meta = json.loads(r.settings).get("defense_meta", {})
+        if "flagged" in meta:
+            evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine") if k in meta}
+            lines.append({"attack": r.attack, "downstream": r.downstream, "defense": r.defense, "seed": r.seed,
+                          "verdict": "backdoor" if meta["flagged"] else "clean", **{k: f"{v:.4f}" for k, v in evidence.items()}})
+    return pd.DataFrame(lines)
+
+
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
     """Seconds each defense took (mean ± 95 % CI over its runs), in total and per phase, one line per defense.
 
@@ -217,6 +230,7 @@ def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
         "comparison.tex": render(comparison_table(frame), "latex") + "\n",
         "results.json": frame.to_json(orient="records", indent=1, force_ascii=False) + "\n",
         "cost.md": render(cost_table(rows), "markdown") + "\n",
+        "verdicts.md": render(verdict_table(frame), "markdown") + "\n",
     }
     paths = {}
     for name, text in outputs.items():

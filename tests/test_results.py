@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.results import ResultsStore, Row, ci95, comparison_table, cost_table, long_table, render, to_frame, write_reports
+from harness.results import ResultsStore, Row, ci95, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -134,3 +134,10 @@ def test_sweep_points_average_over_seeds():
     points = sweep_points(to_frame(rows))
     assert len(points) == 1 and points.loc[0, "sweep"] == "lambda2" and points.loc[0, "value"] == 1000.0
     assert points.loc[0, "acc"] == 71.0 and points.loc[0, "asr_nontarget"] == 10.0
+
+
+def test_verdict_table_lists_detector_rows_with_their_evidence():
+    flagged = dataclasses.replace(row(0, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": True, "l1_share": 0.02}}))
+    clean = dataclasses.replace(row(1, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}}))
+    table = verdict_table(to_frame([flagged, clean, row(0, defense="mimic")]))
+    assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "backdoor", "0.0200"], [1, "clean", "0.0700"]]
