@@ -31,8 +31,8 @@ pytestmark = [pytest.mark.suite(SUITE), pytest.mark.robustness, pytest.mark.slow
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     h = session_of(metafunc.config)
     defenses = [d for d in h.defenses() if d in ROBUSTNESS_OF]
-    axes = {"attack": h.attacks(), "downstream": h.downstream(), "defense": defenses, "seed": h.seeds,
-            "trigger_size": TRIGGER_SIZES, "clean_ratio": CLEAN_RATIOS, "clean_poison": CLEAN_POISON}
+    axes = {"attack": h.attacks(), "downstream": h.downstream(), "defense": defenses,
+            "trigger_size": TRIGGER_SIZES, "clean_ratio": CLEAN_RATIOS, "clean_poison": CLEAN_POISON, "seed": h.seeds}
     parametrize_grid(metafunc, axes)
 
 

@@ -94,3 +94,26 @@ def test_a_nested_session_gives_the_progress_sink_back(pytester):
     pytester.makepyfile(test_nothing="def test_ok():\n    pass\n")
     pytester.runpytest()
     assert progress_sink() is before
+
+
+@pytest.mark.parametrize("suite, expected", [
+    ("ablation", ["*test_variant[[]badencoder-fmnist-mimic-lambda2=3500-seed0]"]),
+    ("robustness", ["*test_trigger_size[[]badencoder-fmnist-mimic-3-seed0]", "*test_clean_ratio[[]bassl-digits-mimic-0.01-seed0]",
+                    "*test_poisoned_clean_data[[]adaptive-fmnist-mimic-0.25-seed0]"]),
+    ("generalisation", ["*test_supervised_backdoor_is_implanted[[]badnets-four_corners-seed0]",
+                        "*test_supervised_backdoor_defended[[]badnets-blend-nad-seed0]", "*test_clean_encoder_keeps_accuracy[[]digits-ft-seed0]"]),
+    ("cost", ["*test_defense_reports_its_seconds[[]adaptive-fmnist-anp-seed0]"]),
+])
+def test_every_suite_collects_readable_ids(pytester, suite, expected):
+    pytester.makepyfile(**{f"test_{suite}_copy": (SUITES / f"test_{suite}.py").read_text()})
+    result = pytester.runpytest("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(expected, consecutive=False)
+
+
+def test_markers_select_suites(pytester):
+    for suite in ("effectiveness", "cost"):
+        pytester.makepyfile(**{f"test_{suite}_copy": (SUITES / f"test_{suite}.py").read_text()})
+    result = pytester.runpytest("--collect-only", "-q", "-m", "cost", "--attack=badencoder")
+    result.stdout.fnmatch_lines(["*test_cost_copy.py::test_defense_reports_its_seconds*"])
+    result.stdout.no_fnmatch_line("*test_effectiveness_copy*")
