@@ -106,3 +106,21 @@ def test_a_supervised_attack_is_read_as_a_classifier(bench, spy):
     assert undefended.n_test == defended.n_test == bench.downstream("fmnist")[1].images.shape[0]
     with pytest.raises(AttackNotApplicable):
         bench.row("t", "badnets", UNDEFENDED, "digits", 0, attack_overrides=quick)
+
+
+def test_poisoned_clean_subset_stamps_exactly_the_share(bench):
+    trigger = bench.trigger()
+    plain = bench.clean_subset()
+    poisoned = bench.clean_subset(poisoned=(trigger, 0.25))
+    stamped = (poisoned.images != plain.images).flatten(1).any(1)
+    assert int(stamped.sum()) == round(0.25 * len(plain)) and torch.equal(poisoned.images[stamped], trigger.stamp(plain.images[stamped]))
+    assert torch.equal(bench.clean_subset(poisoned=(trigger, 0.0)).images, plain.images)
+    with pytest.raises(ValueError, match="poisoned share"):
+        bench.clean_subset(poisoned=(trigger, 1.5))
+
+
+def test_a_changed_profile_shares_the_store_and_data(bench):
+    other = bench.with_profile(trigger_size=3)
+    assert other.store is bench.store and other.profile.trigger_size == 3 and other.trigger().describe()["pixels"] == 9
+    assert torch.equal(other.pretrain_images, bench.pretrain_images)
+    assert other.clean_encoder(0).key == bench.clean_encoder(0).key  # the trigger does not touch pre-training
