@@ -145,6 +145,21 @@ def _purify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Write images of a registered dataset as PNG files: a folder to try `scan` and `purify` on."""
+    from PIL import Image
+
+    from harness.data import load_dataset
+
+    data = load_dataset(args.dataset, args.split, args.data_root, False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    count = min(args.count, len(data))
+    for i in range(count):
+        Image.fromarray(data.images[args.offset + i].permute(1, 2, 0).numpy()).save(args.out / f"{args.dataset}-{args.offset + i:05d}.png")
+    print(f"written: {count} images of {args.dataset} ({args.split}) to {args.out}")
+    return 0
+
+
 def print_tables(rows: list, fmt: str) -> None:
     """The Table-I comparison (when there is more than one defense column), then the long table."""
     from harness.results import comparison_table, long_table, render, to_frame
@@ -178,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("results_dir", type=Path)
     table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
     table.set_defaults(func=_table)
+    export = sub.add_parser("export", help="write images of a dataset as PNG files (a folder for scan and purify)")
+    export.add_argument("--dataset", default="fmnist")
+    export.add_argument("--split", default="test", choices=("train", "test"))
+    export.add_argument("--count", type=int, default=200)
+    export.add_argument("--offset", type=int, default=0)
+    export.add_argument("--data-root", type=Path, default=None)
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=_export)
     for name, helptext in (("scan", "look for a backdoor in your own encoder (label-free trigger inversion)"),
                            ("purify", "run a defense on your own encoder and write the purified one")):
         cmd = sub.add_parser(name, help=helptext)

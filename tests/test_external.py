@@ -134,3 +134,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert "missing.pt: no such file" in capsys.readouterr().err
     assert main(["purify", str(tmp_path / "x.pt"), "--data", str(tmp_path), "--defense", "mimick", "--out", "o"]) == 2
     assert "did you mean 'mimic'" in capsys.readouterr().err
+
+
+def test_export_writes_a_folder_that_loads_back(tmp_path):
+    assert main(["export", "--dataset", "digits", "--count", "3", "--out", str(tmp_path / "png")]) == 0
+    from harness.data import load_dataset
+
+    assert torch.equal(load_image_folder(tmp_path / "png"), load_dataset("digits", "test", None, False).images[:3])
