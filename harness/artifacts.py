@@ -118,12 +118,26 @@ def load_encoder(path: Path) -> tuple[Encoder, dict[str, Tensor], dict]:
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise ArtifactError(f"{path}: not a readable encoder file ({type(e).__name__}: {e})") from None
     state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: weights do not fit {header['arch']} {arch_config}: {str(e).splitlines()[0]}") from None
+    check_weights(path, state, encoder, f"{header['arch']} {arch_config}")
+    encoder.load_state_dict(state, strict=True)
     extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return encoder.eval(), extra, json.loads(header.get("meta", "{}"))
+
+
+def check_weights(path: Path, state: dict[str, Tensor], encoder: Encoder, arch: str) -> None:
+    """One-line errors naming the file and the tensor: missing, unexpected, misshapen or non-finite weights."""
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise ArtifactError(f"{path}: missing tensor {missing[0]} for {arch} ({len(missing)} missing)")
+    if unexpected:
+        raise ArtifactError(f"{path}: unexpected tensor {unexpected[0]} for {arch} ({len(unexpected)} unexpected)")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise ArtifactError(f"{path}: tensor {key} has shape {tuple(value.shape)}, {arch} needs {tuple(expected[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ArtifactError(f"{path}: tensor {key} holds NaN or Inf values")
 
 
 class ArtifactStore:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from harness.artifacts import ArtifactError, load_encoder
+from harness.artifacts import ArtifactError, check_weights, load_encoder
 from harness.data import IMAGE_SIZE
 from harness.models import Encoder
 from harness.registry import ARCHS
@@ -84,33 +84,15 @@ def load_external_encoder(path: Path, arch: str, prefix: str = "") -> Encoder:
     """An encoder of registered architecture `arch` with the weights in `path`, checked; see the module docstring."""
     path = Path(path)
     if path.suffix == ".safetensors" and _written_by_harness(path):
-        encoder = load_encoder(path)[0]  # it names its own architecture
-        _check_finite(path, encoder.state_dict())
-        return encoder
+        return load_encoder(path)[0]  # it names its own architecture, and is checked the same way
     state = _harness_names(_read_tensors(path), prefix)
     stem = state.get("stem.0.weight")
     if stem is None:
         raise ArtifactError(f"{path}: missing tensor stem.0.weight (conv1.weight in torchvision's names); is --arch {arch} right?")
     encoder: Encoder = ARCHS.create(arch, width=int(stem.shape[0]))()
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise ArtifactError(f"{path}: missing tensor {missing[0]} for {arch} ({len(missing)} missing)")
-    if unexpected:
-        raise ArtifactError(f"{path}: unexpected tensor {unexpected[0]} for {arch} ({len(unexpected)} unexpected)")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise ArtifactError(f"{path}: tensor {key} has shape {tuple(value.shape)}, {arch} needs {tuple(expected[key].shape)}")
-    _check_finite(path, state)
+    check_weights(path, state, encoder, arch)
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()
-
-
-def _check_finite(path: Path, state: dict[str, Tensor]) -> None:
-    for key, value in state.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ArtifactError(f"{path}: tensor {key} holds NaN or Inf values")
 
 
 def load_image_folder(root: Path, size: int = IMAGE_SIZE) -> Tensor:

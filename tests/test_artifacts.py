@@ -73,8 +73,17 @@ def test_wrong_shapes_are_a_clear_error(tmp_path):
     header["__metadata__"]["arch_config"] = json.dumps({"width": 8, "blocks": [2, 2, 2, 2]})
     new = json.dumps(header).encode()
     path.write_bytes(len(new).to_bytes(8, "little") + new + blob[8 + header_len :])
-    with pytest.raises(ArtifactError, match="do not fit"):
+    with pytest.raises(ArtifactError, match=r"e.safetensors: tensor stem.0.weight has shape \(4, 3, 3, 3\), resnet18 .* needs \(8, 3, 3, 3\)"):
         load_encoder(path)
+
+
+def test_non_finite_weights_in_a_harness_file_are_named(tmp_path):
+    encoder = build_encoder("resnet18", 4)
+    with torch.no_grad():
+        encoder.layer2[0].bn1.weight[1] = float("inf")
+    save_encoder(tmp_path / "inf.safetensors", encoder)
+    with pytest.raises(ArtifactError, match="inf.safetensors: tensor layer2.0.bn1.weight holds NaN or Inf"):
+        load_encoder(tmp_path / "inf.safetensors")
 
 
 def test_store_builds_once_then_serves_from_disk(tmp_path):
