@@ -73,7 +73,7 @@ def test_wrong_shapes_are_a_clear_error(tmp_path):
     header["__metadata__"]["arch_config"] = json.dumps({"width": 8, "blocks": [2, 2, 2, 2]})
     new = json.dumps(header).encode()
     path.write_bytes(len(new).to_bytes(8, "little") + new + blob[8 + header_len :])
-    with pytest.raises(ArtifactError, match=r"e.safetensors: tensor stem.0.weight has shape \(4, 3, 3, 3\), resnet18 .* needs \(8, 3, 3, 3\)"):
+    with pytest.raises(ArtifactError, match=r"e.safetensors: tensor \S+ has shape \(4,.*\), resnet18 ArchConfig\(width=8.* needs \(8,"):
         load_encoder(path)
 
 
