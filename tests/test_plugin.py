@@ -117,3 +117,16 @@ def test_markers_select_suites(pytester):
     result = pytester.runpytest("--collect-only", "-q", "-m", "cost", "--attack=badencoder")
     result.stdout.fnmatch_lines(["*test_cost_copy.py::test_defense_reports_its_seconds*"])
     result.stdout.no_fnmatch_line("*test_effectiveness_copy*")
+
+
+def test_two_xdist_workers_share_one_cache_and_the_controller_prints_the_table(project, tmp_path):
+    pytest.importorskip("xdist")
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    result = project.runpytest_subprocess("-n", "2", "--attack=badencoder", "--defense=ft", "--downstream=fmnist",
+                                          f"--cache-dir={cache}", f"--results-dir={results}", *MICRO)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*harness table (profile tiny*", "*badencoder*fmnist*ft*", "*clean*fmnist*none*"])
+    assert len(list((cache / "pretrain").glob("*.safetensors"))) == 1  # built once, by one worker
+    assert len(list((cache / "attack").glob("*.safetensors"))) == 1
+    frame = __import__("pandas").read_csv(results / "results.csv")
+    assert sorted(zip(frame["attack"], frame["defense"])) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none")]
