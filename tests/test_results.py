@@ -141,3 +141,23 @@ def test_verdict_table_lists_detector_rows_with_their_evidence():
     clean = dataclasses.replace(row(1, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}}))
     table = verdict_table(to_frame([flagged, clean, row(0, defense="mimic")]))
     assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "backdoor", "0.0200"], [1, "clean", "0.0700"]]
+
+
+def test_markdown_and_latex_tables_match_a_known_rendering():
+    # mimic: ACC 78.5 and 79.5 -> 79.00 ± 12.706 * 0.7071 / sqrt(2) = 6.35; ASR 2.25 and 3.75 -> 3.00 ± 9.53
+    rows = [row(0, acc=80.0, asr=100.0), row(0, acc=78.5, asr=2.25, defense="mimic"), row(1, acc=79.5, asr=3.75, defense="mimic"),
+            row(1, acc=81.0, asr=100.0)]
+    frame = to_frame(rows)
+    assert render(comparison_table(frame), "markdown") == (
+        "| attack     | downstream   | none           | mimic          |\n"
+        "|------------|--------------|----------------|----------------|\n"
+        "| badencoder | fmnist       | 80.50 / 100.00 | 79.00 / 3.00 * |"
+    )
+    assert render(long_table(frame), "latex") == (
+        "\\begin{tabular}{lllllll}\n\\toprule\n"
+        " attack     & downstream   & defense   & seeds   & ACC \\%        & ASR(all) \\%    & ASR(non-target) \\%   \\\\\n"
+        "\\midrule\n"
+        " badencoder & fmnist       & mimic     & 2       & 79.00 ± 6.35 & 3.00 ± 9.53   & 3.00 ± 9.53         \\\\\n"
+        " badencoder & fmnist       & none      & 2       & 80.50 ± 6.35 & 100.00 ± 0.00 & 100.00 ± 0.00       \\\\\n"
+        "\\bottomrule\n\\end{tabular}"
+    )
