@@ -122,7 +122,9 @@ def test_markers_select_suites(pytester):
 def test_two_xdist_workers_share_one_cache_and_the_controller_prints_the_table(project, tmp_path):
     pytest.importorskip("xdist")
     cache, results = tmp_path / "cache", tmp_path / "results"
-    result = project.runpytest_subprocess("-n", "2", "--attack=badencoder", "--defense=ft", "--downstream=fmnist",
+    # Two tests, one per worker, both needing the same pre-trained encoder (the micro backdoor is too weak
+    # for test_undefended's bound, which is not what this test is about).
+    result = project.runpytest_subprocess("-n", "2", "-k", "not undefended", "--attack=badencoder", "--defense=ft", "--downstream=fmnist",
                                           f"--cache-dir={cache}", f"--results-dir={results}", *MICRO)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*harness table (profile tiny*", "*badencoder*fmnist*ft*", "*clean*fmnist*none*"])
