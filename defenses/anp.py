@@ -35,7 +35,7 @@ from torch.func import functional_call
 from harness.contract import Budget, CleanSubset, DefenseResult
 from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,7 @@ def learn_masks(encoder: Encoder, clean: CleanSubset, budget: Budget, config: AN
     optimizer = torch.optim.SGD(masks.values(), lr=config.mask_lr, momentum=0.9)
     progress = Progress("anp", budget.epochs)
     for epoch in range(budget.epochs):
-        totals = {"natural": 0.0, "perturbed": 0.0}
-        seen = 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             x = to_float(clean.images[idx], device)
             with torch.no_grad():
@@ -115,10 +114,8 @@ def learn_masks(encoder: Encoder, clean: CleanSubset, budget: Budget, config: AN
             with torch.no_grad():
                 for m in masks.values():
                     m.clamp_(0, 1)
-            totals["natural"] += natural.item() * len(idx)
-            totals["perturbed"] += perturbed.item() * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, **{k: v / seen for k, v in totals.items()})
+            running.add(len(idx), natural=natural.item(), perturbed=perturbed.item())
+        progress.epoch(epoch, running.images, **running.means())
     return {n: m.detach() for n, m in masks.items()}, progress.seconds
 
 

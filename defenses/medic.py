@@ -31,10 +31,10 @@ from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
 from harness.contract import Budget, CleanSubset, DefenseResult
-from harness.models import STAGES, Encoder, clone_architecture
+from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
 from harness.ssl import nt_xent
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, seed_everything, shuffled_batches, teacher_and_student, to_float
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,7 @@ def medic_loss(
 def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: MedicConfig) -> DefenseResult:
     gen = seed_everything(seed, "medic")
     device = budget.device
-    teacher = freeze(suspect.to(device))
-    student = clone_architecture(teacher).train()  # random initialisation, seeded above
+    teacher, student = teacher_and_student(suspect, device)
     start = time.perf_counter()
     weights = importance(teacher, clean.images, config, budget.batch_size, gen, device)
     importance_seconds = time.perf_counter() - start
@@ -102,7 +101,7 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     progress = Progress("medic", budget.epochs)
     for epoch in range(budget.epochs):
         active = active_stages(epoch, budget.epochs, config.progressive)
-        total, seen = 0.0, 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             x = to_float(clean.images[idx], device)
             view = torch.cat([simclr_view(x, config.augment, gen), simclr_view(x, config.augment, gen)])  # two views, as MIMIC
@@ -113,9 +112,8 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, loss=total / seen, stages=len(active))
+            running.add(len(idx), loss=loss.item())
+        progress.epoch(epoch, running.images, **running.means(), stages=len(active))
 
     meta = {
         "importance_max_per_stage": {s: w.max().item() for s, w in weights.items()},

@@ -51,7 +51,7 @@ from harness.mine import MineConfig, estimate_mi
 from harness.models import STAGES, Encoder, Projector, clone_architecture
 from harness.registry import DEFENSES
 from harness.ssl import nt_xent
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, teacher_and_student, to_float
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,7 @@ def distillation_step(
 def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: MimicConfig) -> DefenseResult:
     gen = seed_everything(seed, "mimic")
     device = budget.device
-    teacher = freeze(suspect.to(device))
-    student = clone_architecture(teacher).train()  # random initialisation, seeded above
+    teacher, student = teacher_and_student(suspect, device)
 
     if config.attention and config.mi_guidance:
         source = teacher if config.localise_on == "teacher" else freeze(clone_architecture(teacher))
@@ -205,17 +204,14 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     optimizer = torch.optim.Adam(params, lr=budget.lr, weight_decay=config.weight_decay)
     progress = Progress("mimic", budget.epochs)
     for epoch in range(budget.epochs):
-        totals: dict[str, float] = {}
-        seen = 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             loss, terms = distillation_step(teacher, student, projector, to_float(clean.images[idx], device), betas, config, gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for k, v in {"loss": loss.item(), **terms}.items():
-                totals[k] = totals.get(k, 0.0) + v * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, **{k: v / seen for k, v in totals.items()})
+            running.add(len(idx), loss=loss.item(), **terms)
+        progress.epoch(epoch, running.images, **running.means())
 
     meta = {
         "mi_per_stage": located.mi,

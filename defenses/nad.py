@@ -37,7 +37,7 @@ from harness.finetune import FinetuneConfig, ssl_finetune
 from harness.models import STAGES, Encoder, Projector
 from harness.registry import DEFENSES
 from harness.ssl import nt_xent
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,7 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
     optimizer = torch.optim.Adam(params, lr=budget.lr, weight_decay=config.finetune.weight_decay)
     progress = Progress("nad", epochs)
     for epoch in range(epochs):
-        totals: dict[str, float] = {}
-        seen = 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             x = to_float(clean.images[idx], device)
             views = torch.cat([simclr_view(x, config.finetune.augment, gen), simclr_view(x, config.finetune.augment, gen)])
@@ -101,10 +100,8 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for k, v in {"loss": loss.item(), **terms}.items():
-                totals[k] = totals.get(k, 0.0) + v * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, **{k: v / seen for k, v in totals.items()})
+            running.add(len(idx), loss=loss.item(), **terms)
+        progress.epoch(epoch, running.images, **running.means())
 
     meta = {
         "teacher_epochs": teacher_epochs,

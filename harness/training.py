@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from harness.models import Encoder, clone_architecture
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
@@ -77,6 +79,15 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def teacher_and_student(suspect: Encoder, device: torch.device) -> tuple[Encoder, Encoder]:
+    """The suspect, frozen, as the teacher and a randomly initialised student of its architecture.
+
+    The student's initial weights come from the torch seed the caller's stage has just set.
+    """
+    teacher = freeze(suspect.to(device))
+    return teacher, clone_architecture(teacher).train()
+
+
 # -- progress -----------------------------------------------------------------------
 
 _sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
@@ -90,6 +101,22 @@ def set_progress_sink(sink: Callable[[str], None]) -> None:
     """Where progress lines go (the pytest plugin sends them to its terminal, past output capture)."""
     global _sink
     _sink = sink
+
+
+class RunningMeans:
+    """An epoch's loss terms averaged over its images (each batch weighted by its size)."""
+
+    def __init__(self) -> None:
+        self.images = 0
+        self._sums: dict[str, float] = {}
+
+    def add(self, batch_size: int, **values: float) -> None:
+        self.images += batch_size
+        for k, v in values.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v * batch_size
+
+    def means(self) -> dict[str, float]:
+        return {k: total / self.images for k, total in self._sums.items()}
 
 
 class Progress:
