@@ -2,6 +2,7 @@
 
     python benchmarks/bench_grid.py                      # every attack x both downstream tasks x every defense, 1 seed
     python benchmarks/bench_grid.py --pytest-args "--attack=badencoder --defense=mimic"
+    python benchmarks/bench_grid.py --workdir /tmp/grid   # keep the cache and results afterwards
 
 Runs `pytest suites/test_effectiveness.py` twice in a subprocess against a fresh
 cache directory: first cold (everything built), then warm (everything cached).
@@ -39,10 +40,14 @@ def run(cache: Path, results: Path, extra: list[str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pytest-args", default="", help="extra pytest options, e.g. '--attack=badencoder'")
+    parser.add_argument("--workdir", type=Path, help="where the cache and results go and stay (must not exist yet); default: a temporary directory")
     args = parser.parse_args()
     extra = shlex.split(args.pytest_args)
+    if args.workdir is not None and args.workdir.exists():
+        parser.error(f"--workdir {args.workdir} exists; a cold run needs a new directory")
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-        cache, results = Path(tmp) / "cache", Path(tmp) / "results"
+        work = args.workdir or Path(tmp)
+        cache, results = work / "cache", work / "results"
         cold, peak = run(cache, results, extra)
         warm, _ = run(cache, results, extra)
     print(f"grid {' '.join(extra) or '(all attacks, both downstream tasks, all defenses, 1 seed)'}")
