@@ -282,7 +282,7 @@ class HarnessSession:
         return ResultsStore(self.config.option.results_dir).rows(since=self._rows_offset)
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
+        from harness.results import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
 
         rows = self.session_rows()
         if not rows:
@@ -291,7 +291,7 @@ class HarnessSession:
         frame = to_frame(rows)
         comparison = comparison_table(frame)
         if len(comparison.columns) > 3:  # more than one defense column: the paper's Table I shape
-            write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR)")
+            write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR within {BEST_MAX_ACC_DROP:g} ACC points of none)")
             for line in render(comparison, fmt).splitlines():
                 write_line(line)
         write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")

@@ -26,6 +26,7 @@ from tabulate import tabulate
 
 METRICS = ("acc", "asr_all", "asr_nontarget")
 METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
+BEST_MAX_ACC_DROP = 5.0  # points of ACC a defense may lose against the undefended encoder and still be marked best
 KEYS = ("suite", "profile", "attack", "downstream", "defense", "variant")
 
 
@@ -134,12 +135,13 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget") -> pd.DataFrame:
+def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget", max_acc_drop: float = BEST_MAX_ACC_DROP) -> pd.DataFrame:
     """The paper's Table I: one line per (attack, downstream), one column per defense, cells "ACC / ASR".
 
-    Means over seeds; `none` is the undefended encoder. The defense with the lowest ASR on a line
-    (ties: the higher ACC) is marked with a trailing "*". Clean-encoder controls and variants are left
-    out: they are the long table's business.
+    Means over seeds; `none` is the undefended encoder. Among the defenses that keep ACC within
+    `max_acc_drop` points of the undefended encoder's, the one with the lowest ASR (ties: the higher
+    ACC) is marked with a trailing "*": an encoder a defense has broken has no backdoor either, and is
+    no answer. Clean-encoder controls and variants are left out: they are the long table's business.
     """
     plain = frame[(frame["attack"] != "clean") & (frame["variant"].fillna("") == "")]
     if plain.empty:
@@ -149,7 +151,8 @@ def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget") -> pd.Data
     lines = []
     for (attack, downstream), group in means.groupby(["attack", "downstream"], sort=True):
         cells = {d: (a, r) for d, a, r in zip(group["defense"], group["acc"], group[asr])}
-        defended = [(r, -a, d) for d, (a, r) in cells.items() if d != "none"]
+        floor = cells["none"][0] - max_acc_drop if "none" in cells else -math.inf
+        defended = [(r, -a, d) for d, (a, r) in cells.items() if d != "none" and a >= floor]
         best = min(defended)[2] if defended else None
         line = {"attack": attack, "downstream": downstream}
         for d in defenses:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.results import ResultsStore, Row, ci95, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
+from harness.results import BEST_MAX_ACC_DROP, ResultsStore, Row, ci95, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -96,24 +96,31 @@ def test_cost_table_averages_seconds_per_defense_and_phase():
 def test_comparison_table_has_one_column_per_defense_and_marks_the_best():
     rows = [row(s, acc=80.0, asr=100.0) for s in (0, 1)]
     rows += [row(0, acc=79.0, asr=4.0, defense="mimic"), row(1, acc=77.0, asr=6.0, defense="mimic")]  # mean 78 / 5
-    rows += [row(0, acc=70.0, asr=5.0, defense="ft"), row(0, acc=81.0, asr=90.0, defense="nad")]
+    rows += [row(0, acc=70.0, asr=1.0, defense="ft"), row(0, acc=81.0, asr=90.0, defense="nad")]  # ft: lowest ASR, 10 ACC points lost
     rows += [row(0, attack="clean", acc=81.0, asr=1.0)]  # controls stay out
     table = comparison_table(to_frame(rows))
     assert list(table.columns) == ["attack", "downstream", "none", "ft", "mimic", "nad"]
     (line,) = table.to_dict("records")
-    assert line["none"] == "80.00 / 100.00" and line["mimic"] == "78.00 / 5.00 *" and line["ft"] == "70.00 / 5.00"
+    assert line["none"] == "80.00 / 100.00" and line["mimic"] == "78.00 / 5.00 *" and line["ft"] == "70.00 / 1.00"
     assert json.loads(render(table, "json"))[0]["mimic"] == "78.00 / 5.00 *"
     assert "\\toprule" in render(table, "latex")
 
 
-@given(asrs=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=5), accs=st.lists(st.floats(0, 100, allow_nan=False), min_size=5, max_size=5))
+_acc = st.floats(0, 100, allow_nan=False).filter(lambda a: abs(a - (50.0 - BEST_MAX_ACC_DROP)) > 1e-3)  # off the bound itself
+
+
+@given(asrs=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=5), accs=st.lists(_acc, min_size=5, max_size=5))
 @settings(max_examples=50, deadline=None)
-def test_exactly_one_best_defense_per_line_and_it_has_the_lowest_asr(asrs, accs):
+def test_the_marked_defense_has_the_lowest_asr_of_those_that_keep_accuracy(asrs, accs):
     names = [f"d{i}" for i in range(len(asrs))]
     rows = [row(0, acc=50.0, asr=100.0)] + [row(0, acc=accs[i], asr=a, defense=n) for i, (n, a) in enumerate(zip(names, asrs))]
     (line,) = comparison_table(to_frame(rows)).to_dict("records")
     marked = [n for n in names if line[n].endswith(" *")]
-    assert len(marked) == 1 and round(asrs[names.index(marked[0])], 4) == round(min(asrs), 4)
+    usable = [a for a, acc in zip(asrs, accs) if acc > 50.0 - BEST_MAX_ACC_DROP]
+    if not usable:
+        assert marked == []
+    else:
+        assert len(marked) == 1 and round(asrs[names.index(marked[0])], 4) == round(min(usable), 4)
 
 
 def test_sweeps_become_one_png_per_suite_and_setting(tmp_path):
