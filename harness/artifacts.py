@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from harness.memory import release_freed_memory
 from harness.models import ArchConfig, Encoder
 from harness.registry import ARCHS
 
@@ -170,6 +171,7 @@ class ArtifactStore:
                 self.hits += 1
                 encoder, extra, meta = load_encoder(path)
                 return encoder, extra, {**meta, "cached": True}
+            release_freed_memory()  # the previous stage's freed pages, before this one allocates its own
             start = time.perf_counter()
             encoder, extra, meta = build()
             meta = {**meta, "seconds": meta.get("seconds", time.perf_counter() - start)}
