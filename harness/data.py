@@ -15,7 +15,6 @@ uint8: grayscale sets are lifted to three channels and padded or resized to
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import struct
@@ -246,7 +245,11 @@ def gtsrb(root: Path | None, split: str, download: bool = False) -> LabeledImage
     return LabeledImages("gtsrb", torch.cat(images), torch.tensor(labels), tuple(str(c) for c in range(43)), default_target=12)
 
 
-@functools.lru_cache(maxsize=16)
 def load_dataset(name: str, split: str, root: Path | None = None, download: bool = False) -> LabeledImages:
-    """A registered dataset's split, loaded once per process."""
+    """A registered dataset's split, read afresh on every call.
+
+    Not cached: the workbench keeps only the subsets a run uses, and a whole
+    split held for the session would stay resident (Fashion-MNIST's train and
+    test splits as 32x32 RGB: 215 MB) through every training stage.
+    """
     return DATASETS.get(name).fn(root, split, download)

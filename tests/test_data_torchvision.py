@@ -55,7 +55,7 @@ class FakeSet:
 
 
 def load(name: str, root: Path | None, split: str) -> LabeledImages:
-    """The registered loader itself: `load_dataset` would cache results across tests."""
+    """A registered dataset's split, straight from its loader."""
     return DATASETS.get(name).fn(root, split, False)
 
 
