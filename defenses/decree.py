@@ -45,7 +45,7 @@ from torch import Tensor
 from harness.contract import Budget, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.registry import DEFENSES
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: 
     optimizer = torch.optim.Adam(encoder.parameters(), lr=budget.lr)
     progress = Progress("decree unlearning", budget.epochs)
     for epoch in range(budget.epochs):
-        total, seen = 0.0, 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             x = to_float(clean.images[idx], device)
             with torch.no_grad():
@@ -147,9 +147,8 @@ def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, loss=total / seen)
+            running.add(len(idx), loss=loss.item())
+        progress.epoch(epoch, running.images, **running.means())
     return encoder.eval(), progress.seconds
 
 

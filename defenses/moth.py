@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from harness.contract import Budget, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.registry import DEFENSES
-from harness.training import Progress, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
     progress = Progress("moth", budget.epochs)
     mask_shares = []
     for epoch in range(budget.epochs):
-        total, seen = 0.0, 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(clean), budget.batch_size, gen):
             x, y = to_float(clean.images[idx], device), labels[idx.to(device)]
             present = y.unique()
@@ -139,9 +139,8 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        progress.epoch(epoch, seen, loss=total / seen, mask=float(np.mean(mask_shares[-5:])))
+            running.add(len(idx), loss=loss.item())
+        progress.epoch(epoch, running.images, **running.means(), mask=float(np.mean(mask_shares[-5:])))
 
     meta = {
         "pseudo_classes": classes,
