@@ -278,18 +278,22 @@ class Workbench:
     def row(
         self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
         trigger_of: str | None = None, attack_overrides: dict | None = None, clean_ratio: float | None = None,
-        clean_poison: float = 0.0, **defense_overrides,
+        clean_poison: float = 0.0, refit_head: bool = False, **defense_overrides,
     ) -> Row:
         """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`.
 
         A clean-encoder row evaluates the profile's trigger, or with `trigger_of` the trigger that attack
         defines (BASSL brings its own); such a row is labelled by the variant "<attack>'s trigger".
-        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`). `clean_ratio`
-        and `clean_poison` change the defender's data (see `clean_subset`).
+        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`): with the attack's
+        head when undefended, with a head refitted on the labelled clean subset after a defense. `refit_head`
+        refits it for the undefended classifier too: the control that separates what the refit costs from
+        what the defense costs. `clean_ratio` and `clean_poison` change the defender's data (see `clean_subset`).
         """
         seconds: dict[str, float] = {}
         attack_overrides = attack_overrides or {}
         supervised = attack != CLEAN and ATTACKS.has_tag(attack, SUPERVISED)
+        if refit_head and not supervised:
+            raise ValueError(f"refit_head applies to a supervised attack's classifier; {attack!r} yields an encoder")
         if attack == CLEAN:
             built = self.clean_encoder(seed)
             train, _ = self.downstream(downstream)
@@ -313,8 +317,9 @@ class Workbench:
             phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
             seconds.update({f"defense_{phase}": v for phase, v in phases.items()})
         if supervised:
-            metrics = self.evaluate_classifier(built, suspect, refit=defense != UNDEFENDED, seed=seed)
-            evaluation = {"classifier": "the attack's head" if defense == UNDEFENDED else "head refitted on the labelled clean subset"}
+            refit = refit_head or defense != UNDEFENDED
+            metrics = self.evaluate_classifier(built, suspect, refit=refit, seed=seed)
+            evaluation = {"classifier": "head refitted on the labelled clean subset" if refit else "the attack's head"}
         else:
             metrics = self.evaluate(built, downstream, trigger, target, seed)
             evaluation = {"probe": dataclasses.asdict(self.probe_config())}

@@ -3,6 +3,9 @@
 - RQ4.1: a supervised attack (BadNets) backdoors a classifier with each trigger
   family; its backbone is the encoder every defense receives (attacks/badnets.py).
   The undefended classifier must carry the backdoor; defended rows meet `--gate`.
+  A defended classifier gets a head refitted on the labelled clean subset, so its
+  ACC is read against the undefended backbone with a head refitted the same way
+  (variant "<family> (refitted head)"), not against the attack's own head.
 - RQ4.2: every chosen defense runs on the clean encoder; clean accuracy falls by
   at most `CLEAN_ACC_DROP_AT_MOST` points (the paper: at most ~3).
 """
@@ -44,7 +47,8 @@ def test_supervised_backdoor_is_implanted(harness, attack: str, family: str, see
 
 def test_supervised_backdoor_defended(harness, attack: str, family: str, defense: str, seed: int) -> None:
     pretrain, overrides = harness.profile.pretrain, TRIGGER_FAMILIES[family]
-    undefended = harness.row(SUITE, attack, UNDEFENDED, pretrain, seed, variant=family, attack_overrides=overrides)
+    undefended = harness.row(SUITE, attack, UNDEFENDED, pretrain, seed, variant=f"{family} (refitted head)",
+                             attack_overrides=overrides, refit_head=True)
     row = harness.row(SUITE, attack, defense, pretrain, seed, variant=family, attack_overrides=overrides)
     for gate in harness.gates:
         check(row, gate, undefended)

@@ -104,6 +104,10 @@ def test_a_supervised_attack_is_read_as_a_classifier(bench, spy):
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}  # no labels reach the defense
     assert "head refitted on the labelled clean subset" in defended.settings
     assert undefended.n_test == defended.n_test == bench.downstream("fmnist")[1].images.shape[0]
+    control = bench.row("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick, refit_head=True)
+    assert "head refitted on the labelled clean subset" in control.settings and '"defense_meta": {}' in control.settings
+    with pytest.raises(ValueError, match="refit_head"):
+        bench.row("t", "badencoder", UNDEFENDED, "fmnist", 0, refit_head=True)
     with pytest.raises(AttackNotApplicable):
         bench.row("t", "badnets", UNDEFENDED, "digits", 0, attack_overrides=quick)
 
