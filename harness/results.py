@@ -162,15 +162,21 @@ def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget", max_acc_dr
 
 
 def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Detectors' verdicts: one line per row whose defense reports `flagged` (DECREE), with its evidence."""
+    """Detectors' verdicts: one line per encoder a defense that reports `flagged` (DECREE) judged, with its evidence.
+
+    Suites that share an encoder (effectiveness and cost) record the same verdict; it is listed once.
+    """
     lines = []
     for r in frame.itertuples():
         meta = json.loads(r.settings).get("defense_meta", {})
         if "flagged" in meta:
             evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine") if k in meta}
-            lines.append({"attack": r.attack, "downstream": r.downstream, "defense": r.defense, "seed": r.seed,
+            lines.append({"attack": r.attack, "downstream": r.downstream, "defense": r.defense, "variant": r.variant, "seed": r.seed,
                           "verdict": "backdoor" if meta["flagged"] else "clean", **{k: f"{v:.4f}" for k, v in evidence.items()}})
-    return pd.DataFrame(lines)
+    table = pd.DataFrame(lines).drop_duplicates(ignore_index=True)
+    if len(table) and not table["variant"].astype(bool).any():
+        table = table.drop(columns="variant")
+    return table
 
 
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:

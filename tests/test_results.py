@@ -148,6 +148,16 @@ def test_verdict_table_lists_detector_rows_with_their_evidence():
     clean = dataclasses.replace(row(1, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}}))
     table = verdict_table(to_frame([flagged, clean, row(0, defense="mimic")]))
     assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "backdoor", "0.0200"], [1, "clean", "0.0700"]]
+    assert "variant" not in table
+
+
+def test_verdict_table_lists_an_encoder_once_and_names_its_variant():
+    verdict = json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}})
+    effectiveness = dataclasses.replace(row(0, defense="decree"), settings=verdict)
+    rows = [effectiveness, dataclasses.replace(effectiveness, suite="cost"),  # one encoder, two suites
+            dataclasses.replace(effectiveness, suite="generalisation", variant="blend")]
+    table = verdict_table(to_frame(rows))
+    assert table[["variant", "verdict"]].values.tolist() == [["", "clean"], ["blend", "clean"]]
 
 
 def test_markdown_and_latex_tables_match_a_known_rendering():
