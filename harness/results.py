@@ -122,6 +122,13 @@ def format_cell(mean: float, ci: float, seeds: int) -> str:
     return f"{mean:.2f} ± {ci:.2f}" if seeds > 1 else f"{mean:.2f}"
 
 
+def _without_empty_variant(table: pd.DataFrame) -> pd.DataFrame:
+    """Drop the variant column when no line has one: it would say nothing on every line."""
+    if len(table) and not table["variant"].astype(bool).any():
+        return table.drop(columns="variant")
+    return table
+
+
 def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration: ACC, both ASRs (mean ± 95 % CI over seeds)."""
     s = summarise(frame)
@@ -130,9 +137,7 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
         table[METRIC_TITLES[m] + " %"] = [format_cell(a, c, n) for a, c, n in zip(s[m], s[f"{m}_ci"], s["seeds"])]
     if table["suite"].nunique() < 2:  # columns that would say the same thing on every line
         table = table.drop(columns="suite")
-    if not table["variant"].astype(bool).any():
-        table = table.drop(columns="variant")
-    return table
+    return _without_empty_variant(table)
 
 
 def comparison_table(frame: pd.DataFrame, asr: str = "asr_nontarget", max_acc_drop: float = BEST_MAX_ACC_DROP) -> pd.DataFrame:
@@ -173,10 +178,7 @@ def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
             evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine") if k in meta}
             lines.append({"attack": r.attack, "downstream": r.downstream, "defense": r.defense, "variant": r.variant, "seed": r.seed,
                           "verdict": "backdoor" if meta["flagged"] else "clean", **{k: f"{v:.4f}" for k, v in evidence.items()}})
-    table = pd.DataFrame(lines).drop_duplicates(ignore_index=True)
-    if len(table) and not table["variant"].astype(bool).any():
-        table = table.drop(columns="variant")
-    return table
+    return _without_empty_variant(pd.DataFrame(lines).drop_duplicates(ignore_index=True))
 
 
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
@@ -202,10 +204,7 @@ def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
             values = group[phase].dropna()
             line[phase + " s"] = format_cell(values.mean(), ci95(values), len(values)) if len(values) else ""
         lines.append(line)
-    table = pd.DataFrame(lines)
-    if not table["variant"].astype(bool).any():
-        table = table.drop(columns="variant")
-    return table
+    return _without_empty_variant(pd.DataFrame(lines))
 
 
 TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")
