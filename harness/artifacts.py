@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib
 import json
 import os
 import tempfile
@@ -56,19 +55,78 @@ def canonical(obj: Any) -> Any:
     raise TypeError(f"cannot put a {type(obj).__name__} into an artifact key")
 
 
-def code_version(*modules: str) -> str:
-    """Hash of the source files of the named modules: editing them invalidates what they built."""
+PROJECT_PACKAGES = ("harness", "attacks", "defenses")  # imports of these are part of a stage's code
+
+
+def code_version(*modules: str, packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
+    """Hash of the source of the named modules and of every in-project module they import, transitively.
+
+    Editing any module a stage's code reaches invalidates what it built, with no hand-kept list to go
+    stale. Imports are read from the source (`import`/`from` statements anywhere in the file, so lazy
+    imports inside functions count); a package's `__init__` counts only where it is imported by name.
+    """
     h = hashlib.sha256()
-    for name in sorted(set(modules)):
+    for name in sorted(_closure(tuple(sorted(set(modules))), packages)):
         h.update(name.encode())
         h.update(_source_hash(name).encode())
     return h.hexdigest()[:16]
 
 
+def _closure(modules: tuple[str, ...], packages: tuple[str, ...]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(m for m in _imports(name, packages) if m.split(".")[0] in packages)
+    return seen
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(module: str, packages: tuple[str, ...]) -> tuple[str, ...]:
+    """Modules named by the import statements of `module`'s source (`from a.b import c` names a.b, or a.b.c if that is a module)."""
+    import ast
+    import importlib.util
+
+    tree = ast.parse(_source(module))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append(node.module)
+            for alias in node.names if node.module.split(".")[0] in packages else ():
+                child = f"{node.module}.{alias.name}"
+                try:
+                    if importlib.util.find_spec(child) is not None:
+                        found.append(child)
+                except (ImportError, ValueError):
+                    pass  # `from package import name` where name is not a module
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=None)
+def _source(module: str) -> bytes:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"cannot hash the source of module {module!r}: not found")
+    return Path(spec.origin).read_bytes()
+
+
+def clear_source_caches() -> None:
+    """Forget the sources read so far, as a new process would (tests)."""
+    for cached in (_imports, _source, _source_hash):
+        cached.cache_clear()
+
+
 @functools.lru_cache(maxsize=None)
 def _source_hash(module: str) -> str:
     """Read once per process, so a file edited while a run goes on does not relabel what that run builds."""
-    return hashlib.sha256(Path(importlib.import_module(module).__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(_source(module)).hexdigest()
 
 
 def artifact_key(stage: str, **parts: Any) -> str:

@@ -36,15 +36,45 @@ def test_canonical_refuses_unhashable_values():
 
 
 def test_code_version_changes_with_the_source_in_a_new_process_only(tmp_path, monkeypatch):
-    from harness.artifacts import _source_hash
+    from harness.artifacts import clear_source_caches
 
     (tmp_path / "mod_v.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     v1 = code_version("mod_v")
     (tmp_path / "mod_v.py").write_text("X = 2\n")
     assert code_version("mod_v") == v1  # this process ran the old source
-    _source_hash.cache_clear()  # as a new process would
+    clear_source_caches()  # as a new process would
     assert code_version("mod_v") != v1
+
+
+def test_code_version_follows_in_project_imports_transitively(tmp_path, monkeypatch):
+    from harness.artifacts import clear_source_caches
+
+    pkg = tmp_path / "proj"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "attack.py").write_text("from proj.loop import tamper\nimport json\n")
+    (pkg / "loop.py").write_text("def tamper():\n    from proj import losses\n    return losses\n")
+    (pkg / "losses.py").write_text("W = 1\n")
+    (pkg / "other.py").write_text("Z = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    clear_source_caches()
+    before = code_version("proj.attack", packages=("proj",))
+    (pkg / "other.py").write_text("Z = 2\n")  # not imported: the key stays
+    clear_source_caches()
+    assert code_version("proj.attack", packages=("proj",)) == before
+    (pkg / "losses.py").write_text("W = 2\n")  # imported lazily, two hops away
+    clear_source_caches()
+    assert code_version("proj.attack", packages=("proj",)) != before
+
+
+def test_an_attack_key_hashes_the_loop_it_borrows():
+    from harness.artifacts import _closure
+
+    import attacks  # noqa: F401 - fills the registry
+    from harness.registry import ATTACKS
+
+    assert "attacks.badencoder" in _closure((ATTACKS.get("adaptive").module,), ("harness", "attacks", "defenses"))
 
 
 def test_encoder_round_trip_with_extras_and_meta(tmp_path):
