@@ -19,11 +19,12 @@ from pathlib import Path
 def _run(args: argparse.Namespace) -> int:
     from harness.artifacts import ArtifactStore
     from harness.contract import AttackNotApplicable
-    from harness.pipeline import CLEAN, UNDEFENDED, Workbench
+    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench
     from harness.plugin import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import ATTACKS, DEFENSES
     from harness.results import ResultsStore, write_reports
+    from harness.rowspec import RowSpec
     from harness.training import resolve_device
 
     load_methods()
@@ -40,10 +41,10 @@ def _run(args: argparse.Namespace) -> int:
     rows = []
     for seed in range(args.seed, args.seed + args.seeds):
         for task in downstream:
-            plan = [(CLEAN, UNDEFENDED)] + [(a, d) for a in attacks for d in (UNDEFENDED, *defenses)]
+            plan = [(CLEAN, UNDEFENDED), (RANDOM, UNDEFENDED)] + [(a, d) for a in attacks for d in (UNDEFENDED, *defenses)]
             for attack, defense in plan:
                 try:
-                    row = bench.row("run", attack, defense, task, seed)
+                    row = bench.row(RowSpec("run", attack, defense, task, seed))
                 except AttackNotApplicable as why:
                     print(f"harness: skipped {attack} on {task}: {why}", file=sys.stderr)
                     continue
@@ -75,11 +76,11 @@ def _scan(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix).to(device)
     images = load_image_folder(args.data)
-    config = DecreeConfig(steps=args.steps)
+    config = DecreeConfig(inversion_steps=args.steps)
     found = invert(encoder, CleanSubset(images), config, seed_everything(args.seed, "scan"), device)
     rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
     print(f"harness scan: {'BACKDOOR SUSPECTED' if found.flagged else 'no backdoor found'} in {args.encoder}")
-    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.steps} steps")
+    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.inversion_steps} steps")
     print(f"  evidence: the smallest mask that collapses the features of clean images (mean pairwise cosine >= "
           f"{config.target_cosine}) covers {found.l1_share:.2%} of the image; flagged below {config.flag_below:.0%}")
     print(f"  stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
@@ -122,9 +123,9 @@ def _purify(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix)
     images = load_image_folder(args.data)
-    budget = Budget(epochs=profile.defense_epochs, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
+    budget = Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
     print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
-          f"{budget.epochs} epochs (profile {profile.name}), device {device}", file=sys.stderr)
+          f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
     start = time.perf_counter()
     result = method(encoder, CleanSubset(images), budget, args.seed)
     seconds = time.perf_counter() - start
@@ -132,7 +133,8 @@ def _purify(args: argparse.Namespace) -> int:
     sidecar = {
         "defense": args.defense,
         "settings": dataclasses.asdict(method.config) if method.config is not None else {},
-        "budget": {"epochs": budget.epochs, "batch_size": budget.batch_size, "lr": budget.lr, "profile": profile.name},
+        "budget": {"fraction": budget.fraction, "batch_size": budget.batch_size, "lr": budget.lr, "profile": profile.name},
+        "steps": result.meta.get("steps", {}),
         "seed": args.seed,
         "seconds": seconds,
         "source": str(args.encoder),
@@ -161,14 +163,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def print_tables(rows: list, fmt: str) -> None:
-    """The Table-I comparison (when there is more than one defense column), then the long table."""
-    from harness.results import comparison_table, long_table, render, to_frame
+    """The session's titled tables (harness/results.py `report_sections`)."""
+    from harness.results import render, report_sections
 
-    frame = to_frame(rows)
-    comparison = comparison_table(frame)
-    if len(comparison.columns) > 3:
-        print(render(comparison, fmt) + "\n")
-    print(render(long_table(frame), fmt))
+    for title, table in report_sections(rows):
+        print(f"== {title}\n{render(table, fmt)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from harness.pipeline import Workbench
     from harness.profiles import Profile
     from harness.results import Row
+    from harness.rowspec import RowSpec
 
 ALL = "all"
 
@@ -146,10 +147,9 @@ class HarnessSession:
         self.gates = opt.gate
         self._attacks, self._defenses, self._downstream = opt.attack, opt.defense, opt.downstream
         self._check_start_up(opt)
-        self._rows: dict[tuple, Row] = {}  # by the row's own identity: what the summary shows
-        self._requests: dict[tuple, Row] = {}  # by what a test asked for
+        self._rows: dict[tuple, Row] = {}  # by `Row.identity`: what the summary shows
+        self._requests: dict[RowSpec, Row] = {}  # by what a test asked for
         self._workbench: Workbench | None = None
-        self._workbenches: dict[tuple, Workbench] = {}  # profiles with changes (robustness sweeps)
         # Under pytest-xdist the controller makes no rows: it reads what the workers append after this offset.
         self._rows_offset: int | None = None
         if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
@@ -220,46 +220,33 @@ class HarnessSession:
             self._workbench = Workbench(self.profile, ArtifactStore(opt.cache_dir), resolve_device(opt.device), opt.data_root, opt.download)
         return self._workbench
 
-    def row(
-        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, attack_overrides: dict | None = None, profile_changes: dict | None = None, **overrides,
-    ) -> "Row":
-        """The row for this configuration, built once per session and kept for the summary.
+    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, **fields) -> "Row":
+        """The row of this `RowSpec` (the arguments, and its other fields by keyword), built once per session.
 
-        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the
-        change in `variant`. Other keywords go to `Workbench.row` (clean_ratio, clean_poison, defense settings).
+        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the change
+        in `variant`. A row whose attack does not apply to the task is a skip with the attack's reason.
         """
         from harness.contract import AttackNotApplicable
+        from harness.rowspec import RowSpec
 
-        changes = tuple(sorted((profile_changes or {}).items()))
-        request = (suite, attack, defense, downstream, seed, variant, trigger_of, changes,
-                   tuple(sorted((attack_overrides or {}).items())), tuple(sorted(overrides.items())))
-        if request not in self._requests:
-            bench = self.workbench if not changes else self._changed_workbench(changes)
+        spec = RowSpec(suite, attack, defense, downstream, seed, **fields)
+        if spec not in self._requests:
             try:
-                row = bench.row(
-                    suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, attack_overrides=attack_overrides, **overrides
-                )
+                row = self.workbench.row(spec)
             except AttackNotApplicable as why:
                 pytest.skip(f"{attack} on {downstream}: {why}")
-            identity = (row.suite, row.attack, row.defense, row.downstream, row.seed, row.variant)
-            if identity not in self._rows:  # two requests can name one row (a control whose trigger is the profile's)
+            if row.identity not in self._rows:  # two specs can name one row (a control whose trigger is the profile's)
                 from harness.results import ResultsStore
 
                 ResultsStore(self.config.option.results_dir).append(row)
-                self._rows[identity] = row
-            self._requests[request] = self._rows[identity]
-        row = self._requests[request]
+                self._rows[row.identity] = row
+            self._requests[spec] = self._rows[row.identity]
+        row = self._requests[spec]
         if self.baseline is not None:
             from harness.gates import check_baseline
 
             check_baseline(row, self.baseline, self.config.option.baseline_tolerance)
         return row
-
-    def _changed_workbench(self, changes: tuple) -> "Workbench":
-        if changes not in self._workbenches:
-            self._workbenches[changes] = self.workbench.with_profile(**dict(changes))
-        return self._workbenches[changes]
 
     @property
     def rows(self) -> list["Row"]:
@@ -282,30 +269,15 @@ class HarnessSession:
         return ResultsStore(self.config.option.results_dir).rows(since=self._rows_offset)
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
+        from harness.results import render, report_sections, write_reports
 
         rows = self.session_rows()
         if not rows:
             return
         fmt = self.config.option.table_format
-        frame = to_frame(rows)
-        comparison = comparison_table(frame)
-        if len(comparison.columns) > 3:  # more than one defense column: the paper's Table I shape
-            write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR within {BEST_MAX_ACC_DROP:g} ACC points of none)")
-            for line in render(comparison, fmt).splitlines():
-                write_line(line)
-        write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
-        for line in render(long_table(frame), fmt).splitlines():
-            write_line(line)
-        verdicts = verdict_table(frame)
-        if len(verdicts):
-            write_sep("-", "detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)")
-            for line in render(verdicts, fmt).splitlines():
-                write_line(line)
-        cost = cost_table(rows)
-        if len(cost):
-            write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")
-            for line in render(cost, fmt).splitlines():
+        for i, (title, table) in enumerate(report_sections(rows)):
+            write_sep("=" if i < 2 else "-", f"harness {title}")
+            for line in render(table, fmt).splitlines():
                 write_line(line)
         paths = list(write_reports(rows, self.config.option.results_dir).values())
         if self.config.option.update_baseline:
@@ -385,16 +357,45 @@ def harness(request: pytest.FixtureRequest) -> HarnessSession:
 
 
 def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> None:
-    """Parametrise the test over the product of the axes it names, ids like `badencoder-fmnist-mimic-seed0`."""
-    names = [a for a in axes if a in metafunc.fixturenames]
+    """Parametrise the test over the product of the axes it names, ids like `badencoder-patch10-fmnist-mimic-seed0`.
+
+    An axis named "a,b" takes tuples (joint values, e.g. each attack with its scenarios); empty parts
+    are left out of the id.
+    """
+    names = [a for a in axes if all(part in metafunc.fixturenames for part in a.split(","))]
     if not names:
         return
     values = [list(axes[a]) for a in names]
-    params = [
-        pytest.param(*combo, id="-".join(f"seed{v}" if a == "seed" else str(v) for a, v in zip(names, combo)))
-        for combo in itertools.product(*values)
-    ]
+
+    def label(axis: str, value) -> list[str]:
+        parts = zip(axis.split(","), value) if "," in axis else [(axis, value)]
+        return [f"seed{v}" if a == "seed" else str(v) for a, v in parts if v != ""]
+
+    params = []
+    for combo in itertools.product(*values):
+        flat = [v for a, value in zip(names, combo) for v in (value if "," in a else (value,))]
+        params.append(pytest.param(*flat, id="-".join(p for a, v in zip(names, combo) for p in label(a, v))))
     metafunc.parametrize(",".join(names), params)
+
+
+def attack_scenarios(session: "HarnessSession", attacks: list[str]) -> list[tuple[str, str]]:
+    """Each chosen attack with the profile's scenarios (triggers), or with "" if it brings its own trigger."""
+    from harness.pipeline import OWN_TRIGGER
+    from harness.registry import ATTACKS
+
+    scenarios = session.profile.scenarios
+    return [(a, s) for a in attacks for s in (("",) if ATTACKS.has_tag(a, OWN_TRIGGER) else scenarios)]
+
+
+def require_implanted(row: "Row") -> None:
+    """Skip the calling test, with the reason, when the row's attack did not implant: it can show no defense working."""
+    __tracebackhide__ = True
+    if row.implanted is False:
+        import json
+
+        control = json.loads(row.settings)["control"]
+        pytest.skip(f"attack did not implant: undefended ASR(all) {control['undefended_asr_all']:.2f} % "
+                    f"< the profile's bound {control['implant_asr_all']:g} %")
 
 
 def session_of(config: pytest.Config) -> HarnessSession:

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.models import Encoder, clone_architecture
@@ -88,6 +89,45 @@ def teacher_and_student(suspect: Encoder, device: torch.device) -> tuple[Encoder
     return teacher, clone_architecture(teacher).train()
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def run_epochs(
+    stage: str, epochs: int, n: int, batch_size: int, gen: torch.Generator,
+    step: Callable[[Tensor, int], dict[str, float]], note: Callable[[int], dict[str, float]] | None = None,
+) -> "Progress":
+    """The loop every method shares: `epochs` passes over shuffled index batches of range(n).
+
+    `step(idx, epoch)` trains on one batch and returns its loss terms (floats); each epoch's
+    progress line shows their means over the epoch's images, plus what `note(epoch)` adds.
+    Returns the finished `Progress` (its `seconds` is the loop's time).
+    """
+    progress = Progress(stage, epochs)
+    for epoch in range(epochs):
+        running = RunningMeans()
+        for idx in shuffled_batches(n, batch_size, gen):
+            running.add(len(idx), **step(idx, epoch))
+        means = running.means()
+        for k, v in means.items():
+            progress.history.setdefault(k, []).append(v)
+        progress.epoch(epoch, running.images, **means, **(note(epoch) if note else {}))
+    return progress
+
+
+@torch.no_grad()
+def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, batch_size: int = 512, normalise: bool = False) -> Tensor:
+    """Features of uint8 images (N, 3, H, W) in batches, on `device`; L2-normalised when asked."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        h = encoder(to_float(images[i : i + batch_size], device))
+        out.append(F.normalize(h, dim=1) if normalise else h)
+    return torch.cat(out)
+
+
 # -- progress -----------------------------------------------------------------------
 
 _sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
@@ -124,6 +164,7 @@ class Progress:
 
     def __init__(self, stage: str, epochs: int) -> None:
         self.stage, self.epochs = stage, epochs
+        self.history: dict[str, list[float]] = {}  # per-epoch means of each loss term (run_epochs fills it)
         self.start = time.perf_counter()
         self._epoch_start = self.start
 
