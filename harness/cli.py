@@ -2,18 +2,31 @@
 
     harness run --attack badencoder --downstream fmnist --profile tiny
     harness table harness-results --format latex
-    harness scan ENCODER --arch resnet18 --data IMAGES            exit 0: no backdoor found, 1: suspected
+    harness scan ENCODER --arch resnet18 --data IMAGES [--json REPORT.json]
     harness purify ENCODER --arch resnet18 --data IMAGES --defense mimic --out PURIFIED.safetensors
+    harness export --dataset fmnist --out IMAGES
 
-Bad input (unknown names, unreadable or refused files, missing data) exits with 2 and one line on stderr.
+Exit codes:
+    0  done; for scan: no backdoor found
+    1  scan: backdoor suspected
+    2  bad input: an unknown name, a bad option, an unreadable or refused file or image, missing data, or an
+       output that cannot be written or already exists (--force replaces it); one line on stderr
+    3  internal error: one line on stderr; rerun with --debug for the traceback
+
+Outputs are checked before any work starts; nothing that exists is replaced without --force, and a
+command's own input never is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
+
+EXIT_CLEAN, EXIT_SUSPECTED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,11 +83,13 @@ def _table(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from defenses.decree import DecreeConfig, invert
     from harness.contract import CleanSubset
-    from harness.external import load_external_encoder, load_image_folder
+    from harness.external import load_external_encoder, load_image_folder, read_encoder_file
     from harness.training import resolve_device, seed_everything
 
+    if args.json is not None:
+        _output(args.json, args.force, inputs=(args.encoder,))
     device = resolve_device(args.device)
-    encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix).to(device)
+    encoder = load_external_encoder(read_encoder_file(args.encoder), args.arch, args.key_prefix).to(device)
     images = load_image_folder(args.data)
     config = DecreeConfig(inversion_steps=args.steps)
     found = invert(encoder, CleanSubset(images), config, seed_everything(args.seed, "scan"), device)
@@ -91,7 +106,7 @@ def _scan(args: argparse.Namespace) -> int:
                   "flag_below": config.flag_below, "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows,
                   "mask_columns": cols}
         atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
-    return 1 if found.flagged else 0
+    return EXIT_SUSPECTED if found.flagged else EXIT_CLEAN
 
 
 def torch_nonzero_box(mask) -> tuple[list[int], list[int]]:
@@ -106,12 +121,11 @@ def torch_nonzero_box(mask) -> tuple[list[int], list[int]]:
 
 def _purify(args: argparse.Namespace) -> int:
     import dataclasses
-    import hashlib
     import time
 
     from harness.artifacts import atomic_write_text, save_encoder
     from harness.contract import Budget, CleanSubset
-    from harness.external import load_external_encoder, load_image_folder
+    from harness.external import load_external_encoder, load_image_folder, read_encoder_file
     from harness.plugin import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
@@ -120,8 +134,15 @@ def _purify(args: argparse.Namespace) -> int:
     load_methods()
     method = DEFENSES.create(args.defense)
     profile = with_overrides(get_profile(args.profile), args.set)
+    if args.out.suffix != ".safetensors":
+        raise ValueError(f"{args.out}: --out must name a .safetensors file (the purified encoder; its settings go beside it as "
+                         f"{args.out.with_suffix('.json').name})")
+    sidecar = args.out.with_suffix(".json")
+    for path in (args.out, sidecar):
+        _output(path, args.force, inputs=(args.encoder,))
     device = resolve_device(args.device)
-    encoder = load_external_encoder(args.encoder, args.arch, args.key_prefix)
+    source = read_encoder_file(args.encoder)
+    encoder = load_external_encoder(source, args.arch, args.key_prefix)
     images = load_image_folder(args.data)
     budget = Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
     print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
@@ -130,7 +151,7 @@ def _purify(args: argparse.Namespace) -> int:
     result = method(encoder, CleanSubset(images), budget, args.seed)
     seconds = time.perf_counter() - start
     save_encoder(args.out, result.encoder.cpu(), meta={"defense": args.defense})
-    sidecar = {
+    report = {
         "defense": args.defense,
         "settings": dataclasses.asdict(method.config) if method.config is not None else {},
         "budget": {"fraction": budget.fraction, "batch_size": budget.batch_size, "lr": budget.lr, "profile": profile.name},
@@ -138,28 +159,89 @@ def _purify(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "seconds": seconds,
         "source": str(args.encoder),
-        "source_sha256": hashlib.sha256(Path(args.encoder).read_bytes()).hexdigest(),
+        "source_sha256": source.sha256,  # of the bytes that were loaded, not of whatever the path holds now
         "images": len(images),
         "meta": result.meta,  # per defense: MI and beta per stage (MIMIC), pruned channels, verdicts...
     }
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(sidecar, indent=1, default=str) + "\n")
-    print(f"written: {args.out} and {args.out.with_suffix('.json')} ({seconds:.1f} s)")
-    return 0
+    atomic_write_text(sidecar, json.dumps(report, indent=1, default=str) + "\n")
+    print(f"written: {args.out} and {sidecar} ({seconds:.1f} s)")
+    return EXIT_CLEAN
 
 
 def _export(args: argparse.Namespace) -> int:
     """Write images of a registered dataset as PNG files: a folder to try `scan` and `purify` on."""
     from PIL import Image
 
+    from harness.artifacts import _atomic_write
     from harness.data import load_dataset
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"{args.out}: is a file; --out names a folder")
+    _writable_folder(args.out)
     data = load_dataset(args.dataset, args.split, args.data_root, False)
-    args.out.mkdir(parents=True, exist_ok=True)
-    count = min(args.count, len(data))
-    for i in range(count):
-        Image.fromarray(data.images[args.offset + i].permute(1, 2, 0).numpy()).save(args.out / f"{args.dataset}-{args.offset + i:05d}.png")
-    print(f"written: {count} images of {args.dataset} ({args.split}) to {args.out}")
-    return 0
+    if args.offset >= len(data):
+        raise ValueError(f"--offset {args.offset} is past the {len(data)} images of {args.dataset} ({args.split})")
+    indices = range(args.offset, min(args.offset + args.count, len(data)))
+    targets = [args.out / f"{args.dataset}-{i:05d}.png" for i in indices]
+    taken = [t for t in targets if t.exists()]
+    if taken and not args.force:
+        raise ValueError(f"{taken[0]}: exists ({len(taken)} of the {len(targets)} files to write do); pass --force to replace them")
+    for i, target in zip(indices, targets):
+        image = Image.fromarray(data.images[i].permute(1, 2, 0).numpy())
+        _atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
+    print(f"written: {len(targets)} images of {args.dataset} ({args.split}) to {args.out}")
+    return EXIT_CLEAN
+
+
+def _output(path: Path, force: bool, inputs: tuple[Path, ...]) -> None:
+    """Refuse, before any work, an output that is a folder, one of the command's inputs, or (without --force) a file
+    that exists, or whose folder cannot be written."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; name a file to write")
+    for source in inputs:
+        if _same_file(path, source):
+            raise ValueError(f"{path}: is the command's input; write the output elsewhere")
+    if path.exists() and not force:
+        raise ValueError(f"{path}: exists; pass --force to replace it")
+    _writable_folder(path.parent)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return Path(os.path.realpath(a)) == Path(os.path.realpath(b)) or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _writable_folder(folder: Path) -> None:
+    """`folder` exists and can be written, or its nearest existing ancestor is a folder that can (it is made later)."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing}: is a file, so {folder} cannot be a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing}: cannot be written")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
 
 
 def print_tables(rows: list, fmt: str) -> None:
@@ -170,8 +252,16 @@ def print_tables(rows: list, fmt: str) -> None:
         print(f"== {title}\n{render(table, fmt)}\n")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is bad input like any other: one line, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"harness: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="build and evaluate a slice of the grid, print the table")
     run.add_argument("--attack", default="all", help="comma list or 'all' (default: all)")
@@ -195,10 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write images of a dataset as PNG files (a folder for scan and purify)")
     export.add_argument("--dataset", default="fmnist")
     export.add_argument("--split", default="test", choices=("train", "test"))
-    export.add_argument("--count", type=int, default=200)
-    export.add_argument("--offset", type=int, default=0)
+    export.add_argument("--count", type=_positive, default=200)
+    export.add_argument("--offset", type=_non_negative, default=0)
     export.add_argument("--data-root", type=Path, default=None)
     export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--force", action="store_true", help="replace images of the same names in --out")
     export.set_defaults(func=_export)
     for name, helptext in (("scan", "look for a backdoor in your own encoder (label-free trigger inversion)"),
                            ("purify", "run a defense on your own encoder and write the purified one")):
@@ -209,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--data", type=Path, required=True, help="folder of unlabeled clean images (flat, or one sub-folder per class)")
         cmd.add_argument("--device", default="auto")
         cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--force", action="store_true", help="replace output files that exist (never the input)")
         if name == "scan":
-            cmd.add_argument("--steps", type=int, default=400, help="trigger-inversion steps (default: 400)")
+            cmd.add_argument("--steps", type=_positive, default=400, help="trigger-inversion steps (default: 400)")
             cmd.add_argument("--json", type=Path, default=None, help="also write the verdict and its evidence as JSON")
             cmd.set_defaults(func=_scan)
         else:
@@ -219,11 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--profile", default="tiny", help="whose defense budget to use (default: tiny)")
             cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
             cmd.set_defaults(func=_purify)
+    for cmd in sub.choices.values():  # `--debug` after the command too; SUPPRESS keeps the main parser's value otherwise
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of an internal error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command and return its exit code (see the module docstring); every failure ends in one line on stderr."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0), or a usage error argparse has already printed in one line
+        return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
     from harness.artifacts import ArtifactError
     from harness.data import DatasetNotFound
     from harness.registry import UnknownNameError
@@ -231,8 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UnknownNameError, DatasetNotFound, ArtifactError, ValueError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 2
+        if args.debug:
+            traceback.print_exc()
+        print(f"harness: error: {_first_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - the contract: anything else is the harness's fault, and says so
+        if args.debug:
+            traceback.print_exc()
+        print(f"harness: internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Rows are appended to `rows.jsonl` in the results directory as they are made (one
 complete line per row, flushed and synced, so an interrupted run loses nothing it
-finished and a partial last line is never read as a row). At the end of a session
+finished and a partial last line is never read as a row; see ResultsStore for
+what keeps that partial line from costing the row after it). At the end of a session
 the rows become `results.csv` (deterministic: metrics and settings only, so the
 same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
 came from the cache), `results.json` (the same rows), `table.md`, `comparison.md` and
@@ -64,16 +65,29 @@ class Row:
 
 
 class ResultsStore:
-    """Append-only rows of one results directory."""
+    """Append-only rows of one results directory.
+
+    A run killed mid-append leaves part of a line. Appends therefore hold a lock (`.rows.jsonl.lock`, so
+    xdist workers take turns) and begin on a new line when the file does not end with one, and the reader
+    also finds a complete row glued to such a part (files written before appends began on a new line).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.path = self.root / "rows.jsonl"
 
     def append(self, row: Row) -> None:
+        from filelock import FileLock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(row.to_json() + "\n")
+        line = (row.to_json() + "\n").encode("utf-8")
+        with FileLock(str(self.root / ".rows.jsonl.lock")), open(self.path, "a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line  # after a killed writer's part of a line
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 
@@ -83,14 +97,19 @@ class ResultsStore:
             return []
         with open(self.path, "rb") as f:
             f.seek(since)
-            text = f.read().decode("utf-8")
-        rows = []
-        for line in text.splitlines():
-            try:
-                rows.append(Row(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                continue  # a line cut short by a killed run
-        return rows
+            text = f.read().decode("utf-8", errors="replace")
+        return [r for r in map(_parse_row, text.split("\n")) if r is not None]
+
+
+def _parse_row(line: str) -> Row | None:
+    """The row on `line`, or the complete row after a killed run's part of one; None when there is neither."""
+    start = 0
+    while start != -1:
+        try:
+            return Row(**json.loads(line[start:]))
+        except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
+            start = line.find("{", start + 1)
+    return None
 
 
 def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
