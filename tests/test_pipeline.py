@@ -9,10 +9,10 @@ from harness.artifacts import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.pipeline import CLEAN, UNDEFENDED, Workbench
-from harness.plugin import load_methods
+from harness.options import load_methods
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
-from tests.test_plugin import MICRO
+from tests.test_plugin import MICRO_FIELDS
 
 load_methods()
 FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
@@ -20,7 +20,7 @@ FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "down
 
 @pytest.fixture(scope="module")
 def micro_profile():
-    return with_overrides(get_profile("tiny"), MICRO[1::2])
+    return with_overrides(get_profile("tiny"), MICRO_FIELDS)
 
 
 @pytest.fixture
