@@ -1,6 +1,7 @@
 """`python -m harness` / `harness`: run a slice without pytest, rebuild tables, or check your own encoder.
 
-    harness run --attack badencoder --downstream fmnist --profile tiny
+    harness run --attack badencoder --downstream fmnist --profile tiny     (the options of `pytest suites/`)
+    harness list attacks|defenses|profiles|fields
     harness table harness-results --format latex
     harness scan ENCODER --arch resnet18 --data IMAGES [--json REPORT.json]
     harness purify ENCODER --arch resnet18 --data IMAGES --defense mimic --out PURIFIED.safetensors
@@ -30,41 +31,51 @@ EXIT_CLEAN, EXIT_SUSPECTED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _run(args: argparse.Namespace) -> int:
-    from harness.artifacts import ArtifactStore
-    from harness.contract import AttackNotApplicable
-    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench
-    from harness.plugin import load_methods
-    from harness.profiles import get_profile, with_overrides
-    from harness.registry import ATTACKS, DEFENSES
+    from harness.api import run_rows
+    from harness.options import resolve, values_of
     from harness.results import ResultsStore, write_reports
-    from harness.rowspec import RowSpec
-    from harness.training import resolve_device
 
-    load_methods()
-    profile = with_overrides(get_profile(args.profile), args.set)
-    attacks = ATTACKS.names() if args.attack == "all" else args.attack.split(",")
-    defenses = DEFENSES.names() if args.defense == "all" else [d for d in args.defense.split(",") if d != UNDEFENDED]
-    downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
-    for name in attacks:
-        ATTACKS.get(name)
-    for name in defenses:
-        DEFENSES.get(name)
-    bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root, args.download)
-    store = ResultsStore(args.results_dir)
-    rows = []
-    for seed in range(args.seed, args.seed + args.seeds):
-        for task in downstream:
-            plan = [(CLEAN, UNDEFENDED), (RANDOM, UNDEFENDED)] + [(a, d) for a in attacks for d in (UNDEFENDED, *defenses)]
-            for attack, defense in plan:
-                try:
-                    row = bench.row(RowSpec("run", attack, defense, task, seed))
-                except AttackNotApplicable as why:
-                    print(f"harness: skipped {attack} on {task}: {why}", file=sys.stderr)
-                    continue
-                store.append(row)
-                rows.append(row)
-    print_tables(rows, args.format)
-    write_reports(rows, args.results_dir)
+    settings = resolve(values_of(args))  # OptionError (a ValueError) is a one-line usage error
+    rows = run_rows(settings)
+    store = ResultsStore(settings.results_dir)
+    for row in rows:
+        store.append(row)
+    print_tables(rows, settings.table_format)
+    write_reports(rows, settings.results_dir)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Names a command line can use, one per line with a short description."""
+    import dataclasses
+    import typing
+
+    from harness.options import load_methods
+    from harness.pipeline import SUPERVISED
+    from harness.profiles import PROFILES, Profile, get_profile
+    from harness.registry import ATTACKS, DEFENSES
+
+    if args.what in ("attacks", "defenses"):
+        load_methods()
+        registry = ATTACKS if args.what == "attacks" else DEFENSES
+        for name in registry.names():
+            entry = registry.get(name)
+            doc = (entry.fn.__doc__ or sys.modules[entry.module].__doc__ or "").strip().splitlines()
+            tag = " [supervised: backdoors a classifier]" if registry.has_tag(name, SUPERVISED) else ""
+            print(f"{name:12} {doc[0] if doc else ''}{tag}")
+    elif args.what == "profiles":
+        for name in PROFILES.names():
+            p = get_profile(name)
+            print(f"{name:12} {p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images -> {', '.join(p.downstream)}, "
+                  f"{p.ssl_epochs} SSL / {p.attack_epochs} attack epochs, defenses at {p.budget_fraction:g} of their reference recipes")
+    else:
+        profile = get_profile(args.profile)
+        hints = typing.get_type_hints(Profile)
+        for field in dataclasses.fields(Profile):
+            if field.name != "name":
+                value, hint = getattr(profile, field.name), hints[field.name]
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+                print(f"{field.name:24} {hint.__name__ if isinstance(hint, type) else str(hint):16} {shown}")
     return 0
 
 
@@ -81,10 +92,10 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from defenses.decree import DecreeConfig, invert
-    from harness.contract import CleanSubset
+    from defenses.decree import DecreeConfig
+    from harness.api import scan_encoder
     from harness.external import load_external_encoder, load_image_folder, read_encoder_file
-    from harness.training import resolve_device, seed_everything
+    from harness.training import resolve_device
 
     if args.json is not None:
         _output(args.json, args.force, inputs=(args.encoder,))
@@ -92,7 +103,7 @@ def _scan(args: argparse.Namespace) -> int:
     encoder = load_external_encoder(read_encoder_file(args.encoder), args.arch, args.key_prefix).to(device)
     images = load_image_folder(args.data)
     config = DecreeConfig(inversion_steps=args.steps)
-    found = invert(encoder, CleanSubset(images), config, seed_everything(args.seed, "scan"), device)
+    found = scan_encoder(encoder, images, config, args.seed, device)
     rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
     print(f"harness scan: {'BACKDOOR SUSPECTED' if found.flagged else 'no backdoor found'} in {args.encoder}")
     print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.inversion_steps} steps")
@@ -123,10 +134,10 @@ def _purify(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
+    from harness.api import defense_budget, purify_encoder
     from harness.artifacts import atomic_write_text, save_encoder
-    from harness.contract import Budget, CleanSubset
     from harness.external import load_external_encoder, load_image_folder, read_encoder_file
-    from harness.plugin import load_methods
+    from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
     from harness.training import resolve_device
@@ -144,11 +155,11 @@ def _purify(args: argparse.Namespace) -> int:
     source = read_encoder_file(args.encoder)
     encoder = load_external_encoder(source, args.arch, args.key_prefix)
     images = load_image_folder(args.data)
-    budget = Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
+    budget = defense_budget(profile, device)
     print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
           f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
     start = time.perf_counter()
-    result = method(encoder, CleanSubset(images), budget, args.seed)
+    result = purify_encoder(method, encoder, images, budget, args.seed)
     seconds = time.perf_counter() - start
     save_encoder(args.out, result.encoder.cpu(), meta={"defense": args.defense})
     report = {
@@ -260,24 +271,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.options import RUN_OPTIONS, TABLE_FORMATS, add_to_argparse
+
     parser = _Parser(prog="harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="build and evaluate a slice of the grid, print the table")
-    run.add_argument("--attack", default="all", help="comma list or 'all' (default: all)")
-    run.add_argument("--defense", default="all", help="comma list or 'all' (default: all)")
-    run.add_argument("--downstream", default="all", help="comma list or 'all' for the profile's (default: all)")
-    run.add_argument("--profile", default="tiny")
-    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--seeds", type=int, default=1)
-    run.add_argument("--device", default="auto")
-    run.add_argument("--data-root", type=Path, default=None)
-    run.add_argument("--download", action="store_true")
-    run.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
-    run.add_argument("--results-dir", type=Path, default=Path("harness-results"))
-    run.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
+    run = sub.add_parser("run", help="build and evaluate a slice of the effectiveness grid, print the table",
+                         description="The options of `pytest suites/`, by the same names (the short forms without "
+                                     "--harness- too), choosing the same grid: encoder attacks, every defense, the controls.")
+    add_to_argparse(run, RUN_OPTIONS)
+    run.add_argument("--format", dest="harness_table_format", choices=TABLE_FORMATS, help="the same as --table-format")
     run.set_defaults(func=_run)
+    listing = sub.add_parser("list", help="list the registered attacks, defenses, profiles, or a profile's fields")
+    listing.add_argument("what", choices=("attacks", "defenses", "profiles", "fields"))
+    listing.add_argument("--profile", "--harness-profile", default="tiny", help="whose field values `fields` shows (default: tiny)")
+    listing.set_defaults(func=_list)
     table = sub.add_parser("table", help="rebuild the tables from a results directory's stored rows")
     table.add_argument("results_dir", type=Path)
     table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
@@ -325,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     from harness.artifacts import ArtifactError
     from harness.data import DatasetNotFound
     from harness.registry import UnknownNameError
+    from harness.training import progress_to
 
     try:
-        return args.func(args)
+        with progress_to(sys.stderr):
+            return args.func(args)
     except (UnknownNameError, DatasetNotFound, ArtifactError, ValueError) as e:
         if args.debug:
             traceback.print_exc()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import math
 import random
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Iterator, TextIO
 
 import numpy as np
 import torch
@@ -130,17 +132,24 @@ def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, b
 
 # -- progress -----------------------------------------------------------------------
 
-_sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+# The standard logging module, so that a host decides where progress goes: pytest captures it with each
+# test's output and shows it live with --log-cli-level=INFO; `harness` commands send it to stderr.
+log = logging.getLogger("harness")
 
 
-def progress_sink() -> Callable[[str], None]:
-    return _sink
-
-
-def set_progress_sink(sink: Callable[[str], None]) -> None:
-    """Where progress lines go (the pytest plugin sends them to its terminal, past output capture)."""
-    global _sink
-    _sink = sink
+@contextlib.contextmanager
+def progress_to(stream: TextIO | None = None) -> Iterator[None]:
+    """Inside the block, write the harness's progress lines to `stream` (default: stderr), as `harness` commands do."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 class RunningMeans:
@@ -172,11 +181,11 @@ class Progress:
         now = time.perf_counter()
         rate = images / max(now - self._epoch_start, 1e-9)
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        _sink(f"[{self.stage}] epoch {epoch + 1}/{self.epochs} {shown} {rate:.0f} img/s {now - self.start:.1f}s")
+        log.info("[%s] epoch %d/%d %s %.0f img/s %.1fs", self.stage, epoch + 1, self.epochs, shown, rate, now - self.start)
         self._epoch_start = now
 
     def note(self, text: str) -> None:
-        _sink(f"[{self.stage}] {text}")
+        log.info("[%s] %s", self.stage, text)
 
     @property
     def seconds(self) -> float:

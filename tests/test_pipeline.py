@@ -9,12 +9,12 @@ import torch
 from harness.artifacts import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
+from harness.options import load_methods
 from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench
-from harness.plugin import load_methods
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
 from harness.rowspec import RowSpec
-from tests.test_plugin import MICRO
+from tests.test_plugin import MICRO_FIELDS
 
 load_methods()
 FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
@@ -22,7 +22,7 @@ FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "down
 
 @pytest.fixture(scope="module")
 def micro_profile():
-    return with_overrides(get_profile("tiny"), MICRO[1::2])
+    return with_overrides(get_profile("tiny"), MICRO_FIELDS)
 
 
 @pytest.fixture
