@@ -10,10 +10,11 @@ tell them apart. Here, per stage l,
     L = L_BadEncoder + lambda3 * sum_l ( I_l(x + t) - I_l(x) )^2,
     I_l(x) = DV bound of MI( pool(f'_l(x)), f'(x) ), estimated by MINE in the loop,
 
-with one statistics network T_l per stage (harness/mine.py), trained alongside
-the encoder: each step first takes one ascent step on the DV bounds of clean and
-triggered pairs for T_l (MINE's bias-corrected gradient), then the encoder
-descends on L with T_l fixed. Stage maps are average-pooled to a `pool_grid` x
+with two statistics networks per stage (harness/mine.py), one for clean and one
+for triggered pairs, each with its own moving average of E[e^T], trained
+alongside the encoder: each step first takes one ascent step on each DV bound
+(MINE's bias-corrected gradient), then the encoder descends on L with the
+networks fixed. Stage maps are average-pooled to a `pool_grid` x
 `pool_grid` grid before T_l, as MIMIC's own estimator does.
 
 The paper's code for this attack is not public (what representations the
@@ -47,45 +48,52 @@ class AdaptiveMIConfig(BadEncoderConfig):
     ema_rate: float = 0.01
 
 
+INPUTS = ("clean", "triggered")
+
+
 class StageMI:
-    """One MINE statistics network per stage, with its optimiser and moving average of E[e^T]."""
+    """Per stage and per input kind (clean, triggered): a MINE statistics network, its optimiser, its moving average."""
 
     def __init__(self, batch: TamperBatch, cfg: AdaptiveMIConfig, device: torch.device) -> None:
         self.cfg = cfg
         z_dim = batch.shadow.shape[1]
-        self.nets = {s: StatisticsNetwork(self.pooled(m).shape[1], z_dim, cfg.mine_hidden).to(device) for s, m in batch.shadow_stages.items()}
-        self.optimizers = {s: torch.optim.Adam(n.parameters(), lr=cfg.mine_lr) for s, n in self.nets.items()}
-        self.log_ema: dict[str, Tensor] = {}
+        self.nets = {(s, kind): StatisticsNetwork(self.pooled(m).shape[1], z_dim, cfg.mine_hidden).to(device)
+                     for s, m in batch.shadow_stages.items() for kind in INPUTS}
+        self.optimizers = {key: torch.optim.Adam(n.parameters(), lr=cfg.mine_lr) for key, n in self.nets.items()}
+        self.log_ema: dict[tuple[str, str], Tensor] = {}
+        self.stages = list(batch.shadow_stages)
+
+    @staticmethod
+    def pairs(batch: TamperBatch, stage: str) -> dict[str, tuple[Tensor, Tensor]]:
+        return {"clean": (batch.shadow_stages[stage], batch.shadow), "triggered": (batch.triggered_stages[stage], batch.triggered)}
 
     def pooled(self, stage: Tensor) -> Tensor:
         return F.adaptive_avg_pool2d(stage, self.cfg.pool_grid).flatten(1)
 
-    def bound(self, stage: str, maps: Tensor, z: Tensor, shuffle: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def bound(self, key: tuple[str, str], maps: Tensor, z: Tensor, shuffle: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(DV bound, T on joint pairs, T on shuffled pairs) of one stage's pooled maps and features."""
         x = self.pooled(maps)
-        t_joint, t_marginal = self.nets[stage](x, z), self.nets[stage](x, z[shuffle])
+        t_joint, t_marginal = self.nets[key](x, z), self.nets[key](x, z[shuffle])
         return dv_bound(t_joint, t_marginal), t_joint, t_marginal
 
     def ascend(self, batch: TamperBatch, shuffle: Tensor) -> None:
-        """One MINE step per stage on clean and triggered pairs, encoder outputs detached."""
-        for s in self.nets:
-            terms = []
-            for maps, z in ((batch.shadow_stages[s], batch.shadow), (batch.triggered_stages[s], batch.triggered)):
-                _, t_joint, t_marginal = self.bound(s, maps.detach(), z.detach(), shuffle)
+        """One MINE step for every stage and input kind, encoder outputs detached."""
+        for s in self.stages:
+            for kind, (maps, z) in self.pairs(batch, s).items():
+                key = (s, kind)
+                _, t_joint, t_marginal = self.bound(key, maps.detach(), z.detach(), shuffle)
                 log_batch = log_mean_exp(t_marginal).detach()
-                ema = self.log_ema.get(s)
+                ema = self.log_ema.get(key)
                 ema = log_batch if ema is None else torch.logaddexp(math.log(1 - self.cfg.ema_rate) + ema, math.log(self.cfg.ema_rate) + log_batch)
-                self.log_ema[s] = ema
-                terms.append(-mine_surrogate(t_joint, t_marginal, ema))
-            descend(self.optimizers[s], sum(terms))
+                self.log_ema[key] = ema
+                descend(self.optimizers[key], -mine_surrogate(t_joint, t_marginal, ema))
 
     def gap(self, batch: TamperBatch, shuffle: Tensor) -> Tensor:
         """sum over stages of (I_l(x + t) - I_l(x))^2 with the statistics networks held fixed."""
         total = batch.shadow.new_zeros(())
-        for s in self.nets:
-            clean, _, _ = self.bound(s, batch.shadow_stages[s], batch.shadow, shuffle)
-            triggered, _, _ = self.bound(s, batch.triggered_stages[s], batch.triggered, shuffle)
-            total = total + (triggered - clean).pow(2)
+        for s in self.stages:
+            bounds = {kind: self.bound((s, kind), maps, z, shuffle)[0] for kind, (maps, z) in self.pairs(batch, s).items()}
+            total = total + (bounds["triggered"] - bounds["clean"]).pow(2)
         return total
 
 

@@ -3,15 +3,15 @@
 Backdoored networks are unusually sensitive to small perturbations of some
 neurons: perturbing them changes the output far more than perturbing benign ones.
 ANP learns a mask m_c in [0, 1] on every BatchNorm channel under adversarial
-perturbation of the channels' affine weights, then prunes the channels whose
-mask falls below a threshold:
+perturbation of the channels' affine weights, then prunes the channels with the
+lowest masks:
 
     min_m  alpha * L(m, 0, 0) + (1 - alpha) * max_{|delta|, |xi| <= eps} L(m, delta, xi)
 
 where channel c of a BatchNorm layer computes (m_c + delta_c) * w_c * x_hat + (1 + xi_c) * b_c.
 The inner maximisation is one signed-gradient step of size eps from a random start,
-as in the reference (eps = 0.4, alpha = 0.2, mask lr 0.2 with momentum 0.9,
-threshold 0.2); a pruned channel's BatchNorm weight becomes zero.
+as in the reference (eps = 0.4, alpha = 0.2, mask lr 0.2 with momentum 0.9); a
+pruned channel's BatchNorm weight becomes zero.
 
 Facts from the reference code (csdongxian/ANP_backdoor): 2000 mask iterations on
 batches of 128 clean images drawn with replacement; SGD on the masks, lr 0.2,
@@ -24,16 +24,16 @@ number (the lowest masks first), both swept and chosen by clean accuracy.
 Adaptations to a label-free encoder, stated:
 - L: the original's cross-entropy on labelled clean data becomes
   L(m, delta, xi) = mean over clean images of 1 - cos(f_{m,delta,xi}(x), f(x)), how far
-  the masked, perturbed encoder's feature moves from the suspect's own (eval mode);
+  the masked, perturbed encoder's feature moves from the unmasked one's (both on batch statistics);
   a perturbation of few channels that can redirect features, as a backdoor's can,
   makes those channels' masks fall.
-- The pruning choice needs no labels: `prune_by="threshold"` (default) prunes the
-  channels whose mask ends below 0.2, the paper's typical threshold, where the
-  original sweeps thresholds and picks by labelled accuracy; `"fraction"` prunes
-  a fixed share of the lowest masks (the original's pruning by number), and
+- The pruning choice needs no labels. The original sweeps thresholds (or numbers
+  of the lowest masks) and keeps the pruning clean accuracy allows; without labels
+  `prune_by="fraction"` (default) prunes a fixed share, `fraction` = 5 %, of the
+  channels with the lowest masks (the original's pruning by number, at a fixed
+  number); `"threshold"` prunes masks below 0.2, the paper's typical threshold;
   `"cosine"` as many of the lowest masks as keep the clean subset's features
-  within `min_cosine` of the suspect's, a label-free "as many as clean accuracy
-  allows".
+  within `min_cosine` of the suspect's.
 - Budget: the 2000 iterations, scaled by the budget's fraction.
 """
 
@@ -61,7 +61,7 @@ class ANPConfig:
     alpha: float = 0.2  # weight of the unperturbed loss
     mask_lr: float = 0.2
     iterations: int = 2000  # reference mask iterations (scaled by the budget)
-    prune_by: str = "threshold"  # "threshold", "fraction" or "cosine" (see the module docstring)
+    prune_by: str = "fraction"  # "fraction", "threshold" or "cosine" (see the module docstring)
     threshold: float = 0.2  # "threshold": prune channels whose mask ends below
     fraction: float = 0.05  # "fraction": prune this share of the channels, lowest masks first
     min_cosine: float = 0.95  # "cosine": clean features must stay this close to the suspect's
@@ -114,10 +114,10 @@ def learn_masks(suspect: Encoder, clean: CleanSubset, budget: Budget, config: AN
     """The ANP masks of every BatchNorm layer of `suspect`, each in [0, 1]; and the seconds taken.
 
     The masks are learnt on a copy in train mode (batch statistics, as the original), so the
-    suspect's own running statistics are untouched.
+    suspect's own running statistics are untouched; L's reference is the unmasked copy in the same
+    mode, so L is 0 at m = 1 without perturbation.
     """
     device = budget.device
-    reference_model = freeze(suspect)
     encoder = freeze(copy.deepcopy(suspect)).train()
     layers = batchnorm_layers(encoder)
     masks = {name: torch.ones_like(bn.weight, requires_grad=True) for name, bn in layers.items()}
@@ -129,7 +129,7 @@ def learn_masks(suspect: Encoder, clean: CleanSubset, budget: Budget, config: AN
         idx = torch.randint(len(clean), (min(budget.batch_size, len(clean)),), generator=gen)  # with replacement, as the original
         x = to_float(clean.images[idx], device)
         with torch.no_grad():
-            reference = reference_model(x)
+            reference = encoder(x)  # unmasked, unperturbed, batch statistics
         # Inner maximisation: one signed-gradient step of size eps from a random start.
         delta = {n: _uniform(m, config.eps, gen) for n, m in masks.items()}
         xi = {n: _uniform(m, config.eps, gen) for n, m in masks.items()}

@@ -9,9 +9,10 @@ classes grows, and the backdoor's shortcut closes with the others.
 Facts from the reference code (Gwinhen/MOTH, src_torch): a warm-up inverts one
 universal trigger per target class (500 steps, success bound 0.99); then, for 2
 epochs, a new class pair every 3 batches, its trigger inverted for 200 steps the
-first time and 50 on later visits, warm-started from the pair's stored trigger,
-stopping at a success bound of 0.9 and keeping the smallest successful mask
-(Adam 0.1, betas 0.5/0.9); a share (`portion` 0.1) of the pair's samples in the
+first time and 50 on later visits, warm-started from the pair's stored trigger
+(the warm-up's trigger of the target class before the first), keeping the
+smallest mask that reaches a success bound of 0.9 under an L1 cost raised or
+lowered every 10 steps (Adam 0.1, betas 0.5/0.9); a share (`portion` 0.1) of the pair's samples in the
 batch is stamped, only while the mask covers under a quarter of the image; the
 model is trained with plain cross-entropy on the batch, stamped samples keeping
 their true labels.
@@ -66,7 +67,9 @@ class MothConfig:
     portion: float = 0.1  # share of the pair's source samples in a batch that are stamped
     max_mask_share: float = 0.25  # stamp only while the mask covers less of the image than this
     inversion_lr: float = 0.1
-    l1_weight: float = 1e-3  # lambda of the mask's L1 share
+    l1_weight: float = 1e-3  # the initial cost on the mask's L1 norm (a sum over its H x W pixels)
+    cost_factor: float = 1.5  # the cost's step up after `patience` successful steps (down by its power 1.5)
+    patience: int = 10
     feature_anchor: float = 0.0  # weight of mean(1 - cos(f'(x), f(x))); 0: off, as the original
 
     def __post_init__(self) -> None:
@@ -114,7 +117,7 @@ def fit_head(features: Tensor, labels: Tensor, classes: int, steps: int) -> nn.L
     return freeze(head)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inverted:
     mask: Tensor  # (1, H, W) in [0, 1]
     pattern: Tensor  # (3, H, W) in [0, 1]
@@ -140,8 +143,10 @@ def invert(
 ) -> Inverted:
     """A mask and pattern that move the images x to pseudo-class `target`; the encoder is not changed.
 
-    Warm-started from `start` when given (a random mask otherwise, as the original); stops once the
-    success reaches `bound`, and returns the smallest-mask trigger that reached it (else the last one).
+    Warm-started from `start` when given (a random mask otherwise, as the original). Every step runs:
+    the L1 cost on the mask starts at `l1_weight` and, as in the original, grows by `cost_factor` after
+    `patience` steps in a row at or above `bound` and shrinks by cost_factor ** 1.5 after as many below
+    it. Returns the smallest-mask trigger that reached `bound` (else the last one).
     """
     device = x.device
     if start is None:
@@ -152,19 +157,24 @@ def invert(
     optimizer = torch.optim.Adam([mask_logits, pattern_logits], lr=cfg.inversion_lr, betas=(0.5, 0.9))
     labels = torch.full((len(x),), target, device=device)
     best: Inverted | None = None
+    cost, above, below = cfg.l1_weight, 0, 0
     for step in range(steps):
         mask, pattern = torch.sigmoid(mask_logits), torch.sigmoid(pattern_logits)
         logits = head(F.normalize(encoder((1 - mask) * x + mask * pattern), dim=1))
         success = (logits.argmax(1) == target).float().mean().item()
         if success >= bound and (best is None or mask.mean().item() < best.share):
             best = Inverted(mask.detach().clone(), pattern.detach().clone(), success, step + 1)
-            break
-        loss = F.cross_entropy(logits, labels) + cfg.l1_weight * mask.mean()
+        above, below = (above + 1, 0) if success >= bound else (0, below + 1)
+        if above >= cfg.patience:
+            cost, above = cost * cfg.cost_factor, 0
+        elif below >= cfg.patience:
+            cost, below = cost / cfg.cost_factor**1.5, 0
+        loss = F.cross_entropy(logits, labels) + cost * mask.sum()
         # Gradients for the trigger only: the encoder's own .grad stays untouched.
         mask_logits.grad, pattern_logits.grad = torch.autograd.grad(loss, [mask_logits, pattern_logits])
         optimizer.step()
     if best is not None:
-        return best
+        return dataclasses.replace(best, steps=steps)
     mask, pattern = torch.sigmoid(mask_logits).detach(), torch.sigmoid(pattern_logits).detach()
     return Inverted(mask, pattern, success, steps)
 
@@ -223,11 +233,15 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
             continue
         pick = others[torch.randperm(len(others), generator=gen)[: budget.batch_size].to(device)]
         trigger = inverted(images[pick], (-1, target), steps.warmup_steps, config.warmup_bound, None)
+        for source in range(classes):  # the warm start of every pair into this class, as the original
+            if source != target:
+                triggers[(source, target)] = trigger
         stamp = torch.rand(len(pick), generator=gen).to(device) < 0.5  # the reference's warm_ratio
         harden(images[pick], labels[pick], stamp, trigger)
 
     batch_count = 0
     pair = (0, 1)
+    visited: set[tuple[int, int]] = set()  # pairs inverted at least once after the warm-up
 
     def step(idx: Tensor, epoch: int) -> dict[str, float]:
         nonlocal batch_count, pair
@@ -242,7 +256,9 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
         if not len(from_source):
             return {"loss": harden(x, y)}
         warm = triggers.get(pair)
-        trigger = inverted(x[from_source], pair, steps.pair_steps_later if warm else steps.pair_steps_first, config.pair_bound, warm)
+        first = pair not in visited
+        visited.add(pair)
+        trigger = inverted(x[from_source], pair, steps.pair_steps_first if first else steps.pair_steps_later, config.pair_bound, warm)
         succeeded = trigger.success >= config.pair_bound
         if warm is None or (succeeded and (warm.success < config.pair_bound or trigger.share <= warm.share)):
             triggers[pair] = trigger  # the warm start of the pair's next visit: its smallest successful trigger

@@ -89,8 +89,8 @@ class Budget:
 
     The budget rule (harness/profiles.py): a defense counts each loop of its reference recipe
     (epochs, inner steps, inversion steps, MINE steps) and runs `steps(reference, minimum)` of it,
-    the reference scaled by `fraction`, rounded up, and never under the minimum that keeps the loop
-    meaningful. `batch_size` and `lr` are the profile's optimiser settings for the defense's model.
+    the reference scaled by `fraction`, rounded up, never under the minimum that keeps the loop
+    meaningful and never over the reference itself. `batch_size` and `lr` are the profile's optimiser settings for the defense's model.
     """
 
     fraction: float
@@ -103,8 +103,8 @@ class Budget:
             raise ValueError(f"budget fraction must be in (0, 1], got {self.fraction}")
 
     def steps(self, reference: int, minimum: int = 1) -> int:
-        """`reference` scaled by the fraction, rounded up, at least `minimum`."""
-        return max(minimum, math.ceil(self.fraction * reference - 1e-9))
+        """`reference` scaled by the fraction, rounded up, at least `minimum`, never more than `reference`."""
+        return min(reference, max(minimum, math.ceil(self.fraction * reference - 1e-9)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,9 +8,9 @@ encoder-side criteria only, never by what a defense then does:
 - every defense budget follows one rule, the budget rule: each defense runs its
   own reference recipe (epochs, inner steps, inversion steps, MINE steps, as
   its paper's code sets them) scaled by the profile's `budget_fraction`,
-  rounded up, never below the minimum that keeps the loop meaningful
-  (`Budget.steps` in harness/contract.py; each defense's config lists its
-  reference loops and minimums). MIMIC's MINE steps count in its budget.
+  rounded up, never below the minimum that keeps the loop meaningful nor above
+  the reference (`Budget.steps` in harness/contract.py; each defense's config
+  lists its reference loops). MIMIC's MINE steps count in its budget.
 
 - `tiny`: two CPU cores, minutes; Fashion-MNIST pre-training, Fashion-MNIST and
   scikit-learn digits downstream. The CI and demo profile.

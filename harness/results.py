@@ -197,10 +197,13 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
 def paired_difference(frame: pd.DataFrame, defense: str, reference: str, metric: str) -> tuple[float, float, int]:
     """Mean and 95 % CI half-width of (defense - reference) on `metric` over the seeds both have; and their number.
 
-    Rows pair by seed: the same suspect, the same clean data, two defenses.
+    Rows pair by seed: the same suspect, the same clean data, two defenses. `frame` holds one configuration
+    (see `_one_row_per_encoder`), so each seed appears once per defense.
     """
     a = frame[frame["defense"] == defense].set_index("seed")[metric]
     b = frame[frame["defense"] == reference].set_index("seed")[metric]
+    if not (a.index.is_unique and b.index.is_unique):
+        raise ValueError(f"paired_difference needs one row per seed; {defense} or {reference} has several")
     diff = (a - b).dropna()
     return (float(diff.mean()), ci95(diff), len(diff)) if len(diff) else (math.nan, math.nan, 0)
 
@@ -215,12 +218,22 @@ def _marks(group: pd.DataFrame, means: dict[str, tuple[float, float]], asr: str,
     best = eligible[0][2]
     if len(eligible) == 1:
         return {best: " *"}
+    if paired_difference(group, eligible[1][2], best, asr)[2] < 2:
+        return {}  # one seed ranks nothing: no CI, no mark
     tied = [best]
-    for _, _, d in eligible[1:]:
+    for _, _, d in eligible[1:]:  # from the top down, until the first defense shown worse than the best
         mean, ci, n = paired_difference(group, d, best, asr)
-        if n < 2 or mean - ci <= 0:  # the CI of (d - best) does not exclude 0: d is not shown worse
-            tied.append(d)
+        if n < 2 or mean - ci > 0:
+            break
+        tied.append(d)
     return {best: " *"} if len(tied) == 1 else {d: " ~" for d in tied}
+
+
+def _one_row_per_encoder(frame: pd.DataFrame) -> pd.DataFrame:
+    """Plain rows (no variant), one per (profile, attack, scenario, downstream, defense, seed): suites that share
+    an encoder (effectiveness and cost) hold the same row twice, which must count once in means and pairs."""
+    plain = frame[frame["variant"].fillna("") == ""]
+    return plain.drop_duplicates(subset=["profile", "attack", "scenario", "downstream", "defense", "seed"], keep="first")
 
 
 def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: float = BEST_MAX_ACC_DROP) -> pd.DataFrame:
@@ -228,17 +241,17 @@ def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: flo
 
     Cells "ACC / ASR(all) / ASR(non-target)", means over seeds; `none` is the undefended encoder, and
     the `clean` and `random` columns are the controls on the same task and trigger (the clean encoder,
-    and a randomly initialised one, read by the same probe). Each line gives the backdoor's exposure
-    and whether the attack implanted on every seed. Among the defenses that keep ACC within
+    and a randomly initialised one, read by the same probe, undefended). Each line gives the backdoor's
+    exposure and whether the attack implanted on every seed. Among the defenses that keep ACC within
     `max_acc_drop` points of the undefended encoder's, the lowest `asr` is marked "*" only when its
-    paired 95 % CI over seeds against the runner-up excludes 0; otherwise the statistically tied
-    leaders are marked "~" (one seed never separates them). Variants are the long table's business.
+    paired 95 % CI over seeds against the runner-up excludes 0; otherwise the leaders statistically
+    tied with it are marked "~"; with one seed nothing is marked. Variants are the long table's business.
     """
-    plain = frame[frame["variant"].fillna("") == ""]
+    plain = _one_row_per_encoder(frame)
     attacked = plain[~plain["attack"].isin(("clean", "random"))]
     if attacked.empty:
         return pd.DataFrame()
-    controls = plain[plain["attack"].isin(("clean", "random"))]
+    controls = plain[plain["attack"].isin(("clean", "random")) & (plain["defense"] == "none")]
     defenses = sorted(attacked["defense"].unique(), key=lambda d: (d != "none", d))
     lines = []
     for (profile, attack, scenario, downstream), group in attacked.groupby(["profile", "attack", "scenario", "downstream"], sort=True):
@@ -270,7 +283,8 @@ def paired_table(frame: pd.DataFrame, reference: str = "mimic", metrics: tuple[s
     A negative ASR difference means the defense left less backdoor than the reference; "seeds" is the
     number of pairs. Variants and controls are left out.
     """
-    plain = frame[(frame["variant"].fillna("") == "") & ~frame["attack"].isin(("clean", "random"))]
+    plain = _one_row_per_encoder(frame)
+    plain = plain[~plain["attack"].isin(("clean", "random"))]
     lines = []
     for (profile, attack, scenario, downstream), group in plain.groupby(["profile", "attack", "scenario", "downstream"], sort=True):
         if reference not in set(group["defense"]):
