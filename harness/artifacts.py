@@ -27,8 +27,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from harness import resnets  # noqa: F401 - registers the deeper ResNets that files may name
 from harness.memory import release_freed_memory
-from harness.models import ArchConfig, Encoder
+from harness.models import Encoder
 from harness.registry import ARCHS
 
 FORMAT_VERSION = 1
@@ -158,7 +159,7 @@ def save_encoder(path: Path, encoder: Encoder, extra: dict[str, Tensor] | None =
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in (extra or {}).items()})
     header = {
         "format": str(FORMAT_VERSION),
-        "arch": "resnet18",
+        "arch": getattr(encoder, "ARCH", "resnet18"),  # the registry name that builds `config` (resnets.ResNet: "resnet")
         "arch_config": json.dumps(dataclasses.asdict(encoder.config)),
         "meta": json.dumps(meta or {}),
     }
@@ -172,12 +173,12 @@ def load_encoder(path: Path) -> tuple[Encoder, dict[str, Tensor], dict]:
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(header_len)).get("__metadata__", {})
-        arch_config = ArchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(header["arch_config"]).items()})
-        encoder: Encoder = ARCHS.create(header["arch"], **dataclasses.asdict(arch_config))()
+        arch_config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(header["arch_config"]).items()}
+        encoder: Encoder = ARCHS.create(header["arch"], **arch_config)()
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as e:
         raise ArtifactError(f"{path}: not a readable encoder file ({type(e).__name__}: {e})") from None
     state = {k.removeprefix("encoder."): v for k, v in tensors.items() if k.startswith("encoder.")}
-    check_weights(path, state, encoder, f"{header['arch']} {arch_config}")
+    check_weights(path, state, encoder, f"{header['arch']} {encoder.config}")
     encoder.load_state_dict(state, strict=True)
     extra = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return encoder.eval(), extra, json.loads(header.get("meta", "{}"))
