@@ -1,0 +1,108 @@
+"""A trigger to evaluate an encoder with: a registered name, an image (plus a mask), or tensors in a file.
+
+`harness evaluate --trigger` measures a backdoor the user knows of (their own
+attack, or a published trigger). The trigger lives in the harness's image space
+(32x32, harness/triggers.py) and is stamped before the encoder's input geometry
+resizes the image, as with every trigger here. Accepted:
+
+- a registered trigger name (`checkerboard`, `patch`, ...), at the profile's size;
+- an image file: RGBA (the alpha channel is the mask) or RGB/grayscale with
+  `mask` a grayscale image (255 replaces the pixel, 0 keeps it, between blends);
+- a .safetensors file holding `pattern` (3, 32, 32) and `mask` (1, 32, 32) floats in
+  [0, 1], with or without a `trigger.` or `extra.trigger.` prefix (a suspect the
+  harness built stores its trigger as `extra.trigger.*`).
+
+Images are never resized: a trigger of another size is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from harness.data import IMAGE_SIZE
+from harness.external import IMAGE_SUFFIXES
+from harness.registry import TRIGGERS
+from harness.triggers import Trigger, make_trigger
+
+_TENSOR_PREFIXES = ("", "trigger.", "extra.trigger.")
+
+
+def load_trigger(spec: str, size: int, mask: Path | None = None) -> Trigger:
+    """The trigger named or stored by `spec` (see the module docstring); `size` applies to registered names."""
+    if spec in TRIGGERS:
+        if mask is not None:
+            raise ValueError(f"--trigger-mask applies to a trigger image, not to the registered trigger {spec!r}")
+        return make_trigger(spec, size)
+    path = Path(spec)
+    if path.suffix.lower() not in (*IMAGE_SUFFIXES, ".safetensors"):
+        raise ValueError(f"--trigger {spec!r} is neither a registered trigger ({', '.join(TRIGGERS.names())}) "
+                         f"nor a trigger file ({', '.join(IMAGE_SUFFIXES)}, .safetensors)")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        if mask is not None:
+            raise ValueError(f"{path}: a .safetensors trigger holds its own mask; drop --trigger-mask")
+        return _from_tensors(path)
+    return _from_images(path, mask)
+
+
+def _from_tensors(path: Path) -> Trigger:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            prefix = next((p for p in _TENSOR_PREFIXES if {p + "pattern", p + "mask"} <= names), None)
+            if prefix is None:
+                raise ValueError(f"{path}: no trigger tensors (pattern and mask, optionally under trigger. or extra.trigger.)")
+            pattern, mask = f.get_tensor(prefix + "pattern"), f.get_tensor(prefix + "mask")
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    return _checked(path, pattern.float(), mask.float())
+
+
+def _read_image(path: Path, mode: str) -> Tensor:
+    """(C, H, W) float in [0, 1] of an image file converted to `mode` (RGBA, RGB or L)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            converted = image.convert(mode)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    channels = len(mode)
+    w, h = converted.size
+    return torch.frombuffer(bytearray(converted.tobytes()), dtype=torch.uint8).view(h, w, channels).permute(2, 0, 1).float() / 255
+
+
+def _from_images(path: Path, mask_path: Path | None) -> Trigger:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        has_alpha = image.mode in ("RGBA", "LA") or "transparency" in image.info
+    if mask_path is None:
+        if not has_alpha:
+            raise ValueError(f"{path}: an opaque image needs --trigger-mask (or an alpha channel as the mask)")
+        rgba = _read_image(path, "RGBA")
+        return _checked(path, rgba[:3], rgba[3:])
+    if not Path(mask_path).is_file():
+        raise ValueError(f"{mask_path}: no such file")
+    return _checked(path, _read_image(path, "RGB"), _read_image(Path(mask_path), "L"))
+
+
+def _checked(path: Path, pattern: Tensor, mask: Tensor) -> Trigger:
+    expected = (IMAGE_SIZE, IMAGE_SIZE)
+    for t, what in ((pattern, "pattern"), (mask, "mask")):
+        if tuple(t.shape[-2:]) != expected:
+            raise ValueError(f"{path}: the trigger {what} is {tuple(t.shape[-2:])} pixels; the harness's images are {expected}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: the trigger {what} holds NaN or Inf values")
+    if not (mask > 0).any():
+        raise ValueError(f"{path}: the trigger mask touches no pixel")
+    try:
+        return Trigger(path.stem, pattern, mask)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
