@@ -206,7 +206,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     checkpoint, encoder, geometry = _user_encoder(args)
     trigger = load_trigger(args.trigger, profile.trigger_size, args.trigger_mask)
-    bench = Workbench(profile, ArtifactStore(args.cache_dir), device, args.data_root, args.download)  # splits and probe only
+    bench = Workbench(profile, ArtifactStore(Path(".harness-cache")), device, args.data_root, args.download)  # its splits and probe only: nothing is stored
     train, test = bench.downstream(args.downstream)
     probe = bench.probe_config()
     metrics = evaluate(encoder.to(device), train, test, trigger, args.target, probe, args.seed, device)
@@ -350,7 +350,6 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
             cmd.add_argument("--data-root", type=Path, default=None)
             cmd.add_argument("--download", action="store_true")
-            cmd.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"), help=argparse.SUPPRESS)  # nothing is stored
             cmd.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
             cmd.set_defaults(func=_evaluate)
         else:

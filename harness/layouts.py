@@ -139,14 +139,22 @@ class Checkpoint:
             return f"{self.architecture}, a harness file"
         where = f" under {self.prefix!r}" if self.prefix else ""
         mapped = " after --key-map" if self.key_mapped else ""
-        kept = f"; {len(self.kept)} other tensors ({_groups(self.kept)}) not part of the encoder" if self.kept else ""
+        kept = f"; {len(self.kept)} other tensors ({_groups(self.kept, set(self.names))}) not part of the encoder" if self.kept else ""
         return f"{self.architecture}, {self.layout} layout{where}{mapped}{kept}"
 
 
-def _groups(names: list[str], shown: int = 3) -> str:
-    """'g.*, fc.*' for a list of tensor names: their first two name parts, at most `shown` of them."""
-    heads = sorted({".".join(n.split(".")[:2]) if n.startswith("module.") else n.split(".")[0] for n in names})
-    return ", ".join(f"{h}.*" for h in heads[:shown]) + (", ..." if len(heads) > shown else "")
+def _groups(kept: list[str], encoder: set[str], shown: int = 3) -> str:
+    """'g.*, module.encoder_k.*': each kept tensor under the shortest name prefix that holds no encoder tensor."""
+    heads = set()
+    for name in kept:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            head = ".".join(parts[:i])
+            if not any(e == head or e.startswith(head + ".") for e in encoder):
+                heads.add(head)
+                break
+    shown_heads = [h if h in kept else f"{h}.*" for h in sorted(heads)]
+    return ", ".join(shown_heads[:shown]) + (", ..." if len(shown_heads) > shown else "")
 
 
 def parse_key_map(rules: list[str] | tuple[str, ...]) -> tuple[tuple[re.Pattern, str], ...]:
