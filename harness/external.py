@@ -28,13 +28,9 @@ from harness.models import Encoder
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    """The tensors of a .safetensors file or of a weights-only state dict; nothing in the file is run."""
-    return read_checkpoint(path)[0]
-
-
 def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
-    """`_read_tensors`, and whether the file held them under "state_dict" (so purify writes them back the same way)."""
+    """The tensors of a .safetensors file or of a weights-only state dict, nothing in the file run; and whether they
+    were nested under "state_dict" (so purify writes them back the same way)."""
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     if path.suffix == ".safetensors":

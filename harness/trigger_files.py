@@ -17,6 +17,7 @@ Images are never resized: a trigger of another size is an error, not a guess.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -59,9 +60,19 @@ def _from_tensors(path: Path) -> Trigger:
             if prefix is None:
                 raise ValueError(f"{path}: no trigger tensors (pattern and mask, optionally under trigger. or extra.trigger.)")
             pattern, mask = f.get_tensor(prefix + "pattern"), f.get_tensor(prefix + "mask")
+            name = _harness_trigger_name(f.metadata() or {}) or path.stem
     except SafetensorError as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    return _checked(path, pattern.float(), mask.float())
+    return _checked(path, pattern.float(), mask.float(), name)
+
+
+def _harness_trigger_name(metadata: dict[str, str]) -> str | None:
+    """The trigger's name in a suspect file the harness wrote (its JSON `meta`), if it is one."""
+    try:
+        name = json.loads(metadata.get("meta", "{}")).get("trigger_name")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _read_image(path: Path, mode: str) -> Tensor:
@@ -93,7 +104,7 @@ def _from_images(path: Path, mask_path: Path | None) -> Trigger:
     return _checked(path, _read_image(path, "RGB"), _read_image(Path(mask_path), "L"))
 
 
-def _checked(path: Path, pattern: Tensor, mask: Tensor) -> Trigger:
+def _checked(path: Path, pattern: Tensor, mask: Tensor, name: str | None = None) -> Trigger:
     expected = (IMAGE_SIZE, IMAGE_SIZE)
     for t, what in ((pattern, "pattern"), (mask, "mask")):
         if tuple(t.shape[-2:]) != expected:
@@ -103,6 +114,6 @@ def _checked(path: Path, pattern: Tensor, mask: Tensor) -> Trigger:
     if not (mask > 0).any():
         raise ValueError(f"{path}: the trigger mask touches no pixel")
     try:
-        return Trigger(path.stem, pattern, mask)
+        return Trigger(name or path.stem, pattern, mask)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

@@ -37,8 +37,9 @@ def test_an_rgba_image_and_an_image_with_a_mask_file_give_the_same_trigger(tmp_p
 def test_a_suspect_file_built_by_the_harness_carries_its_trigger(tmp_path):
     reference = make_trigger("patch", 4)
     save_encoder(tmp_path / "suspect.safetensors", build_encoder("resnet18", 4),
-                 extra={"trigger.pattern": reference.pattern, "trigger.mask": reference.mask})
-    assert load_trigger(str(tmp_path / "suspect.safetensors"), 10).fingerprint() == reference.fingerprint()
+                 extra={"trigger.pattern": reference.pattern, "trigger.mask": reference.mask}, meta={"trigger_name": reference.name})
+    loaded = load_trigger(str(tmp_path / "suspect.safetensors"), 10)
+    assert loaded.fingerprint() == reference.fingerprint() and loaded.name == "patch4"
     save_file({"weights": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no trigger tensors"):
         load_trigger(str(tmp_path / "other.safetensors"), 10)
