@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from attacks.badencoder import BadEncoderConfig, TamperBatch, badencoder_loss, tamper
-from harness.attention import attention_map
+from harness.losses import attention_map
 from harness.contract import AttackInputs, AttackResult
 from harness.registry import ATTACKS
 

@@ -81,7 +81,7 @@ def classifier_logits(encoder: nn.Module, head: nn.Linear, x: Tensor) -> Tensor:
     return head(F.normalize(encoder(x), dim=1))
 
 
-@ATTACKS.register("badnets", config=BadNetsConfig, tags=("supervised",))
+@ATTACKS.register("badnets", config=BadNetsConfig, tags=("supervised", "own_trigger"))
 def badnets(inputs: AttackInputs, seed: int, config: BadNetsConfig) -> AttackResult:
     if not inputs.target_in_pretrain:
         raise AttackNotApplicable("BadNets backdoors a classifier of the pre-training classes; evaluate it on that dataset")

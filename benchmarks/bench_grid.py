@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(cache: Path, results: Path, extra: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "pytest", "suites/test_effectiveness.py", "-q", "-p", "no:cacheprovider",
-           f"--cache-dir={cache}", f"--results-dir={results}", *extra]
+           f"--harness-cache-dir={cache}", f"--harness-results-dir={results}", *extra]
     done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start
     if done.returncode not in (0, 1):  # 1: a gate failed, the timing still counts

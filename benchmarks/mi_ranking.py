@@ -14,7 +14,7 @@ from pathlib import Path
 from defenses.mimic import MimicConfig, localise
 from harness.artifacts import ArtifactStore
 from harness.pipeline import Workbench
-from harness.plugin import load_methods
+from harness.options import load_methods
 from harness.profiles import get_profile, with_overrides
 from harness.training import freeze, resolve_device, seed_everything
 

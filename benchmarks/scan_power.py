@@ -5,10 +5,11 @@
 On the harness's own encoders of one profile, whose truth is known: the suspects of
 `--attacks` (default badencoder) aimed at each downstream task, seeds 0..N-1, and the
 clean SimCLR encoders of those seeds. The detector is DECREE's detection as the
-DECREE defense runs it (defenses/decree.py `invert` with DecreeConfig's defaults on the
-profile's clean subset): the scan's detector at its defaults (400 steps, flagged below
-a 5 % mask), so every suite run of DECREE has already measured it and the cache holds
-the verdicts. A suspect counts as backdoored when its attack implanted (undefended
+DECREE defense runs it (defenses/decree.py `invert` with DecreeConfig's defaults, its
+reference inversion steps scaled by the profile's budget, on the profile's clean
+subset): the scan's detector (flagged below a 5 % mask), so every suite run of DECREE
+has already measured it and the cache holds the verdicts. The entry records the
+steps it ran; `harness scan` says so when it runs another number. A suspect counts as backdoored when its attack implanted (undefended
 ASR(non-target) >= --implanted-asr); the others are listed, not counted.
 
 Encoders, defense runs and evaluations come from the artifact cache and are built
@@ -27,7 +28,7 @@ from pathlib import Path
 from defenses.decree import DecreeConfig
 from harness.artifacts import ArtifactStore, atomic_write_text
 from harness.pipeline import Workbench
-from harness.plugin import load_methods
+from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
 from harness.profiles import get_profile, with_overrides
 from harness.training import resolve_device
@@ -115,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     for item in missing:
         print(f"missing from {args.cache_dir}: {item}")
     decree = DecreeConfig()
+    steps = decree.steps(bench.budget())["inversion_steps"]  # as the DECREE defense runs it on this profile
     entry = {
         **summarise(records, args.implanted_asr),
-        "detector": f"DECREE detection at its defaults ({decree.steps} steps, flagged below a {decree.flag_below:.0%} mask) "
+        "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "
                     f"on the profile's clean subset",
         "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain}",
-        "steps": decree.steps,
+        "steps": steps,
         "flag_below": decree.flag_below,
         "attacks": attacks,
         "downstream": downstream,

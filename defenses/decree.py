@@ -14,22 +14,27 @@ the L1 share ||m||_1 / (H W) of the smallest mask that reached the target cosine
 on a batch (1.0 when none did; the cosine it gives the whole clean subset is
 reported with it); the encoder is flagged when that share is under `flag_below`.
 
-Mitigation (DECREE itself only detects; this is the unlearning step the harness
-asks for): when flagged, fine-tune the suspect so that stamped clean images keep
-their clean features and clean images keep theirs,
+Mitigation (DECREE itself only detects; the MIMIC paper's Table I runs "an
+inversed trigger to nullify the trigger information" on every suspect, so the
+mitigation always runs, flagged or not, and the verdict is reported beside it):
+fine-tune the suspect so that stamped clean images keep their clean features and
+clean images keep theirs,
 
     min_f'  mean(1 - cos(f'(x'), f(x))) + mean(1 - cos(f'(x), f(x))),
 
-f the frozen suspect, BatchNorm frozen (eval mode) as in BadEncoder, for the
-profile's defense epochs. An unflagged encoder is returned unchanged.
+f the frozen suspect, BatchNorm frozen (eval mode) as in BadEncoder.
 
-Choices, documented: 400 inversion steps on batches of 64 clean images, Adam 0.1
-on the logits. `flag_below` = 0.05, set below what clean encoders give: on the
-tiny profile's clean encoder the smallest collapsing mask covers 6.8 % of the
-image (measured; 6.6-7.1 % over settings), so a threshold of 0.1 would flag
-every clean encoder there. A detector's threshold is a false-positive budget and
-belongs to the profile's data; on 32x32 grayscale garments a benign patch of
-~7 % already collapses features, and the tiny trigger needs its full 9.8 %.
+Budget (the rule of harness/profiles.py): the reference inverts for 1000 epochs
+over a 1,000-image shadow set at batch 256, 4,000 steps, scaled by the budget's
+fraction; the unlearning, which the reference lacks, takes FT's recipe (100
+epochs), scaled the same way.
+
+Choices, documented: batches of 64 clean images, Adam 0.1 on the logits, and a
+per-step lambda update (x or / 1.1) in place of the reference's patience counter.
+`flag_below` = 0.05: a detector's threshold is a false-positive budget, fixed on
+clean encoders (encoder side): on the tiny profile's clean encoders the smallest
+collapsing mask covers 6-7 % of the image, so the reference's usual 0.1 would flag
+every one of them.
 """
 
 from __future__ import annotations
@@ -42,21 +47,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult
+from harness.losses import cosine_distance, mean_pairwise_cosine
 from harness.models import Encoder
 from harness.registry import DEFENSES
-from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, descend, freeze, run_epochs, seed_everything, to_float
 
 
 @dataclass(frozen=True)
 class DecreeConfig:
-    steps: int = 400  # inversion steps
+    inversion_steps: int = 4000  # reference inversion steps (scaled by the budget)
+    unlearning_epochs: int = 100  # FT's reference fine-tuning epochs (scaled by the budget)
     batch_size: int = 64
     lr: float = 0.1  # Adam on the mask and pattern logits
     target_cosine: float = 0.99  # mean pairwise cosine that counts as "features collapsed"
     init_lambda: float = 0.1
     lambda_factor: float = 1.1  # lambda is multiplied or divided by this after every step
     flag_below: float = 0.05  # flag when the smallest collapsing mask covers less than this share of the image
+
+    def steps(self, budget: Budget) -> dict[str, int]:
+        return {"inversion_steps": budget.steps(self.inversion_steps, MIN_STEPS), "unlearning_epochs": budget.steps(self.unlearning_epochs, MIN_EPOCHS)}
 
     def __post_init__(self) -> None:
         if not 0 < self.target_cosine < 1 or not 0 < self.flag_below <= 1 or self.lambda_factor <= 1:
@@ -75,13 +85,6 @@ class Inversion:
         return (1 - self.mask) * x + self.mask * self.pattern
 
 
-def mean_pairwise_cosine(features: Tensor) -> Tensor:
-    """Mean cosine over all pairs i != j of the rows of (N, D)."""
-    f = F.normalize(features, dim=1)
-    n = len(f)
-    return ((f @ f.T).sum() - n) / (n * (n - 1))
-
-
 def decree_objective(features: Tensor, mask: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     """-mean pairwise cosine + lambda * L1 share of the mask; returns (loss, cosine)."""
     cosine = mean_pairwise_cosine(features)
@@ -94,8 +97,12 @@ def _stamped_cosine(encoder: Encoder, images: Tensor, mask: Tensor, pattern: Ten
     return mean_pairwise_cosine(encoder((1 - mask) * x + mask * pattern)).item()
 
 
-def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torch.Generator, device: torch.device) -> Inversion:
-    """The smallest mask and pattern that collapse the frozen `encoder`'s features of clean images."""
+def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torch.Generator, device: torch.device, steps: int | None = None) -> Inversion:
+    """The smallest mask and pattern that collapse the frozen `encoder`'s features of clean images.
+
+    `steps` inversion steps (default: the config's reference count, as `harness scan` runs it).
+    """
+    steps = config.inversion_steps if steps is None else steps
     _, height, width = clean.images.shape[1:]
     mask_logits = torch.zeros(1, height, width, device=device, requires_grad=True)
     pattern_logits = torch.randn(3, height, width, generator=gen).to(device).requires_grad_()
@@ -103,7 +110,7 @@ def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torc
     lam = config.init_lambda
     best: tuple[float, Tensor, Tensor] | None = None
     progress = Progress("decree inversion", 1)
-    for step in range(config.steps):
+    for step in range(steps):
         idx = torch.randperm(len(clean), generator=gen)[: config.batch_size]
         x = to_float(clean.images[idx], device)
         mask, pattern = torch.sigmoid(mask_logits), torch.sigmoid(pattern_logits)
@@ -118,7 +125,7 @@ def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torc
             lam *= config.lambda_factor
         else:
             lam /= config.lambda_factor
-    progress.epoch(0, config.steps * config.batch_size, **({"l1_share": best[0]} if best else {"cosine": cosine.item()}))
+    progress.epoch(0, steps * config.batch_size, **({"l1_share": best[0]} if best else {"cosine": cosine.item()}))
     if best is None:
         mask, pattern = torch.sigmoid(mask_logits).detach(), torch.sigmoid(pattern_logits).detach()
         return Inversion(mask, pattern, 1.0, _stamped_cosine(encoder, clean.images, mask, pattern, device), False)
@@ -126,29 +133,25 @@ def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torc
     return Inversion(mask, pattern, share, _stamped_cosine(encoder, clean.images, mask, pattern, device), share < config.flag_below)
 
 
-def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: Budget, gen: torch.Generator) -> tuple[Encoder, float]:
-    """Fine-tune a copy of the suspect so stamped clean images keep their clean features."""
+def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: Budget, epochs: int, gen: torch.Generator) -> tuple[Encoder, float]:
+    """Fine-tune the suspect so stamped clean images keep their clean features."""
     device = budget.device
     reference = freeze(copy.deepcopy(suspect))
     encoder = suspect.eval()  # BatchNorm frozen
     for p in encoder.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=budget.lr)
-    progress = Progress("decree unlearning", budget.epochs)
-    for epoch in range(budget.epochs):
-        running = RunningMeans()
-        for idx in shuffled_batches(len(clean), budget.batch_size, gen):
-            x = to_float(clean.images[idx], device)
-            with torch.no_grad():
-                target = reference(x)
-            h = encoder(torch.cat([inversion.stamp(x), x]))
-            stamped, plain = h.chunk(2)
-            loss = (1 - F.cosine_similarity(stamped, target)).mean() + (1 - F.cosine_similarity(plain, target)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running.add(len(idx), loss=loss.item())
-        progress.epoch(epoch, running.images, **running.means())
+
+    def step(idx: Tensor, epoch: int) -> dict[str, float]:
+        x = to_float(clean.images[idx], device)
+        with torch.no_grad():
+            target = reference(x)
+        stamped, plain = encoder(torch.cat([inversion.stamp(x), x])).chunk(2)
+        loss = cosine_distance(stamped, target) + cosine_distance(plain, target)
+        descend(optimizer, loss)
+        return {"loss": loss.item()}
+
+    progress = run_epochs("decree unlearning", epochs, len(clean), budget.batch_size, gen, step)
     return encoder.eval(), progress.seconds
 
 
@@ -157,15 +160,15 @@ def decree(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, conf
     gen = seed_everything(seed, "decree")
     device = budget.device
     encoder = freeze(suspect.to(device))
+    steps, epochs = config.steps(budget).values()
     start = time.perf_counter()
-    inversion = invert(encoder, clean, config, gen, device)
+    inversion = invert(encoder, clean, config, gen, device, steps)
     meta = {
         "l1_share": inversion.l1_share,
         "flagged": inversion.flagged,
         "stamped_cosine": inversion.cosine,
         "inversion_seconds": time.perf_counter() - start,
-        "unlearned": inversion.flagged,
+        "steps": config.steps(budget),
     }
-    if inversion.flagged:
-        encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion, clean, budget, gen)
+    encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion, clean, budget, epochs, gen)
     return DefenseResult(encoder.cpu(), meta)

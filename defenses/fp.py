@@ -14,7 +14,10 @@ Adaptation to a label-free encoder: the original prunes until clean *accuracy*
 drops by a set amount, which needs labels. Here pruning stops before the mean
 cosine between the pruned and the unpruned encoder's features on the clean
 subset falls below `min_cosine` (and at most `max_share` of the channels go).
-The fine-tuning is harness/finetune.py's SimCLR loss, with the budget MIMIC gets.
+The fine-tuning is harness/finetune.py's SimCLR loss.
+
+Budget: the fine-tuning of the common re-implementation (BackdoorBench's fp: 100
+epochs), scaled by the budget's fraction; pruning itself is one pass.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
 from harness.finetune import FinetuneConfig, ssl_finetune
 from harness.models import BasicBlock, Encoder
 from harness.registry import DEFENSES
@@ -37,7 +40,11 @@ from harness.training import seed_everything, to_float
 class FinePruningConfig:
     min_cosine: float = 0.95  # the label-free stopping rule: clean features must stay this close to the unpruned ones
     max_share: float = 0.9  # never prune more than this share of the channels
+    epochs: int = 100  # reference fine-tuning epochs (scaled by the budget)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def steps(self, budget: Budget) -> dict[str, int]:
+        return {"finetune_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
 
     def __post_init__(self) -> None:
         if not 0 < self.min_cosine <= 1 or not 0 <= self.max_share < 1:
@@ -103,8 +110,9 @@ def fp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
     channels, cosine = channels_to_prune(shortcut, branch, config.min_cosine, config.max_share)
     prune(encoder, channels)
     pruning_seconds = time.perf_counter() - start
+    epochs = config.steps(budget)["finetune_epochs"]
     trained = ssl_finetune(
-        encoder, clean.images, budget.epochs, budget.batch_size, budget.lr, config.finetune, gen, device, "fp",
+        encoder, clean.images, epochs, budget.batch_size, budget.lr, config.finetune, gen, device, "fp",
         after_step=lambda: prune(encoder, channels),
     )
     meta = {
@@ -114,6 +122,6 @@ def fp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
         "final_loss": trained["loss_per_epoch"][-1],
         "pruning_seconds": pruning_seconds,
         "finetune_seconds": trained["seconds"],
-        "epochs": budget.epochs,
+        "steps": config.steps(budget),
     }
     return DefenseResult(encoder.cpu(), meta)

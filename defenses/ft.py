@@ -4,23 +4,39 @@ The simplest baseline of backdoor removal: training on clean data lets the
 weights drift away from what only triggered inputs use. The supervised original
 fine-tunes with cross-entropy on labelled clean images; here the defender holds
 unlabeled images only, so the suspect is fine-tuned with the SSL loss it was
-pre-trained with (SimCLR NT-Xent, harness/finetune.py) for the profile's defense
-budget: the same epochs, batch and learning rate MIMIC gets.
+pre-trained with (SimCLR NT-Xent, harness/finetune.py).
+
+Budget: FT has no paper of its own; its reference recipe is the fine-tuning of
+Fine-Pruning's common re-implementation (BackdoorBench: 100 epochs over the
+clean subset), so FT and FP's fine-tuning are one recipe, scaled by the budget.
 """
 
 from __future__ import annotations
 
-from harness.contract import Budget, CleanSubset, DefenseResult
+import dataclasses
+from dataclasses import dataclass
+
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
 from harness.finetune import FinetuneConfig, ssl_finetune
 from harness.models import Encoder
 from harness.registry import DEFENSES
 from harness.training import seed_everything
 
 
-@DEFENSES.register("ft", config=FinetuneConfig)
-def ft(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: FinetuneConfig) -> DefenseResult:
+@dataclass(frozen=True)
+class FTConfig:
+    epochs: int = 100  # reference fine-tuning epochs (scaled by the budget)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+
+    def steps(self, budget: Budget) -> dict[str, int]:
+        return {"finetune_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
+
+
+@DEFENSES.register("ft", config=FTConfig)
+def ft(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: FTConfig) -> DefenseResult:
     gen = seed_everything(seed, "ft")
+    epochs = config.steps(budget)["finetune_epochs"]
     encoder = suspect.to(budget.device)
-    trained = ssl_finetune(encoder, clean.images, budget.epochs, budget.batch_size, budget.lr, config, gen, budget.device, "ft")
-    meta = {"final_loss": trained["loss_per_epoch"][-1], "finetune_seconds": trained["seconds"], "epochs": budget.epochs}
+    trained = ssl_finetune(encoder, clean.images, epochs, budget.batch_size, budget.lr, config.finetune, gen, budget.device, "ft")
+    meta = {"final_loss": trained["loss_per_epoch"][-1], "finetune_seconds": trained["seconds"], "steps": config.steps(budget)}
     return DefenseResult(encoder.cpu(), meta)

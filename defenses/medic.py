@@ -5,24 +5,34 @@ suspect layer by layer. Each channel's activation loss is weighted by how much
 the channel matters to the suspect's behaviour on clean data, so channels that
 clean data leaves unimportant, where a backdoor hides, are not copied:
 
-    w_{l,c} = mean over clean views of |F_{l,c} * dL/dF_{l,c}|, rescaled to mean 1 over each stage's channels
-    L_clone = sum_{l active} mean_c w_{l,c} * mean (S_{l,c} - T_{l,c})^2  +  [layer4 active] * mean(1 - cos(S(v), T(v)))
+    w_l(x) = sqrt(softmax(tau * T_l(x) / sigma_l) * softmax(tau * |dL/dT_l(x)| * sigma_l)),
+             each softmax over the C x H x W elements of one image's stage-l map
+    L_clone = hook_weight * sum_l mean_x sum_elements w_l(x) * ((T_l(x) - S_l(x)) / sigma_l)^2
+              + mean(1 - cos(S(v), T(v)))
 
-Stages join one at a time: with E epochs and 4 stages, layer1 from epoch 0,
-layer2 from E/4, layer3 from E/2, layer4 and the final feature from 3E/4; the
-teacher is frozen (eval mode, no grad).
+with sigma_l the teacher's per-channel standard deviation on the clean subset
+(measured once, before cloning) and the importance recomputed on every batch
+from the current views. The teacher is frozen (eval mode).
 
-Adaptation to a label-free encoder: the original takes the gradient of the
-classification loss on labelled clean data. Here L is the SSL loss of the
-suspect itself: NT-Xent between its features of two augmented views of each
-clean image (the suspect ships without its projector, so on features). The
-budget is the profile's defense epochs, as MIMIC's.
+Facts from the reference code (qiulingxu/MEDIC): importance per batch and per
+element as above with temperature 5, from the gradient of the classification
+loss at the teacher's activations; hook weight 10; Adam (weight decay 1e-4),
+lr 0.01 with a cosine schedule, 60 epochs; every hooked layer cloned at once
+(the paper describes a layer-by-layer schedule, `progressive` keeps it as an
+option, off by default as in the code).
+
+Adaptation to a label-free encoder, stated: the classification loss becomes the
+suspect's own SSL loss, NT-Xent between its features of the two augmented views
+of each clean image (the suspect ships without its projector), and the final
+feature's clone loss stands for the student's task loss.
+Budget (the rule of harness/profiles.py): the 60 epochs scaled by the budget's
+fraction, at the profile's optimiser settings.
+
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import torch
@@ -30,45 +40,66 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
-from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
+from harness.losses import cosine_distance, nt_xent
 from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
-from harness.ssl import nt_xent
-from harness.training import Progress, RunningMeans, seed_everything, shuffled_batches, teacher_and_student, to_float
+from harness.training import descend, run_epochs, seed_everything, teacher_and_student, to_float
 
 
 @dataclass(frozen=True)
 class MedicConfig:
-    stage_weight: float = 1.0  # weight of the importance-weighted activation loss
+    epochs: int = 60  # reference cloning epochs (scaled by the budget)
+    hook_weight: float = 10.0  # weight of the importance-weighted activation loss
     feature_weight: float = 1.0  # weight of the final feature's clone loss
-    progressive: bool = True  # stages join one at a time (False: all from the start)
-    temperature: float = 0.5
-    weight_decay: float = 1e-6
+    importance_temperature: float = 5.0  # tau of the two softmaxes
+    progressive: bool = False  # stages join one at a time (the paper), or all from the start (the code)
+    temperature: float = 0.5  # of the label-free NT-Xent whose gradient gives the importance
+    weight_decay: float = 1e-4
     augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
 
+    def steps(self, budget: Budget) -> dict[str, int]:
+        return {"cloning_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
 
-def importance(teacher: Encoder, images: Tensor, cfg: MedicConfig, batch_size: int, gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    """w_{l,c}: mean |activation x gradient of the SSL loss| per channel, non-negative, mean 1 per stage."""
-    totals = {s: torch.zeros(0) for s in STAGES}
-    for start in range(0, len(images), batch_size):
-        x = to_float(images[start : start + batch_size], device)
-        views = torch.cat([simclr_view(x, cfg.augment, gen), simclr_view(x, cfg.augment, gen)]).requires_grad_()
-        stages, h = teacher.forward_stages(views)  # the input needs grad, so every activation has one
-        h1, h2 = h.chunk(2)
-        grads = torch.autograd.grad(nt_xent(h1, h2, cfg.temperature), [stages[s] for s in STAGES])
-        for s, g in zip(STAGES, grads):
-            batch = (stages[s] * g).abs().sum(dim=(0, 2, 3)).detach().cpu()
-            totals[s] = batch if not totals[s].numel() else totals[s] + batch
+
+@torch.no_grad()
+def stage_std(teacher: Encoder, images: Tensor, device: torch.device, batch_size: int = 256) -> dict[str, Tensor]:
+    """sigma_l: the teacher's per-channel standard deviation of each stage on clean images, (1, C, 1, 1).
+
+    Floored at a tenth of the stage's mean deviation: a channel clean images leave (nearly) constant
+    would otherwise divide its error by ~0 and drown every other term.
+    """
+    sums: dict[str, list[Tensor]] = {s: [] for s in STAGES}
+    for i in range(0, len(images), batch_size):
+        maps, _ = teacher.forward_stages(to_float(images[i : i + batch_size], device))
+        for s in STAGES:
+            sums[s].append(maps[s].transpose(0, 1).flatten(1))
+    std = {s: torch.cat(v, dim=1).std(dim=1) for s, v in sums.items()}
+    return {s: sd.clamp_min(0.1 * sd.mean().item() + 1e-8).view(1, -1, 1, 1) for s, sd in std.items()}
+
+
+def importance(stages: dict[str, Tensor], grads: dict[str, Tensor], std: dict[str, Tensor], tau: float) -> dict[str, Tensor]:
+    """w_l: per image and element, sqrt(softmax(tau * T / sigma) * softmax(tau * |g| * sigma)), detached."""
     weights = {}
-    for s, t in totals.items():
-        weights[s] = (t / t.mean() if t.mean() > 0 else torch.ones_like(t)).to(device)
+    for s in stages:
+        n = len(stages[s])
+        activation = torch.softmax(tau * (stages[s] / std[s]).flatten(1), dim=1)
+        gradient = torch.softmax(tau * (grads[s].abs() * std[s]).flatten(1), dim=1)
+        weights[s] = (activation * gradient).sqrt().view(n, *stages[s].shape[1:]).detach()
     return weights
 
 
-def weighted_activation_loss(student: Tensor, teacher: Tensor, weights: Tensor) -> Tensor:
-    """mean over channels of w_c * mean over (N, H, W) of (S_c - T_c)^2."""
-    per_channel = (student - teacher).pow(2).mean(dim=(0, 2, 3))
-    return (weights * per_channel).mean()
+def teacher_importance(teacher: Encoder, views: Tensor, std: dict[str, Tensor], cfg: MedicConfig) -> tuple[dict[str, Tensor], Tensor]:
+    """This batch's importance from the gradient of the teacher's own NT-Xent at its stage maps; and its features."""
+    views = views.detach().requires_grad_()  # so that every stage map of the frozen teacher carries a gradient
+    stages, h = teacher.forward_stages(views)
+    grads = torch.autograd.grad(nt_xent(*h.chunk(2), cfg.temperature), [stages[s] for s in STAGES])
+    return importance({s: stages[s].detach() for s in STAGES}, dict(zip(STAGES, grads)), std, cfg.importance_temperature), h.detach()
+
+
+def weighted_activation_loss(student: Tensor, teacher: Tensor, weights: Tensor, std: Tensor) -> Tensor:
+    """mean over images of sum over elements of w * ((T - S) / sigma)^2."""
+    return (weights * ((teacher - student) / std).pow(2)).flatten(1).sum(1).mean()
 
 
 def active_stages(epoch: int, epochs: int, progressive: bool) -> tuple[str, ...]:
@@ -80,12 +111,11 @@ def active_stages(epoch: int, epochs: int, progressive: bool) -> tuple[str, ...]
 
 def medic_loss(
     s_stages: dict[str, Tensor], s_feat: Tensor, t_stages: dict[str, Tensor], t_feat: Tensor,
-    weights: dict[str, Tensor], active: tuple[str, ...], cfg: MedicConfig,
+    weights: dict[str, Tensor], std: dict[str, Tensor], active: tuple[str, ...], cfg: MedicConfig,
 ) -> Tensor:
-    loss = cfg.stage_weight * sum(weighted_activation_loss(s_stages[s], t_stages[s], weights[s]) for s in active)
-    if STAGES[-1] in active:
-        loss = loss + cfg.feature_weight * (1 - F.cosine_similarity(s_feat, t_feat, dim=1)).mean()
-    return loss
+    """hook_weight * sum_l importance-weighted activation loss + feature_weight * clone loss."""
+    hooked = sum(weighted_activation_loss(s_stages[s], t_stages[s], weights[s], std[s]) for s in active)
+    return cfg.hook_weight * hooked + cfg.feature_weight * cosine_distance(s_feat, t_feat)
 
 
 @DEFENSES.register("medic", config=MedicConfig)
@@ -93,33 +123,28 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     gen = seed_everything(seed, "medic")
     device = budget.device
     teacher, student = teacher_and_student(suspect, device)
-    start = time.perf_counter()
-    weights = importance(teacher, clean.images, config, budget.batch_size, gen, device)
-    importance_seconds = time.perf_counter() - start
-
+    std = stage_std(teacher, clean.images, device)
+    epochs = config.steps(budget)["cloning_epochs"]
     optimizer = torch.optim.Adam(student.parameters(), lr=budget.lr, weight_decay=config.weight_decay)
-    progress = Progress("medic", budget.epochs)
-    for epoch in range(budget.epochs):
-        active = active_stages(epoch, budget.epochs, config.progressive)
-        running = RunningMeans()
-        for idx in shuffled_batches(len(clean), budget.batch_size, gen):
-            x = to_float(clean.images[idx], device)
-            view = torch.cat([simclr_view(x, config.augment, gen), simclr_view(x, config.augment, gen)])  # two views, as MIMIC
-            with torch.no_grad():
-                t_stages, t_feat = teacher.forward_stages(view)
-            s_stages, s_feat = student.forward_stages(view)
-            loss = medic_loss(s_stages, s_feat, t_stages, t_feat, weights, active, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running.add(len(idx), loss=loss.item())
-        progress.epoch(epoch, running.images, **running.means(), stages=len(active))
+    spread: list[float] = []  # how concentrated each batch's importance is: max weight over mean, layer1
 
+    def step(idx: Tensor, epoch: int) -> dict[str, float]:
+        x = to_float(clean.images[idx], device)
+        views = torch.cat([simclr_view(x, config.augment, gen), simclr_view(x, config.augment, gen)])
+        weights, t_feat = teacher_importance(teacher, views, std, config)
+        with torch.no_grad():
+            t_stages, _ = teacher.forward_stages(views)
+        s_stages, s_feat = student.forward_stages(views)
+        loss = medic_loss(s_stages, s_feat, t_stages, t_feat, weights, std, active_stages(epoch, epochs, config.progressive), config)
+        descend(optimizer, loss)
+        w = weights[STAGES[0]].flatten(1)
+        spread.append((w.max(1).values / w.mean(1)).mean().item())
+        return {"loss": loss.item()}
+
+    progress = run_epochs("medic", epochs, len(clean), budget.batch_size, gen, step)
     meta = {
-        "importance_max_per_stage": {s: w.max().item() for s, w in weights.items()},
-        "importance_share_below_0.1": {s: (w < 0.1).float().mean().item() for s, w in weights.items()},
-        "importance_seconds": importance_seconds,
+        "importance_peak_over_mean_layer1": sum(spread) / len(spread),
         "cloning_seconds": progress.seconds,
-        "epochs": budget.epochs,
+        "steps": config.steps(budget),
     }
     return DefenseResult(student.eval().cpu(), meta)

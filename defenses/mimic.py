@@ -15,9 +15,13 @@ architecture learns from it on a small unlabeled clean subset:
    with A the normalised attention map sum_c |F_c|^2 and d the mean squared
    difference (harness/attention.py). The teacher is frozen, in eval mode.
 
-Facts from the paper and its reference code: alpha0 = 1000, alpha1 = 10000;
-Adam with weight decay 1e-6; batch 128; augmentations as SimCLR's; MI estimated
-once, before distillation.
+Facts from the paper and its reference code (wssun/MIMIC): alpha0 = 1000,
+alpha1 = 10000; Adam with weight decay 1e-6; batch 128; augmentations as
+SimCLR's; MI estimated once, before distillation, by MINE trained 200 epochs per
+stage over the 2,000-image clean subset at batch 128 (3,200 steps).
+
+Budget (the rule of harness/profiles.py): the reference's 1000 distillation epochs
+and 3,200 MINE steps per stage, both scaled by the budget's fraction.
 
 Choices, with reasons:
 - MI is estimated on the teacher, as the paper describes (the reference code uses
@@ -44,14 +48,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.attention import attention_distance
 from harness.augment import AugmentConfig, simclr_view
-from harness.contract import Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
 from harness.mine import MineConfig, estimate_mi
 from harness.models import STAGES, Encoder, Projector, clone_architecture
 from harness.registry import DEFENSES
-from harness.ssl import nt_xent
-from harness.training import Progress, RunningMeans, freeze, seed_everything, shuffled_batches, teacher_and_student, to_float
+from harness.losses import attention_distance, cosine_distance, nt_xent
+from harness.training import descend, freeze, run_epochs, seed_everything, teacher_and_student, to_float
+
+
+MIN_MINE_STEPS = 100  # the budget rule's floor for MINE: enough steps for the bound to move off its start
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,19 @@ class MimicConfig:
     localise_on: str = "teacher"  # "teacher" (the paper) or "student" (the reference code)
     pool_grid: int = 2  # stage maps average-pooled to grid x grid before MINE
     mine_views: int = 4  # augmented views of each clean image used as MINE samples
-    mine: MineConfig = dataclasses.field(default_factory=lambda: MineConfig(steps=600))
+    mine: MineConfig = dataclasses.field(default_factory=MineConfig)  # its `steps` is set by the budget
+    epochs: int = 1000  # reference distillation epochs (scaled by the budget)
+    mine_steps: int = 3200  # reference MINE steps per stage: 200 epochs of 16 batches (scaled by the budget)
     temperature: float = 0.5
     attention_p: int = 2
     proj_dim: int = 128
     weight_decay: float = 1e-6
     augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
+
+    def steps(self, budget: Budget) -> dict[str, int]:
+        """The loop lengths under `budget` (the budget rule); MINE runs only with MI guidance and attention."""
+        guided = self.attention and self.mi_guidance
+        return {"distillation_epochs": budget.steps(self.epochs, MIN_EPOCHS), "mine_steps_per_stage": budget.steps(self.mine_steps, MIN_MINE_STEPS) if guided else 0}
 
     def __post_init__(self) -> None:
         if self.localise_on not in ("teacher", "student"):
@@ -150,7 +163,7 @@ def stage_weights(mi: dict[str, float], cfg: MimicConfig) -> dict[str, float]:
 
 def clone_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """L0: mean(1 - cos) between student and teacher features of the same views, (N, D) each."""
-    return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+    return cosine_distance(student, teacher)
 
 
 def attention_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], betas: dict[str, float], p: int) -> Tensor:
@@ -190,35 +203,32 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     gen = seed_everything(seed, "mimic")
     device = budget.device
     teacher, student = teacher_and_student(suspect, device)
+    steps = config.steps(budget)
+    epochs, mine_steps = steps["distillation_epochs"], steps["mine_steps_per_stage"]
 
     if config.attention and config.mi_guidance:
         source = teacher if config.localise_on == "teacher" else freeze(clone_architecture(teacher))
-        located = localise(teacher, source, clean.images, config, device, gen)
+        located = localise(teacher, source, clean.images, dataclasses.replace(config, mine=dataclasses.replace(config.mine, steps=mine_steps)), device, gen)
         betas = stage_weights(located.mi, config)
     else:  # no MI is estimated: uniform betas (unused without the attention term)
         located = Localisation({}, {})
         betas = stage_weights({}, dataclasses.replace(config, mi_guidance=False))
 
     projector = Projector(student.feature_dim, config.proj_dim).to(device)
-    params = list(student.parameters()) + list(projector.parameters())
-    optimizer = torch.optim.Adam(params, lr=budget.lr, weight_decay=config.weight_decay)
-    progress = Progress("mimic", budget.epochs)
-    for epoch in range(budget.epochs):
-        running = RunningMeans()
-        for idx in shuffled_batches(len(clean), budget.batch_size, gen):
-            loss, terms = distillation_step(teacher, student, projector, to_float(clean.images[idx], device), betas, config, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running.add(len(idx), loss=loss.item(), **terms)
-        progress.epoch(epoch, running.images, **running.means())
+    optimizer = torch.optim.Adam([*student.parameters(), *projector.parameters()], lr=budget.lr, weight_decay=config.weight_decay)
 
+    def step(idx: Tensor, epoch: int) -> dict[str, float]:
+        loss, terms = distillation_step(teacher, student, projector, to_float(clean.images[idx], device), betas, config, gen)
+        descend(optimizer, loss)
+        return {"loss": loss.item(), **terms}
+
+    progress = run_epochs("mimic", epochs, len(clean), budget.batch_size, gen, step)
     meta = {
         "mi_per_stage": located.mi,
         "beta_per_stage": betas,
         "localisation_seconds": sum(located.seconds.values()),
         "localisation_seconds_per_stage": located.seconds,
         "distillation_seconds": progress.seconds,
-        "epochs": budget.epochs,
+        "steps": steps,
     }
     return DefenseResult(student.eval().cpu(), meta)

@@ -12,6 +12,7 @@ unlabeled images only, `Budget` holds sizes and the device.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -36,6 +37,7 @@ class AttackInputs:
     pretrain_labels: Tensor  # (N,) their categories: a poisoning attacker picks images of one category
     shadow: Tensor  # (M, 3, 32, 32) uint8, unlabeled: the attacker's shadow set
     references: Tensor  # (R, 3, 32, 32) uint8: downstream images of the target class
+    target_images: Tensor  # (T, 3, 32, 32) uint8: every downstream-train image of the target class (BASSL inserts a share)
     target: int
     target_in_pretrain: bool  # the downstream task has the pre-training classes, so `target` is also a pre-training category
     trigger: Trigger
@@ -77,14 +79,32 @@ class CleanSubset:
         return len(self.images)
 
 
+MIN_EPOCHS = 5  # the budget rule's floor for a training loop: a few passes over the clean subset
+MIN_STEPS = 10  # and for an inner loop of steps (mask iterations, trigger inversion)
+
+
 @dataclass(frozen=True)
 class Budget:
-    """The compute every defense gets in a profile (the same for all, so comparisons are fair)."""
+    """The compute a defense may spend: the same share of every defense's own reference recipe.
 
-    epochs: int
+    The budget rule (harness/profiles.py): a defense counts each loop of its reference recipe
+    (epochs, inner steps, inversion steps, MINE steps) and runs `steps(reference, minimum)` of it,
+    the reference scaled by `fraction`, rounded up, and never under the minimum that keeps the loop
+    meaningful. `batch_size` and `lr` are the profile's optimiser settings for the defense's model.
+    """
+
+    fraction: float
     batch_size: int
     lr: float
     device: torch.device
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"budget fraction must be in (0, 1], got {self.fraction}")
+
+    def steps(self, reference: int, minimum: int = 1) -> int:
+        """`reference` scaled by the fraction, rounded up, at least `minimum`."""
+        return max(minimum, math.ceil(self.fraction * reference - 1e-9))
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from torch import Tensor
 from harness.augment import AugmentConfig
 from harness.models import Encoder, Projector
 from harness.ssl import SimCLRConfig, simclr_step
-from harness.training import Progress, shuffled_batches, to_float
+from harness.training import descend, run_epochs, to_float
 
 
 @dataclass(frozen=True)
@@ -41,22 +41,16 @@ def ssl_finetune(
     simclr = SimCLRConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=cfg.temperature, proj_dim=cfg.proj_dim, augment=cfg.augment)
     encoder = encoder.to(device).train()
     projector = Projector(encoder.feature_dim, cfg.proj_dim).to(device).train()
-    params = list(encoder.parameters()) + list(projector.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-    progress = Progress(stage, epochs)
-    losses = []
-    for epoch in range(epochs):
-        total, seen = 0.0, 0
-        for idx in shuffled_batches(len(images), batch_size, gen):
-            loss = simclr_step(encoder, projector, to_float(images[idx], device), simclr, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        losses.append(total / seen)
-        progress.epoch(epoch, seen, loss=losses[-1])
+    optimizer = torch.optim.Adam([*encoder.parameters(), *projector.parameters()], lr=lr, weight_decay=cfg.weight_decay)
+
+    def step(idx: Tensor, epoch: int) -> dict[str, float]:
+        loss = simclr_step(encoder, projector, to_float(images[idx], device), simclr, gen)
+        descend(optimizer, loss)
+        if after_step is not None:
+            after_step()
+        return {"loss": loss.item()}
+
+    progress = run_epochs(stage, epochs, len(images), batch_size, gen, step)
+    losses = progress.history["loss"]
     encoder.eval()
     return {"loss_per_epoch": losses, "seconds": progress.seconds}

@@ -44,7 +44,8 @@ def parse_gates(text: str) -> tuple[Gate, ...]:
 
 
 def row_id(row: Row) -> str:
-    parts = [row.attack, row.downstream, row.defense, row.variant, f"seed{row.seed}"]
+    """The row's identity below its suite and profile, readable: attack-scenario-downstream-defense-variant-seedN."""
+    parts = [row.attack, row.scenario, row.downstream, row.defense, row.variant, f"seed{row.seed}"]
     return "-".join(p for p in parts if p)
 
 
@@ -69,6 +70,7 @@ def check(row: Row, gate: Gate, undefended: Row | None = None) -> None:
 
 
 def baseline_key(row: Row) -> str:
+    """Every field of `Row.identity`: a baseline never compares rows of another resolved profile or scenario."""
     return "/".join([row.suite, row.profile, row_id(row)])
 
 
@@ -95,15 +97,16 @@ def save_baseline(rows: list[Row], path: Path, merge: bool = True) -> None:
 
 
 def check_baseline(row: Row, baseline: dict[str, dict[str, float]], tolerance: float) -> None:
-    """Fail when the row's ASR(non-target) rose, or its ACC fell, by more than `tolerance` points."""
+    """Fail when the row's ASR (all, or non-target) rose, or its ACC fell, by more than `tolerance` points."""
     __tracebackhide__ = True
     saved = baseline.get(baseline_key(row))
     if saved is None:
         return  # a row the baseline does not know yet: nothing to regress from
-    if row.asr_nontarget > saved["asr_nontarget"] + tolerance:
-        raise AssertionError(
-            f"regression for {row_id(row)}: asr_nontarget = {row.asr_nontarget:.2f}, baseline {saved['asr_nontarget']:.2f} "
-            f"(+{tolerance:g} allowed)"
-        )
+    for metric in ("asr_all", "asr_nontarget"):
+        if metric in saved and getattr(row, metric) > saved[metric] + tolerance:
+            raise AssertionError(
+                f"regression for {row_id(row)}: {metric} = {getattr(row, metric):.2f}, baseline {saved[metric]:.2f} "
+                f"(+{tolerance:g} allowed)"
+            )
     if row.acc < saved["acc"] - tolerance:
         raise AssertionError(f"regression for {row_id(row)}: acc = {row.acc:.2f}, baseline {saved['acc']:.2f} (-{tolerance:g} allowed)")

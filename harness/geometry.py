@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +27,7 @@ from harness.models import STAGES, ArchConfig, Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIZE = 512  # side of the largest input: a file's recorded geometry must not decide what every forward pass allocates
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,30 @@ class InputGeometry:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided by
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"image size must be at least 8 pixels, got {self.size}")
+        if not 8 <= self.size <= MAX_SIZE:
+            raise ValueError(f"image size must be in [8, {MAX_SIZE}] pixels, got {self.size}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std take 3 values (R, G, B), got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError(f"mean and std must be finite, got {self.mean} and {self.std}")
         if not all(s > 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+
+    @classmethod
+    def from_dict(cls, recorded: Any) -> "InputGeometry":
+        """The geometry `as_dict` wrote, from JSON read from a file: exactly its fields, of their types, else ValueError."""
+        if not isinstance(recorded, dict) or set(recorded) != {"size", "mean", "std"}:
+            raise ValueError("expected an object of size, mean and std")
+        size, mean, std = recorded["size"], recorded["mean"], recorded["std"]
+        if type(size) is not int:
+            raise ValueError("size is not a whole number")
+        for values in (mean, std):
+            if not isinstance(values, list) or len(values) != 3 or not all(type(v) in (int, float) for v in values):
+                raise ValueError("mean and std are not three numbers each")
+        try:
+            return cls(size, tuple(float(v) for v in mean), tuple(float(v) for v in std))
+        except OverflowError:  # a JSON integer too large for a float
+            raise ValueError("mean and std must be finite") from None
 
     @property
     def is_identity(self) -> bool:

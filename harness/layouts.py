@@ -16,9 +16,13 @@ projection head `g`, MoCo's key encoder `encoder_k` and queue, solo-learn's
 projector) is not the encoder: it is left out of the scan and written back
 unchanged. The architecture comes from the shapes: the stem's kernel (3x3 CIFAR,
 7x7 ImageNet), bottleneck blocks (a `conv3` in the blocks), blocks per stage and
-the width (the stem's output channels); `arch` overrides it. The weights are then
-checked as every encoder is (harness/artifacts.check_weights): a missing,
-unexpected, misshapen or non-finite tensor is a one-line error naming it.
+the width (the stem's output channels); `arch` overrides it. The file is read
+once, bounded and checked as every user's file is (harness/external.py), and the
+encoder is built as every encoder is (artifacts.arch_config, build_checked): its
+width and depth bounded, built on the meta device, the tensors checked against it
+(a missing, unexpected, misshapen or non-finite tensor is a one-line error naming
+it as the file does) before any real memory is allocated. A harness file names
+its own architecture and goes through artifacts.load_encoder's checks.
 
 `--key-map REGEX=REPLACEMENT` rewrites the names first (`re.sub`, rules in order;
 a name rewritten to "" is left out of the encoder), for any layout not listed.
@@ -32,6 +36,7 @@ model class with `strict=True`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +45,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from harness.artifacts import ArtifactError, _atomic_write, check_weights, load_encoder
-from harness.external import read_checkpoint
+from harness.artifacts import MAX_BLOCKS, ArtifactError, _atomic_write, arch_config, build_checked, load_encoder, shown
+from harness.external import EncoderFile, read_checkpoint, read_encoder_file, written_by_harness
 from harness.geometry import IMAGENET_MEAN, IMAGENET_STD, InputGeometry, unwrap
 from harness.models import STAGES, ArchConfig, Encoder
 from harness.registry import ARCHS
 from harness.resnets import ResNetConfig, build_resnet
 
-MAX_BLOCKS = 64  # per stage; ResNet-152 has 36. More is a damaged or hostile file, not an encoder to build
+_BLOCK_INDEX = re.compile(r"[0-9]{1,9}")  # a block's index in a tensor name; int() of anything else could raise
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 IDENTITY = InputGeometry()
 IMAGENET = InputGeometry(224, IMAGENET_MEAN, IMAGENET_STD)
@@ -128,6 +133,7 @@ class Checkpoint:
     tensors: dict[str, Tensor] = field(default_factory=dict)  # every tensor of the file, as read
     nested: bool = False  # the file held them under "state_dict"
     key_mapped: bool = False
+    sha256: str = ""  # of the bytes that were loaded (read once: what was checked is what is hashed)
 
     @property
     def kept(self) -> list[str]:
@@ -137,13 +143,13 @@ class Checkpoint:
     def describe(self) -> str:
         if self.layout == HARNESS_FILE:
             return f"{self.architecture}, a harness file"
-        where = f" under {self.prefix!r}" if self.prefix else ""
+        where = f" under {shown(repr(self.prefix))}" if self.prefix else ""
         mapped = " after --key-map" if self.key_mapped else ""
         kept = f"; {len(self.kept)} other tensors ({_groups(self.kept, set(self.names))}) not part of the encoder" if self.kept else ""
         return f"{self.architecture}, {self.layout} layout{where}{mapped}{kept}"
 
 
-def _groups(kept: list[str], encoder: set[str], shown: int = 3) -> str:
+def _groups(kept: list[str], encoder: set[str], limit: int = 3) -> str:
     """'g.*, module.encoder_k.*': each kept tensor under the shortest name prefix that holds no encoder tensor."""
     heads = set()
     for name in kept:
@@ -154,7 +160,7 @@ def _groups(kept: list[str], encoder: set[str], shown: int = 3) -> str:
                 heads.add(head)
                 break
     shown_heads = [h if h in kept else f"{h}.*" for h in sorted(heads)]
-    return ", ".join(shown_heads[:shown]) + (", ..." if len(shown_heads) > shown else "")
+    return ", ".join(shown(h) for h in shown_heads[:limit]) + (", ..." if len(shown_heads) > limit else "")
 
 
 def parse_key_map(rules: list[str] | tuple[str, ...]) -> tuple[tuple[re.Pattern, str], ...]:
@@ -184,7 +190,7 @@ def apply_key_map(names: list[str], rules: tuple[tuple[re.Pattern, str], ...], p
         if not new:
             continue
         if new in seen:
-            raise ArtifactError(f"{path}: --key-map maps both {seen[new]} and {name} to {new}")
+            raise ArtifactError(f"{path}: --key-map maps both {shown(seen[new])} and {shown(name)} to {shown(new)}")
         seen[new] = name
         out[name] = new
     return out
@@ -202,7 +208,7 @@ def recognise(names: set[str], path: Path, key_prefix: str = "") -> tuple[Layout
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        found = ", ".join(f"{layout.name} under {p!r}" for layout, p in matches)
+        found = ", ".join(f"{layout.name} under {shown(repr(p))}" for layout, p in matches)
         raise ArtifactError(f"{path}: more than one encoder in the file ({found}); choose one with --key-prefix or --key-map")
     raise ArtifactError(f"{path}: not a known encoder layout; {closest_layout(names, key_prefix)}; "
                         "name its tensors with --key-map REGEX=REPLACEMENT (or --key-prefix)")
@@ -224,7 +230,7 @@ def closest_layout(names: set[str], key_prefix: str = "") -> str:
         if share > best[0]:
             best = (share, layout.name, prefix)
     share, name, prefix = best
-    where = f" under the prefix {prefix!r}" if prefix and prefix != key_prefix else ""
+    where = f" under the prefix {shown(repr(prefix))}" if prefix and prefix != key_prefix else ""
     return f"closest: {name}, {share:.0%} of its resnet18 tensor names found{where}"
 
 
@@ -236,13 +242,14 @@ def _reference_names(layout: Layout) -> list[str]:
 
 
 def infer_config(state: dict[str, Tensor], path: Path, stem_padding: int) -> ResNetConfig:
-    """The ResNet that harness-named `state` describes: stem kind, block kind, blocks per stage, width."""
+    """The ResNet that harness-named `state` describes: stem kind, block kind, blocks per stage, width (bounded later,
+    by artifacts.arch_config)."""
     stem = state["stem.0.weight"]
-    if stem.ndim != 4 or stem.shape[1] != 3 or tuple(stem.shape[2:]) not in ((3, 3), (7, 7)):
+    if tuple(stem.shape[1:]) not in ((3, 3, 3), (3, 7, 7)):
         raise ArtifactError(f"{path}: the stem convolution has shape {tuple(stem.shape)}; a ResNet's is (width, 3, 3, 3) or (width, 3, 7, 7)")
     blocks = []
     for stage in STAGES:
-        indices = {int(k.split(".")[1]) for k in state if k.startswith(f"{stage}.") and k.split(".")[1].isdigit()}
+        indices = {int(k.split(".")[1]) for k in state if k.startswith(f"{stage}.") and _BLOCK_INDEX.fullmatch(k.split(".")[1])}
         if not indices:
             raise ArtifactError(f"{path}: no tensors of {stage}; not a four-stage ResNet")
         if max(indices) >= MAX_BLOCKS:
@@ -255,54 +262,76 @@ def infer_config(state: dict[str, Tensor], path: Path, stem_padding: int) -> Res
     )
 
 
-def _override(arch: str, width: int, stem_padding: int) -> Encoder:
+def _override(arch: str, width: int, stem_padding: int) -> ResNetConfig:
     """The registered architecture `arch` at the file's width (a CIFAR stem keeps the layout's padding)."""
     default = ARCHS.get(arch).default_config()
     if not isinstance(default, ArchConfig):
-        return ARCHS.create(arch, width=width)()
-    return build_resnet(ResNetConfig(
-        width=width, blocks=default.blocks, stem=default.stem, block=getattr(default, "block", "basic"),
-        stem_padding=stem_padding if default.stem == "cifar" else 1,
-    ))
+        raise ValueError(f"--arch {arch} is not a ResNet; the layouts read here hold ResNets")
+    return ResNetConfig(width=width, blocks=default.blocks, stem=default.stem, block=getattr(default, "block", "basic"),
+                        stem_padding=stem_padding if default.stem == "cifar" else 1)
 
 
-def _describe(encoder: Encoder) -> str:
-    config = encoder.config
+def _describe(config: ArchConfig) -> str:
     if isinstance(config, ResNetConfig):
         return config.describe()
-    if isinstance(config, ArchConfig):
-        return ResNetConfig(width=config.width, blocks=config.blocks, stem=config.stem).describe()
-    return f"{type(encoder).__name__} ({config})"
+    return ResNetConfig(width=config.width, blocks=config.blocks, stem=config.stem).describe()
 
 
 def _build(path: Path, state: dict[str, Tensor], arch: str | None, layout: Layout, prefix: str, owner: dict[str, str]) -> Encoder:
-    """The encoder `state` fits, checked on the meta device first: a file cannot make the harness allocate a model it does not hold."""
-    if arch is None:
-        config = infer_config(state, path, layout.stem_padding)
-        make = lambda: build_resnet(config)  # noqa: E731
-    else:
-        make = lambda: _override(arch, int(state["stem.0.weight"].shape[0]), layout.stem_padding)  # noqa: E731
-    with torch.device("meta"):
-        skeleton = make()
+    """The encoder `state` fits, its width and depth bounded and the tensors checked on the meta device first
+    (artifacts.build_checked): a file cannot make the harness allocate a model it does not hold."""
+    stem = state["stem.0.weight"]
+    if stem.dim() != 4:
+        raise ArtifactError(f"{path}: {shown(owner['stem.0.weight'])} is not the 4-d weight of a convolution")
+    config = infer_config(state, path, layout.stem_padding) if arch is None else _override(arch, int(stem.shape[0]), layout.stem_padding)
+    checked = arch_config(path, "resnet", dataclasses.asdict(config))
     try:
-        check_weights(path, state, skeleton, arch or _describe(skeleton).split(" ")[0])
+        return build_checked(path, "resnet", checked, state, arch or checked.describe().split(" ")[0])
     except ArtifactError as e:  # name the tensor as the file does
-        message = re.sub(r"tensor (\S+)", lambda m: f"tensor {owner.get(m.group(1)) or prefix + layout.file_name(m.group(1))}", str(e), count=1)
-        raise ArtifactError(message) from None
-    encoder = make()
-    encoder.load_state_dict(state, strict=True)
-    return encoder.eval()
+        def as_in_file(match: re.Match) -> str:
+            return f"tensor {shown(owner.get(match.group(1)) or prefix + layout.file_name(match.group(1)))}"
+
+        raise ArtifactError(re.sub(r"tensor (\S+)", as_in_file, str(e), count=1)) from None
 
 
-def load_checkpoint(path: Path, arch: str | None = None, key_prefix: str = "", key_map: tuple[str, ...] | list[str] = ()) -> Checkpoint:
-    """The encoder in a user's file, recognised, built and checked; see the module docstring."""
-    path = Path(path)
+def _check_same_architecture(path: Path, config: ArchConfig, arch: str) -> None:
+    """A harness file names its own architecture; `arch`, when given, must be it, not be ignored."""
+    def shape(c: ArchConfig) -> tuple:
+        return c.stem, tuple(c.blocks), getattr(c, "block", "basic")
+
+    if shape(config) != shape(ARCHS.get(arch).default_config()):
+        fits = [name for name in ARCHS.names()
+                if type(ARCHS.get(name).default_config()) is not ResNetConfig and shape(ARCHS.get(name).default_config()) == shape(config)]
+        raise ArtifactError(f"{path}: holds a {_describe(config)}, not a {arch}; "
+                            f"{'use --arch ' + ' or '.join(fits) if fits else 'leave --arch out'}")
+
+
+def _recorded_geometry(path: Path, meta: dict) -> InputGeometry:
+    """The input geometry a harness file records (purify writes it), checked like the rest of the file."""
+    if "geometry" not in meta:
+        return IDENTITY
+    try:
+        return InputGeometry.from_dict(meta["geometry"])
+    except ValueError as e:
+        raise ArtifactError(f"{path}: metadata geometry is not an input geometry ({e})") from None
+
+
+def load_checkpoint(source: Path | EncoderFile, arch: str | None = None, key_prefix: str = "",
+                    key_map: tuple[str, ...] | list[str] = ()) -> Checkpoint:
+    """The encoder in a user's file (a path, or a file already read), recognised, built and checked; see the module docstring."""
+    if arch is not None:
+        ARCHS.get(arch)  # an unknown --arch is the first thing to hear about
     rules = parse_key_map(key_map)
-    if path.suffix == ".safetensors" and _written_by_harness(path):
-        encoder, _, meta = load_encoder(path)  # it names its own architecture, and is checked the same way
-        geometry = InputGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["geometry"].items()}) if "geometry" in meta else IDENTITY
-        return Checkpoint(path, encoder, HARNESS_FILE, "", _describe(encoder), geometry)
-    tensors, nested = read_checkpoint(path)
+    file = source if isinstance(source, EncoderFile) else read_encoder_file(Path(source))
+    path = file.path
+    if written_by_harness(file):
+        if key_prefix or rules:
+            raise ArtifactError(f"{path}: a harness file names its own tensors; drop --key-prefix and --key-map")
+        encoder, _, meta = load_encoder(path, file.data)  # it names its own architecture, and is checked the same way
+        if arch is not None:
+            _check_same_architecture(path, encoder.config, arch)
+        return Checkpoint(path, encoder, HARNESS_FILE, "", _describe(encoder.config), _recorded_geometry(path, meta), sha256=file.sha256)
+    tensors, nested = read_checkpoint(file)
     rewritten = apply_key_map(list(tensors), rules, path) if rules else {n: n for n in tensors}
     layout, prefix = recognise(set(rewritten.values()), path, key_prefix)
     names: dict[str, str] = {}
@@ -314,23 +343,14 @@ def load_checkpoint(path: Path, arch: str | None = None, key_prefix: str = "", k
         if harness is None:
             continue
         if harness in owner:
-            raise ArtifactError(f"{path}: both {owner[harness]} and {original} would be the encoder's {harness}")
+            raise ArtifactError(f"{path}: both {shown(owner[harness])} and {shown(original)} would be the encoder's {shown(harness)}")
         owner[harness] = original
         names[original] = harness
     state = {harness: tensors[original] for original, harness in names.items()}
     encoder = _build(path, state, arch, layout, prefix, owner)
-    geometry = layout.imagenet if getattr(encoder.config, "stem", "cifar") == "imagenet" else layout.cifar
-    return Checkpoint(path, encoder, layout.name, prefix, _describe(encoder), geometry, names, tensors, nested, bool(rules))
-
-
-def _written_by_harness(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return "arch_config" in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - unreadable files are reported by read_checkpoint
-        return False
+    geometry = layout.imagenet if encoder.config.stem == "imagenet" else layout.cifar
+    return Checkpoint(path, encoder, layout.name, prefix, _describe(encoder.config), geometry, names, tensors, nested, bool(rules),
+                      file.sha256)
 
 
 def layout_path(checkpoint: Checkpoint, out: Path) -> Path | None:

@@ -26,20 +26,20 @@ from harness.augment import AugmentConfig
 from harness.contract import AttackInputs, AttackResult, Budget, CleanSubset, DefenseResult
 from harness.data import LabeledImages, fingerprint, load_dataset
 from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
-from harness.models import Encoder
-from harness.profiles import Profile
+from harness.exposure import Exposure, ExposureConfig, exposure, measure
+from harness.models import Encoder, build_encoder
+from harness.profiles import Profile, changed_fields, resolved_id
 from harness.registry import ATTACKS, DEFENSES
 from harness.results import Row
+from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
+from harness.training import seed_everything
 from harness.triggers import Trigger, make_trigger
 
-# The modules whose source each stage's cache key hashes (its "code version").
-PRETRAIN_CODE = ("harness.models", "harness.augment", "harness.training", "harness.ssl")
-METHOD_CODE = (*PRETRAIN_CODE, "harness.triggers", "harness.contract", "harness.mine", "harness.attention", "harness.finetune")
-EVALUATE_CODE = ("harness.evaluate", "harness.triggers", "harness.models")
+__all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "Built", "Suspect", "Workbench"]
+
 SUPERVISED = "supervised"  # the registry tag of attacks that backdoor a classifier (its backbone is the encoder)
-CLEAN = "clean"  # the attack column of the clean-encoder control
-UNDEFENDED = "none"  # the defense column of an undefended encoder
+OWN_TRIGGER = "own_trigger"  # the registry tag of attacks that bring their own trigger (scenarios do not apply)
 _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
 
 
@@ -80,6 +80,7 @@ class Workbench:
         self.data_root = data_root
         self.download = download
         self._downstream: dict[str, tuple[LabeledImages, LabeledImages]] = {}
+        self._changed: dict[tuple, Workbench] = {}
 
     # -- data -----------------------------------------------------------------------
 
@@ -121,8 +122,11 @@ class Workbench:
         return CleanSubset(images)
 
     def with_profile(self, **changes) -> "Workbench":
-        """A workbench for the profile with `changes` (e.g. a trigger size), sharing this one's store and data."""
-        return Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root, self.download)
+        """A workbench for the profile with `changes` (e.g. a trigger size), sharing this one's store (one per change)."""
+        key = tuple(sorted(changes.items()))
+        if key not in self._changed:
+            self._changed[key] = Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root, self.download)
+        return self._changed[key]
 
     def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
         """(train, test) of a downstream task, capped by the profile; disjoint from pre-training images."""
@@ -139,8 +143,9 @@ class Workbench:
         test = test.subset(self._order(len(test))[: self.profile.downstream_test_size])
         return train, test
 
-    def trigger(self) -> Trigger:
-        return make_trigger(self.profile.trigger, self.profile.trigger_size)
+    def trigger(self, scenario: str = "") -> Trigger:
+        """The trigger of a scenario (a registered trigger name) at the profile's size; "" is the profile's."""
+        return make_trigger(scenario or self.profile.trigger, self.profile.trigger_size)
 
     # -- configs ----------------------------------------------------------------------
 
@@ -153,7 +158,7 @@ class Workbench:
 
     def budget(self) -> Budget:
         p = self.profile
-        return Budget(epochs=p.defense_epochs, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device)
+        return Budget(fraction=p.budget_fraction, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device)
 
     def probe_config(self) -> ProbeConfig:
         p = self.profile
@@ -166,7 +171,7 @@ class Workbench:
         cfg = self.ssl_config()
         key = artifact_key(
             "pretrain", arch=p.arch, width=p.width, ssl=cfg, seed=seed,
-            data=fingerprint(self.pretrain_images), code=code_version(*PRETRAIN_CODE),
+            data=fingerprint(self.pretrain_images), code=code_version("harness.ssl"),
         )
 
         def build():
@@ -176,30 +181,44 @@ class Workbench:
         encoder, _, meta = self.store.encoder(key, build)
         return Built(key, encoder, meta)
 
-    def suspect(self, attack: str, downstream: str, seed: int, **overrides) -> Suspect:
-        """The attacked encoder aimed at `downstream`'s default target class."""
+    def random_encoder(self, seed: int) -> Built:
+        """A randomly initialised encoder of the profile's architecture: what ACC is before pre-training."""
         p = self.profile
-        method = ATTACKS.create(attack, **overrides)
+        key = artifact_key("random", arch=p.arch, width=p.width, seed=seed, code=code_version("harness.models"))
+
+        def build():
+            seed_everything(seed, "random-encoder")
+            return build_encoder(p.arch, p.width), {}, {}
+
+        encoder, _, meta = self.store.encoder(key, build)
+        return Built(key, encoder, meta)
+
+    def suspect(self, attack: str, downstream: str, seed: int, overrides: dict | None = None, scenario: str = "") -> Suspect:
+        """The attacked encoder aimed at `downstream`'s default target class, with the scenario's trigger."""
+        p = self.profile
+        method = ATTACKS.create(attack, **(overrides or {}))
         train, _ = self.downstream(downstream)
         target = train.default_target
-        references = train.images[train.labels == target][: p.reference_images]
+        target_images = train.images[train.labels == target]
+        references = target_images[: p.reference_images]
         shadow = self.pretrain_images[: p.shadow_size]
         if p.shadow_with_downstream:
             shadow = torch.cat([shadow, train.images[: p.shadow_size]])
-        trigger = self.trigger()
+        trigger = self.trigger(scenario)
         inputs = AttackInputs(
             clean_encoder=lambda: self.clean_encoder(seed).encoder, pretrain=self.pretrain_images,
-            pretrain_labels=self.pretrain_set.labels, shadow=shadow, references=references, target=target,
-            target_in_pretrain=downstream == p.pretrain, trigger=trigger, arch=p.arch, width=p.width, ssl=self.ssl_config(),
-            epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr, optimizer=p.attack_optimizer, device=self.device,
+            pretrain_labels=self.pretrain_set.labels, shadow=shadow, references=references, target_images=target_images,
+            target=target, target_in_pretrain=downstream == p.pretrain, trigger=trigger, arch=p.arch, width=p.width,
+            ssl=self.ssl_config(), epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr,
+            optimizer=p.attack_optimizer, device=self.device,
         )
         key = artifact_key(
             "attack", attack=attack, config=method.config, seed=seed, trigger=trigger, target=target,
             arch=p.arch, width=p.width, ssl=inputs.ssl, upstream=self.clean_encoder(seed).key,
             budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer),
             target_in_pretrain=inputs.target_in_pretrain,
-            data=fingerprint(self.pretrain_images, self.pretrain_set.labels, shadow, references),
-            code=code_version(*METHOD_CODE, ATTACKS.get(attack).module),
+            data=fingerprint(self.pretrain_images, self.pretrain_set.labels, shadow, references, target_images),
+            code=code_version(ATTACKS.get(attack).module),
         )
 
         def build():
@@ -216,15 +235,15 @@ class Workbench:
 
     def defend(
         self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None,
-        poisoned: tuple[Trigger, float] | None = None, **overrides,
+        poisoned: tuple[Trigger, float] | None = None, overrides: dict | None = None,
     ) -> Built:
         """Run a defense on the suspect with only the clean subset and the budget."""
-        method = DEFENSES.create(defense, **overrides)
+        method = DEFENSES.create(defense, **(overrides or {}))
         clean = self.clean_subset(clean_ratio, poisoned)
         budget = self.budget()
         key = artifact_key(
             "defense", defense=defense, config=method.config, seed=seed, budget=budget, upstream=suspect.key,
-            data=fingerprint(clean.images), code=code_version(*METHOD_CODE, DEFENSES.get(defense).module),
+            data=fingerprint(clean.images), code=code_version(DEFENSES.get(defense).module),
         )
 
         def build():
@@ -242,7 +261,7 @@ class Workbench:
         key = artifact_key(
             "eval", encoder=built.key, trigger=trigger, target=target, probe=probe, seed=seed,
             data=fingerprint(train.images, train.labels, test.images, test.labels),
-            code=code_version(*EVALUATE_CODE),
+            code=code_version("harness.evaluate"),
         )
         return self.store.record(key, lambda: evaluate(built.encoder, train, test, trigger, target, probe, seed, self.device).as_dict())
 
@@ -258,7 +277,7 @@ class Workbench:
         key = artifact_key(
             "classifier_eval", encoder=built.key, head=(probe, seed) if refit else suspect.built.key, trigger=suspect.trigger,
             target=suspect.target, data=fingerprint(test.images, test.labels, labelled.images, labelled.labels),
-            code=code_version(*EVALUATE_CODE),
+            code=code_version("harness.evaluate"),
         )
 
         def build() -> dict:
@@ -273,59 +292,88 @@ class Workbench:
 
         return self.store.record(key, build)
 
+    def exposure(self, built: Built, downstream: str, trigger: Trigger, clean: CleanSubset, seed: int) -> Exposure:
+        """How strongly the defender's data evokes `built`'s response to the trigger (harness/exposure.py)."""
+        _, test = self.downstream(downstream)
+        cfg = ExposureConfig()
+        key = artifact_key(
+            "exposure", encoder=built.key, trigger=trigger, config=cfg, seed=seed,
+            data=fingerprint(clean.images, test.images), code=code_version("harness.exposure"),
+        )
+        record = self.store.record(key, lambda: dataclasses.asdict(measure(built.encoder, clean.images, test.images, trigger, cfg, seed, self.device)))
+        return Exposure(record["views_in_region"], record["test_in_region"], record["tau"])
+
     # -- rows -------------------------------------------------------------------------
 
-    def row(
-        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, attack_overrides: dict | None = None, clean_ratio: float | None = None,
-        clean_poison: float = 0.0, refit_head: bool = False, **defense_overrides,
-    ) -> Row:
-        """One table row: `attack` (or `clean`) then `defense` (or `none`) evaluated on `downstream`.
+    def row(self, spec: RowSpec) -> Row:
+        """The row `spec` names: `attack` (or a control) then `defense` (or `none`) evaluated on `downstream`.
 
-        A clean-encoder row evaluates the profile's trigger, or with `trigger_of` the trigger that attack
-        defines (BASSL brings its own); such a row is labelled by the variant "<attack>'s trigger".
-        A supervised attack's row evaluates the classifier itself (`evaluate_classifier`): with the attack's
-        head when undefended, with a head refitted on the labelled clean subset after a defense. `refit_head`
-        refits it for the undefended classifier too: the control that separates what the refit costs from
-        what the defense costs. `clean_ratio` and `clean_poison` change the defender's data (see `clean_subset`).
+        A control row (clean or random encoder) evaluates the scenario's trigger, or with `trigger_of` the
+        trigger that attack defines (BASSL brings its own); every row's `scenario` is its trigger's name. A
+        random-encoder row is the same probe on an untrained encoder. A supervised attack's row evaluates
+        the classifier itself (`evaluate_classifier`): with the attack's head when undefended, with a head
+        refitted on the labelled clean subset after a defense; `refit_head` refits it for the undefended
+        classifier too, the control that separates what the refit costs from what the defense costs.
+
+        Every attack row also records, on the evaluation side only, its positive control (did the attack
+        implant: the undefended suspect's ASR(all) against the profile's `implant_asr_all`) and the
+        backdoor's exposure in this row's defender data (harness/exposure.py). Neither reaches a defense.
         """
+        if spec.profile_changes:
+            return self.with_profile(**dict(spec.profile_changes))._row(spec, session_profile=self.profile)
+        return self._row(spec, session_profile=self.profile)
+
+    def _row(self, spec: RowSpec, session_profile: Profile) -> Row:
         seconds: dict[str, float] = {}
-        attack_overrides = attack_overrides or {}
-        supervised = attack != CLEAN and ATTACKS.has_tag(attack, SUPERVISED)
-        if refit_head and not supervised:
+        attack_overrides, defense_overrides = dict(spec.attack_overrides), dict(spec.defense_overrides)
+        attack, defense, downstream, seed, variant = spec.attack, spec.defense, spec.downstream, spec.seed, spec.variant
+        controls = (CLEAN, RANDOM)
+        supervised = attack not in controls and ATTACKS.has_tag(attack, SUPERVISED)
+        if spec.refit_head and not supervised:
             raise ValueError(f"refit_head applies to a supervised attack's classifier; {attack!r} yields an encoder")
-        if attack == CLEAN:
-            built = self.clean_encoder(seed)
+        suspect: Suspect | None = None
+        if attack in controls:
+            built = self.clean_encoder(seed) if attack == CLEAN else self.random_encoder(seed)
             train, _ = self.downstream(downstream)
-            trigger, target, attack_meta = self.trigger(), train.default_target, {}
-            if trigger_of is not None:
-                theirs = self.suspect(trigger_of, downstream, seed)
-                if theirs.trigger.fingerprint() != trigger.fingerprint():
-                    trigger, target, variant = theirs.trigger, theirs.target, variant or f"{trigger_of}'s trigger"
+            trigger, target, attack_meta = self.trigger(spec.scenario), train.default_target, {}
+            if spec.trigger_of is not None:
+                theirs = self.suspect(spec.trigger_of, downstream, seed)
+                trigger, target = theirs.trigger, theirs.target
         else:
-            suspect = self.suspect(attack, downstream, seed, **attack_overrides)
+            suspect = self.suspect(attack, downstream, seed, attack_overrides, spec.scenario)
             built, trigger, target, attack_meta = suspect.built, suspect.trigger, suspect.target, suspect.built.meta
             seconds["attack"] = attack_meta["seconds"]
-        if not supervised:
+        if not supervised and attack != RANDOM:
             seconds["pretrain"] = self.clean_encoder(seed).meta["seconds"]
+        poisoned = (trigger, spec.clean_poison) if spec.clean_poison else None
+        evidence: dict = {}
+        if suspect is not None and not supervised:
+            clean = self.clean_subset(spec.clean_ratio, poisoned)
+            of_suspect = self.exposure(suspect.built, downstream, trigger, clean, seed)
+            of_clean = self.exposure(self.clean_encoder(seed), downstream, trigger, clean, seed)
+            evidence["exposure"] = {"suspect": dataclasses.asdict(of_suspect), "clean_encoder": dataclasses.asdict(of_clean),
+                                    "exposure": exposure(of_suspect, of_clean)}
+        if suspect is not None:
+            undefended = self._metrics(suspect.built, suspect, downstream, trigger, target, seed, supervised, spec.refit_head)
+            evidence["control"] = {"undefended_asr_all": undefended["asr_all"], "implant_asr_all": self.profile.implant_asr_all,
+                                   "implanted": undefended["asr_all"] >= self.profile.implant_asr_all}
         defense_meta: dict = {}
         if defense != UNDEFENDED:
-            poisoned = (trigger, clean_poison) if clean_poison else None
-            built = self.defend(defense, built, seed, clean_ratio, poisoned, **defense_overrides)
+            built = self.defend(defense, built, seed, spec.clean_ratio, poisoned, defense_overrides)
             defense_meta = built.meta
             seconds["defense"] = defense_meta["seconds"]
             phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
             seconds.update({f"defense_{phase}": v for phase, v in phases.items()})
+        refit = supervised and (spec.refit_head or defense != UNDEFENDED)
+        metrics = self._metrics(built, suspect, downstream, trigger, target, seed, supervised, refit)
         if supervised:
-            refit = refit_head or defense != UNDEFENDED
-            metrics = self.evaluate_classifier(built, suspect, refit=refit, seed=seed)
             evaluation = {"classifier": "head refitted on the labelled clean subset" if refit else "the attack's head"}
         else:
-            metrics = self.evaluate(built, downstream, trigger, target, seed)
             evaluation = {"probe": dataclasses.asdict(self.probe_config())}
         seconds["evaluate"] = metrics["seconds"]
         settings = {
             "profile": dataclasses.asdict(self.profile),
+            "profile_changes": changed_fields(self.profile),
             **evaluation,
             "trigger": trigger.describe(),
             "target": target,
@@ -333,12 +381,23 @@ class Workbench:
             "attack_overrides": attack_overrides,
             "defense_meta": _strip_volatile(defense_meta),
             "defense_overrides": defense_overrides,
-            "defender_data": {"clean_ratio": clean_ratio or self.profile.clean_ratio, "poisoned_share": clean_poison},
+            "defender_data": {"clean_ratio": spec.clean_ratio or self.profile.clean_ratio, "poisoned_share": spec.clean_poison},
+            **evidence,
         }
         return Row(
-            suite=suite, profile=self.profile.name, attack=attack, defense=defense, variant=variant,
+            suite=spec.suite, profile=resolved_id(session_profile), attack=attack, defense=defense, variant=variant,
+            scenario=trigger.name,
             pretrain=self.profile.pretrain, downstream=downstream, seed=seed,
             **{k: round(v, 4) for k, v in metrics.items() if k in ("acc", "asr_all", "asr_nontarget")},
             n_test=metrics["n_test"], n_nontarget=metrics["n_nontarget"],
+            exposure=round(evidence["exposure"]["exposure"], 4) if "exposure" in evidence else None,
+            implanted=evidence["control"]["implanted"] if "control" in evidence else None,
             seconds=seconds, settings=json.dumps(settings, sort_keys=True, default=str),
         )
+
+    def _metrics(self, built: Built, suspect: Suspect | None, downstream: str, trigger: Trigger, target: int, seed: int,
+                 supervised: bool, refit: bool) -> dict:
+        if supervised:
+            assert suspect is not None
+            return self.evaluate_classifier(built, suspect, refit=refit, seed=seed)
+        return self.evaluate(built, downstream, trigger, target, seed)

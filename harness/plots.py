@@ -8,6 +8,7 @@ defense), means over seeds with the 95 % CI as error bars.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -16,6 +17,14 @@ import pandas as pd
 from harness.results import ci95
 
 _POINT = re.compile(r"^(?P<name>[a-z_0-9]+)=(?P<value>-?[0-9.]+(?:e-?[0-9]+)?)$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def file_part(text: str) -> str:
+    """`text` as part of a file name: as it is when it is safe, else its other characters replaced by `_` and a
+    short hash of it added, so rows (which anyone can edit) never name a path elsewhere and two suites never clash."""
+    safe = _UNSAFE.sub("_", text)
+    return safe if safe == text and text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def sweep_points(frame: pd.DataFrame) -> pd.DataFrame:
@@ -31,7 +40,7 @@ def sweep_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
-    """Write `plot-<suite>-<sweep>.png` for every sweep in the rows; returns the paths written."""
+    """Write `plot-<suite>-<sweep>.png` (both through `file_part`) for every sweep in the rows; returns the paths written."""
     points = sweep_points(frame)
     if points.empty:
         return []
@@ -57,7 +66,7 @@ def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
         fig.tight_layout()
-        path = Path(root) / f"plot-{suite}-{sweep}.png"
+        path = Path(root) / f"plot-{file_part(suite)}-{file_part(sweep)}.png"
         _atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         plt.close(fig)
         paths.append(path)

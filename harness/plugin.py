@@ -1,212 +1,101 @@
 """The harness as a pytest plugin: options, the session state, fixtures, the summary table.
 
 Loaded through the `pytest11` entry point when the package is installed, and by
-the repository's root conftest otherwise. torch and the method registries are
-imported only when a harness option or fixture is used, so loading the plugin
-costs other test runs nothing.
+the repository's root conftest otherwise, so it sits in every pytest run of the
+environment. It therefore costs nothing until a harness session begins: its
+options are registered as plain text (harness/options.py says why), and only
+then parsed and checked, torch imported, progress logged and the header shown.
+A session begins in pytest_configure when a harness option was given or an
+initial conftest asks (suites/conftest.py), or else when a suite first asks for
+it while being collected.
+
+Progress goes to the standard logger "harness" at INFO: pytest captures it with
+each test's output and shows it live with `--log-cli-level=INFO`; pytest-xdist
+workers, which have no terminal, write it to stderr prefixed with their id.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import itertools
+import logging
 import os
-from pathlib import Path
+import shlex
+import sys
+import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import pytest
+
+from harness.options import (
+    OPTIONS, OptionError, Settings, argparse_kwargs, chosen_attacks, chosen_defenses, chosen_downstream, device_for_worker, given,
+    load_methods, resolve, values_of,
+)
 
 if TYPE_CHECKING:
     from harness.pipeline import Workbench
     from harness.profiles import Profile
     from harness.results import Row
+    from harness.rowspec import RowSpec
 
-ALL = "all"
-
-
-def load_methods() -> None:
-    """Import the attack and defense packages, which fills their registries."""
-    import attacks  # noqa: F401
-    import defenses  # noqa: F401
-
-
-def _names(kind: str) -> Callable[[str], tuple[str, ...]]:
-    """An argparse type: a comma list of registered names, or `all`."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        load_methods()
-        from harness import registry
-
-        reg = {"attack": registry.ATTACKS, "defense": registry.DEFENSES, "dataset": registry.DATASETS}[kind]
-        names = tuple(n.strip() for n in text.split(",") if n.strip())
-        if not names:
-            raise argparse.ArgumentTypeError(f"empty {kind} list; give names or '{ALL}'")
-        if names == (ALL,):
-            return ALL  # type: ignore[return-value]
-        for n in names:
-            if kind == "defense" and n == "none":
-                continue
-            try:
-                reg.get(n)
-            except registry.UnknownNameError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
-        return names
-
-    parse.__name__ = f"{kind} names"  # argparse shows this in its error
-    return parse
-
-
-def _profile_name(text: str) -> str:
-    from harness.profiles import PROFILES
-    from harness.registry import UnknownNameError
-
-    try:
-        PROFILES.get(text)
-    except UnknownNameError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _device(text: str) -> str:
-    from harness.training import resolve_device
-
-    try:
-        resolve_device(text)
-    except (ValueError, RuntimeError) as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _gates(text: str):
-    from harness.gates import parse_gates
-
-    try:
-        return parse_gates(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+LOG = logging.getLogger("harness")
+ETA_EVERY = 60.0  # seconds between the session's ETA lines (none in a shorter session)
+# Axes a defender's side varies: tests that differ only in these share a suspect, and so an xdist group.
+DEFENDER_AXES = ("defense", "variant", "clean_ratio", "clean_poison")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("harness", "backdoor test harness (suites/)")
-    group.addoption("--attack", type=_names("attack"), default=ALL, metavar="NAMES",
-                    help="comma list of registered attacks, or 'all' (default: all)")
-    group.addoption("--defense", type=_names("defense"), default=ALL, metavar="NAMES",
-                    help="comma list of registered defenses, or 'all'; the undefended row 'none' is always kept (default: all)")
-    group.addoption("--downstream", type=_names("dataset"), default=ALL, metavar="NAMES",
-                    help="comma list of downstream datasets, or 'all' for the profile's (default: all)")
-    group.addoption("--profile", type=_profile_name, default="tiny", metavar="NAME",
-                    help="sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), paper (GPU) (default: tiny)")
-    group.addoption("--set", dest="harness_set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a profile field, e.g. --set ssl_epochs=5 (repeatable)")
-    group.addoption("--seed", type=int, default=0, metavar="N", help="first seed (default: 0)")
-    group.addoption("--seeds", type=_positive_int, default=1, metavar="N",
-                    help="repeat every row over N seeds; tables show mean ± 95%% CI (default: 1)")
-    group.addoption("--device", type=_device, default="auto", metavar="DEVICE",
-                    help="cpu, cuda, cuda:N or auto (CUDA when present) (default: auto)")
-    group.addoption("--data-root", type=Path, default=None, metavar="DIR",
-                    help="folder holding the datasets in torchvision's layout (default: none; Fashion-MNIST also from Debian's package)")
-    group.addoption("--download", action="store_true", default=False,
-                    help="let torchvision download missing datasets into --data-root (needs a network)")
-    group.addoption("--cache-dir", type=Path, default=Path(".harness-cache"), metavar="DIR",
-                    help="content-addressed store of encoders and results (default: .harness-cache)")
-    group.addoption("--results-dir", type=Path, default=Path("harness-results"), metavar="DIR",
-                    help="where rows, tables and timings are written (default: harness-results)")
-    group.addoption("--gate", type=_gates, default=(), metavar="GATES",
-                    help="bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5' (default: none)")
-    group.addoption("--table-format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal",
-                    help="format of the summary table printed at the end (default: terminal)")
-    group.addoption("--baseline", type=Path, default=None, metavar="FILE",
-                    help="fail a row whose ASR(non-target) rose or ACC fell beyond --baseline-tolerance against this saved file")
-    group.addoption("--update-baseline", action="store_true", default=False,
-                    help="write this session's rows into the --baseline file instead of checking against it")
-    group.addoption("--baseline-tolerance", type=float, default=2.0, metavar="POINTS",
-                    help="percentage points a row may move against the baseline (default: 2)")
+    group = parser.getgroup("harness", "backdoor test harness (suites/); read only when a harness session begins")
+    for opt in OPTIONS:
+        group.addoption(opt.flag, **argparse_kwargs(opt))
 
 
 class HarnessSession:
     """Everything the harness keeps for one pytest session; built lazily, rows collected as tests make them."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
-        opt = config.option
-        self.profile_name: str = opt.profile
-        self.overrides: list[str] = opt.harness_set
-        self.seeds = [opt.seed + i for i in range(opt.seeds)]
-        self.gates = opt.gate
-        self._attacks, self._defenses, self._downstream = opt.attack, opt.defense, opt.downstream
-        self._check_start_up(opt)
-        self._rows: dict[tuple, Row] = {}  # by the row's own identity: what the summary shows
-        self._requests: dict[tuple, Row] = {}  # by what a test asked for
+        self.settings = settings
+        self.profile_name: str = settings.profile
+        self.overrides: list[str] = list(settings.overrides)
+        self.seeds = settings.seed_list
+        self.gates = settings.gate
+        self._rows: dict[tuple, Row] = {}  # by `Row.identity`: what the summary shows
+        self._requests: dict[RowSpec, Row] = {}  # by what a test asked for
+        self._worker_rows: list[Row] = []  # as pytest-xdist's controller: the rows its workers made
         self._workbench: Workbench | None = None
-        self._workbenches: dict[tuple, Workbench] = {}  # profiles with changes (robustness sweeps)
-        # Under pytest-xdist the controller makes no rows: it reads what the workers append after this offset.
-        self._rows_offset: int | None = None
-        if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
-            rows_file = Path(opt.results_dir) / "rows.jsonl"
-            self._rows_offset = rows_file.stat().st_size if rows_file.exists() else 0
+        self.header_shown = False
         self.baseline: dict | None = None
-        if opt.baseline is not None and not opt.update_baseline:
+        if settings.baseline is not None and not settings.update_baseline:
             from harness.gates import load_baseline
 
             try:
-                self.baseline = load_baseline(opt.baseline)
+                self.baseline = load_baseline(settings.baseline)
             except ValueError as e:
                 raise pytest.UsageError(str(e)) from None
-        elif opt.update_baseline and opt.baseline is None:
-            raise pytest.UsageError("--update-baseline needs --baseline FILE to write")
-
-    def _check_start_up(self, opt) -> None:
-        """Bad settings are usage errors before anything is collected or built, not tracebacks mid-run."""
-        if opt.harness_set:
-            try:
-                self.profile  # noqa: B018 - parsing and validating the overrides is the point
-            except (ValueError, TypeError) as e:
-                raise pytest.UsageError(f"--set: {e}") from None
-        if opt.data_root is not None and not Path(opt.data_root).is_dir():
-            raise pytest.UsageError(f"--data-root {opt.data_root} is not a folder")
-        for option, folder in (("--results-dir", opt.results_dir), ("--cache-dir", opt.cache_dir)):
-            folder = Path(folder)
-            if folder.exists() and not folder.is_dir():
-                raise pytest.UsageError(f"{option} {folder} exists and is not a folder")
-            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-                raise pytest.UsageError(f"{option} {folder} is not writable")
 
     @property
     def profile(self) -> "Profile":
-        from harness.profiles import get_profile, with_overrides
-
-        return with_overrides(get_profile(self.profile_name), self.overrides)
+        return self.settings.resolved_profile()
 
     def attacks(self, supervised: bool = False) -> list[str]:
         """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
-        from harness.pipeline import SUPERVISED
-        from harness.registry import ATTACKS
-
-        load_methods()
-        chosen = ATTACKS.names() if self._attacks == ALL else list(self._attacks)
-        return [a for a in chosen if ATTACKS.has_tag(a, SUPERVISED) == supervised]
+        return chosen_attacks(self.settings, supervised)
 
     def defenses(self) -> list[str]:
         """Registered defenses chosen on the command line (the undefended baseline is not one of them)."""
-        from harness.registry import DEFENSES
-
-        load_methods()
-        chosen = DEFENSES.names() if self._defenses == ALL else list(self._defenses)
-        return [d for d in chosen if d != "none"]
+        return chosen_defenses(self.settings)
 
     def downstream(self) -> list[str]:
-        return list(self.profile.downstream) if self._downstream == ALL else list(self._downstream)
+        return chosen_downstream(self.settings)
+
+    @property
+    def device(self) -> str:
+        """The device this process builds on: under pytest-xdist with several GPUs, one per worker."""
+        import torch
+
+        return device_for_worker(self.settings.device, worker_number(self.config), torch.cuda.device_count())
 
     @property
     def workbench(self) -> "Workbench":
@@ -216,109 +105,216 @@ class HarnessSession:
             from harness.training import resolve_device
 
             load_methods()
-            opt = self.config.option
-            self._workbench = Workbench(self.profile, ArtifactStore(opt.cache_dir), resolve_device(opt.device), opt.data_root, opt.download)
+            s = self.settings
+            self._workbench = Workbench(self.profile, ArtifactStore(s.cache_dir), resolve_device(self.device), s.data_root, s.download)
         return self._workbench
 
-    def row(
-        self, suite: str, attack: str, defense: str, downstream: str, seed: int, variant: str = "",
-        trigger_of: str | None = None, attack_overrides: dict | None = None, profile_changes: dict | None = None, **overrides,
-    ) -> "Row":
-        """The row for this configuration, built once per session and kept for the summary.
+    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, **fields) -> "Row":
+        """The row of this `RowSpec` (the arguments, and its other fields by keyword), built once per session.
 
-        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the
-        change in `variant`. Other keywords go to `Workbench.row` (clean_ratio, clean_poison, defense settings).
+        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the change
+        in `variant`. A row whose attack does not apply to the task is a skip with the attack's reason.
         """
         from harness.contract import AttackNotApplicable
+        from harness.rowspec import RowSpec
 
-        changes = tuple(sorted((profile_changes or {}).items()))
-        request = (suite, attack, defense, downstream, seed, variant, trigger_of, changes,
-                   tuple(sorted((attack_overrides or {}).items())), tuple(sorted(overrides.items())))
-        if request not in self._requests:
-            bench = self.workbench if not changes else self._changed_workbench(changes)
+        spec = RowSpec(suite, attack, defense, downstream, seed, **fields)
+        if spec not in self._requests:
             try:
-                row = bench.row(
-                    suite, attack, defense, downstream, seed, variant, trigger_of=trigger_of, attack_overrides=attack_overrides, **overrides
-                )
+                row = self.workbench.row(spec)
             except AttackNotApplicable as why:
                 pytest.skip(f"{attack} on {downstream}: {why}")
-            identity = (row.suite, row.attack, row.defense, row.downstream, row.seed, row.variant)
-            if identity not in self._rows:  # two requests can name one row (a control whose trigger is the profile's)
+            if row.identity not in self._rows:  # two specs can name one row (a control whose trigger is the profile's)
                 from harness.results import ResultsStore
 
-                ResultsStore(self.config.option.results_dir).append(row)
-                self._rows[identity] = row
-            self._requests[request] = self._rows[identity]
-        row = self._requests[request]
+                ResultsStore(self.settings.results_dir).append(row)
+                self._rows[row.identity] = row
+            self._requests[spec] = self._rows[row.identity]
+        row = self._requests[spec]
         if self.baseline is not None:
             from harness.gates import check_baseline
 
-            check_baseline(row, self.baseline, self.config.option.baseline_tolerance)
+            check_baseline(row, self.baseline, self.settings.baseline_tolerance)
         return row
-
-    def _changed_workbench(self, changes: tuple) -> "Workbench":
-        if changes not in self._workbenches:
-            self._workbenches[changes] = self.workbench.with_profile(**dict(changes))
-        return self._workbenches[changes]
 
     @property
     def rows(self) -> list["Row"]:
         return list(self._rows.values())
 
     def header(self) -> str:
-        p = self.profile
+        p, s = self.profile, self.settings
         overrides = f" with {', '.join(self.overrides)}" if self.overrides else ""
+        live = "" if _live_logging(self.config) else "; live progress: --log-cli-level=INFO"
         return (
             f"harness: profile {p.name}{overrides} ({p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images), "
-            f"seeds {self.seeds}, device {self.config.option.device}, cache {self.config.option.cache_dir}"
+            f"seeds {self.seeds}, device {s.device}, cache {s.cache_dir}{live}"
         )
 
-    def session_rows(self) -> list["Row"]:
-        """This session's rows: those its tests made, or, as pytest-xdist's controller, those its workers appended."""
-        if self.rows or self._rows_offset is None:
-            return self.rows
-        from harness.results import ResultsStore
+    def add_worker_rows(self, records: Iterable[dict]) -> None:
+        from harness.results import Row
 
-        return ResultsStore(self.config.option.results_dir).rows(since=self._rows_offset)
+        self._worker_rows.extend(Row(**r) for r in records)
+
+    def session_rows(self) -> list["Row"]:
+        """This session's rows: those its tests made and, as pytest-xdist's controller, those its workers sent."""
+        return self.rows + self._worker_rows
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
+        from harness.results import render, report_sections, write_reports
 
         rows = self.session_rows()
         if not rows:
             return
-        fmt = self.config.option.table_format
-        frame = to_frame(rows)
-        comparison = comparison_table(frame)
-        if len(comparison.columns) > 3:  # more than one defense column: the paper's Table I shape
-            write_sep("=", f"harness comparison (profile {self.profile_name}; cells: ACC / ASR(non-target) %, mean over seeds; * lowest ASR within {BEST_MAX_ACC_DROP:g} ACC points of none)")
-            for line in render(comparison, fmt).splitlines():
+        s = self.settings
+        fmt = s.table_format
+        for i, (title, table) in enumerate(report_sections(rows)):
+            write_sep("=" if i < 2 else "-", f"harness {title}")
+            for line in render(table, fmt).splitlines():
                 write_line(line)
-        write_sep("=", f"harness table (profile {self.profile_name}; ASR(non-target) excludes target-class images)")
-        for line in render(long_table(frame), fmt).splitlines():
-            write_line(line)
-        verdicts = verdict_table(frame)
-        if len(verdicts):
-            write_sep("-", "detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)")
-            for line in render(verdicts, fmt).splitlines():
-                write_line(line)
-        cost = cost_table(rows)
-        if len(cost):
-            write_sep("-", "seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)")
-            for line in render(cost, fmt).splitlines():
-                write_line(line)
-        paths = list(write_reports(rows, self.config.option.results_dir).values())
-        if self.config.option.update_baseline:
+        paths = list(write_reports(rows, s.results_dir).values())
+        if s.update_baseline:
             from harness.gates import save_baseline
 
-            save_baseline(rows, self.config.option.baseline)
-            paths.append(self.config.option.baseline)
+            save_baseline(rows, s.baseline)
+            paths.append(s.baseline)
         write_line(f"written: {', '.join(str(p) for p in paths)}")
 
 
-SUITE_MARKERS = ("effectiveness", "ablation", "robustness", "generalisation", "cost")
+# -- progress -------------------------------------------------------------------------------
+
+
+def eta_line(done: int, total: int, elapsed: float) -> str:
+    """`harness: 12/47 tests done in 8m03s, about 23m28s left` (the mean time per test so far, times the tests left)."""
+    left = elapsed / done * (total - done) if done else float("nan")
+    return f"harness: {done}/{total} tests done in {_minutes(elapsed)}, about {_minutes(left)} left"
+
+
+def _minutes(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing done yet
+        return "?"
+    whole = round(seconds)
+    return f"{whole // 3600}h{whole // 60 % 60:02d}m" if whole >= 3600 else f"{whole // 60}m{whole % 60:02d}s"
+
+
+class Eta:
+    """Counts finished tests; says how far the session is at most once every ETA_EVERY seconds."""
+
+    def __init__(self, start: float) -> None:
+        self.start = self.last = start
+        self.done = 0
+
+    def finished(self, total: int, now: float) -> str | None:
+        self.done += 1
+        if now - self.last < ETA_EVERY or self.done >= total:
+            return None
+        self.last = now
+        return eta_line(self.done, total, now - self.start)
+
+
+class EtaReporter:
+    """A plugin registered in a harness session's main process (an xdist worker sees only its share of the tests)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.eta = Eta(time.monotonic())
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        session = self.config.stash.get(pytest_session_key, None)
+        line = self.eta.finished(session.testscollected if session is not None else 0, time.monotonic())
+        if line is not None:
+            LOG.info(line)
+
+
+def _live_logging(config: pytest.Config) -> bool:
+    return config.getoption("log_cli_level", None) is not None or bool(config.getini("log_cli"))
+
+
+class _WorkerStderr(logging.Handler):
+    """A pytest-xdist worker's progress, written to stderr past capture (a worker has no terminal, so no live log)."""
+
+    def __init__(self, config: pytest.Config, worker: str) -> None:
+        super().__init__()
+        self.config, self.worker = config, worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(f"[{self.worker}] {self.format(record)}\n")
+            sys.stderr.flush()
+
+
+def _log_level(config: pytest.Config) -> int:
+    """The live-log level the user asked for (pytest's --log-cli-level, or its ini settings)."""
+    text = config.getoption("log_cli_level", None) or config.getini("log_cli_level") or config.getini("log_level") or "WARNING"
+    return int(text) if str(text).isdigit() else logging.getLevelName(str(text).upper())
+
+
+# -- beginning a session --------------------------------------------------------------------
+
 harness_key = pytest.StashKey[HarnessSession]()
-previous_sink_key = pytest.StashKey[Callable[[str], None]]()
+grouped_key = pytest.StashKey[bool]()  # the controller chose --dist loadgroup for the user
+pytest_session_key = pytest.StashKey[pytest.Session]()
+
+
+def session_of(config: pytest.Config) -> HarnessSession:
+    """The harness session, begun on first use: options parsed and checked (a bad one is a usage error), progress on."""
+    session = config.stash.get(harness_key, None)
+    if session is None:
+        try:
+            settings = resolve(values_of(config.option))
+        except OptionError as e:
+            raise pytest.UsageError(str(e)) from None
+        session = HarnessSession(config, settings)
+        config.stash[harness_key] = session
+        _begin(config)
+    return session
+
+
+def _begin(config: pytest.Config) -> None:
+    level = LOG.level
+    LOG.setLevel(logging.INFO)  # captured with each test, shown live at --log-cli-level=INFO
+    handler: logging.Handler | None = None
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker
+        import torch
+
+        workers = int(config.workerinput.get("workercount", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores instead of oversubscribing
+        if _live_logging(config):
+            handler = _WorkerStderr(config, config.workerinput["workerid"])
+            handler.setLevel(_log_level(config))
+            LOG.addHandler(handler)
+    else:
+        config.pluginmanager.register(EtaReporter(config), "harness-eta")
+        if getattr(config.option, "numprocesses", None) and config.option.dist == "load" and not _dist_chosen(config):
+            config.option.dist = "loadgroup"  # xdist chose `load` for -n; keep each suspect's tests on one worker
+            config.stash[grouped_key] = True
+
+    def restore() -> None:
+        """A nested session (pytester) must leave the logger as it found it."""
+        LOG.setLevel(level)
+        if handler is not None:
+            LOG.removeHandler(handler)
+        if config.pluginmanager.has_plugin("harness-eta"):
+            config.pluginmanager.unregister(name="harness-eta")
+
+    config.add_cleanup(restore)
+
+
+def _dist_chosen(config: pytest.Config) -> bool:
+    """Whether the user chose a pytest-xdist distribution mode (on the command line, in PYTEST_ADDOPTS or addopts)."""
+    args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.getini("addopts")]
+    return any(a in ("--dist", "-d") or a.startswith("--dist=") for a in args)
+
+
+def worker_number(config: pytest.Config) -> int | None:
+    """N of pytest-xdist's worker `gwN`; None outside a worker."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    return None if worker is None else int(worker.removeprefix("gw"))
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+SUITE_MARKERS = ("effectiveness", "ablation", "robustness", "generalisation", "cost")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -327,41 +323,47 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{question}: the {question} suite (select with -m {question})")
     config.addinivalue_line("markers", "slow: a suite whose full grid takes hours on two CPU cores (deselect with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped without one")
-    config.stash[harness_key] = HarnessSession(config)
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: share the cores instead of oversubscribing them
-        import torch
-
-        workers = int(config.workerinput.get("workercount", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    from harness.training import progress_sink, set_progress_sink
-
-    config.stash[previous_sink_key] = progress_sink()
-
-    def show(line: str) -> None:
-        """Write a progress line live, past output capture, as pytest's live logging does."""
-        # Looked up per line: the reporter may register after this hook, and xdist workers have none.
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        capture = config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None:
-            return
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-            reporter.write_line(line)
-            reporter.flush()
-
-    set_progress_sink(show)
+    if not config.pluginmanager.hasplugin("xdist"):  # the suites' grid marks its tests' groups either way
+        config.addinivalue_line("markers", "xdist_group(name): tests that share a suspect (used by pytest-xdist's --dist loadgroup)")
+    if getattr(config, "workerinput", {}).get("harness_loadgroup"):
+        config.option.loadgroup = True  # workers parse the user's arguments again, which did not say loadgroup
+    if given(values_of(config.option)):
+        session_of(config)
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Give the progress sink back: a nested session (pytester) must not leave its closed terminal behind."""
-    if previous_sink_key in config.stash:
-        from harness.training import set_progress_sink
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker under --dist loadgroup, suffix each grouped test's id with its group where xdist's
+    own suffix did not take: xdist writes a field pytest 9.2's structured ids no longer read, and the tests would
+    silently spread (pytest-dev/pytest-xdist#1386). A no-op where xdist's suffix works."""
+    if not hasattr(config, "workerinput") or not config.getvalue("loadgroup"):
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = type(item._id).parse(item.nodeid + suffix)
 
-        set_progress_sink(config.stash[previous_sink_key])
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[pytest_session_key] = session
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     session = config.stash.get(harness_key, None)
-    return None if session is None else session.header()
+    if session is None:
+        return None
+    session.header_shown = True
+    return session.header()
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> str | None:
+    """The header of a session that began while its suites were collected (too late for pytest_report_header)."""
+    session = config.stash.get(harness_key, None)
+    if session is None or session.header_shown or config.get_verbosity() < 0 or config.option.no_header:
+        return None
+    session.header_shown = True
+    return session.header()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -370,6 +372,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA device")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A pytest-xdist worker sends its rows to the controller, which prints the tables."""
+    harness = session.config.stash.get(harness_key, None)
+    if harness is not None and hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["harness_rows"] = [dataclasses.asdict(r) for r in harness.rows]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Tell a pytest-xdist worker that its tests go out in groups (it marks their ids with the group)."""
+    if node.config.stash.get(grouped_key, False):
+        node.workerinput["harness_loadgroup"] = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    records = getattr(node, "workeroutput", {}).get("harness_rows")
+    if records:
+        session_of(node.config).add_worker_rows(records)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -381,22 +404,58 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 @pytest.fixture(scope="session")
 def harness(request: pytest.FixtureRequest) -> HarnessSession:
     """The harness session: chosen attacks, defenses, downstream tasks and seeds; `row(...)` builds and records a row."""
-    return request.config.stash[harness_key]
+    return session_of(request.config)
+
+
+def suspect_group(params: dict[str, object]) -> str | None:
+    """The xdist group of a grid test: the values that make its suspect, so that one worker builds it and its
+    defended rows. Tests without an attack (clean-encoder rows) share only the clean encoder: no group."""
+    if "attack" not in params:
+        return None
+    return "-".join(f"seed{v}" if a == "seed" else str(v) for a, v in params.items() if a not in DEFENDER_AXES)
 
 
 def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> None:
-    """Parametrise the test over the product of the axes it names, ids like `badencoder-fmnist-mimic-seed0`."""
-    names = [a for a in axes if a in metafunc.fixturenames]
+    """Parametrise the test over the product of the axes it names, ids like `badencoder-patch10-fmnist-mimic-seed0`.
+
+    An axis named "a,b" takes tuples (joint values, e.g. each attack with its scenarios); empty parts
+    are left out of the id.
+    """
+    names = [a for a in axes if all(part in metafunc.fixturenames for part in a.split(","))]
     if not names:
         return
     values = [list(axes[a]) for a in names]
-    params = [
-        pytest.param(*combo, id="-".join(f"seed{v}" if a == "seed" else str(v) for a, v in zip(names, combo)))
-        for combo in itertools.product(*values)
-    ]
+
+    def label(axis: str, value) -> list[str]:
+        parts = zip(axis.split(","), value) if "," in axis else [(axis, value)]
+        return [f"seed{v}" if a == "seed" else str(v) for a, v in parts if v != ""]
+
+    params = []
+    for combo in itertools.product(*values):
+        named = {a: v for axis, value in zip(names, combo) for a, v in (zip(axis.split(","), value) if "," in axis else [(axis, value)])}
+        group = suspect_group({a: v for a, v in named.items() if v != ""})
+        params.append(pytest.param(
+            *named.values(), id="-".join(p for a, v in zip(names, combo) for p in label(a, v)),
+            marks=[pytest.mark.xdist_group(group)] if group is not None else [],
+        ))
     metafunc.parametrize(",".join(names), params)
 
 
-def session_of(config: pytest.Config) -> HarnessSession:
-    return config.stash[harness_key]
+def attack_scenarios(session: "HarnessSession", attacks: list[str]) -> list[tuple[str, str]]:
+    """Each chosen attack with the profile's scenarios (triggers), or with "" if it brings its own trigger."""
+    from harness.pipeline import OWN_TRIGGER
+    from harness.registry import ATTACKS
 
+    scenarios = session.profile.scenarios
+    return [(a, s) for a in attacks for s in (("",) if ATTACKS.has_tag(a, OWN_TRIGGER) else scenarios)]
+
+
+def require_implanted(row: "Row") -> None:
+    """Skip the calling test, with the reason, when the row's attack did not implant: it can show no defense working."""
+    __tracebackhide__ = True
+    if row.implanted is False:
+        import json
+
+        control = json.loads(row.settings)["control"]
+        pytest.skip(f"attack did not implant: undefended ASR(all) {control['undefended_asr_all']:.2f} % "
+                    f"< the profile's bound {control['implant_asr_all']:g} %")

@@ -1,8 +1,19 @@
 """Profiles: every size and budget of a run in one frozen dataclass.
 
+Results are findings. A profile's fields are fixed by attack-side and
+encoder-side criteria only, never by what a defense then does:
+- the undefended attack implants: ASR(all) >= `implant_asr_all` (the positive
+  control every defended row is read against);
+- the clean encoder is usable: its ACC well above the random-encoder row's;
+- every defense budget follows one rule, the budget rule: each defense runs its
+  own reference recipe (epochs, inner steps, inversion steps, MINE steps, as
+  its paper's code sets them) scaled by the profile's `budget_fraction`,
+  rounded up, never below the minimum that keeps the loop meaningful
+  (`Budget.steps` in harness/contract.py; each defense's config lists its
+  reference loops and minimums). MIMIC's MINE steps count in its budget.
+
 - `tiny`: two CPU cores, minutes; Fashion-MNIST pre-training, Fashion-MNIST and
-  scikit-learn digits downstream. The CI and demo profile, calibrated so that
-  the paper's phenomenon shows (BadEncoder ASR >= 90 %, clean control low).
+  scikit-learn digits downstream. The CI and demo profile.
 - `small`: CPU, about an hour; the same data at a larger width and budget.
 - `paper`: GPU; the paper's setting (ResNet-18 width 64, CIFAR10 pre-training,
   GTSRB / SVHN / STL10 downstream, 4 % clean subset, MLP probe).
@@ -42,7 +53,9 @@ class Profile:
     temperature: float = 0.5
     crop_scale: tuple[float, float] = (0.08, 1.0)
     # attacks
-    trigger: str = "patch"
+    trigger: str = "patch"  # the paper's white square; sweeps and ablations use it
+    scenarios: tuple[str, ...] = ("patch",)  # triggers the effectiveness suite runs encoder-tampering attacks with
+    implant_asr_all: float = 50.0  # the positive control: an undefended attack "implanted" at ASR(all) >= this, %
     trigger_size: int = 10
     attack_epochs: int = 200
     attack_batch: int = 256
@@ -51,11 +64,9 @@ class Profile:
     shadow_size: int = 50_000  # images of the pre-training set the attacker holds
     reference_images: int = 1  # downstream target-class images given to BadEncoder
     shadow_with_downstream: bool = False  # add as many unlabeled downstream-train images (at most shadow_size)
-    # defenses: one budget for every defense, so the comparison is fair. Every defense gets the same clean
-    # subset and `defense_epochs` passes over it at `defense_batch` and `defense_lr`; MIMIC spends them on
-    # distillation (plus its MI localisation), FT and FP on SSL fine-tuning, NAD on teacher fine-tuning and
-    # distillation together, ANP on mask steps. Seconds differ and are reported per row (the cost suite).
-    defense_epochs: int = 1000
+    # defenses: the budget rule (module docstring). A defense runs ceil(budget_fraction * its reference
+    # loop lengths), at least each loop's minimum; `defense_batch` and `defense_lr` drive its optimiser.
+    budget_fraction: float = 1.0
     defense_batch: int = 128
     defense_lr: float = 1e-3
     # downstream evaluation
@@ -71,6 +82,12 @@ class Profile:
             raise ValueError(f"probe must be 'linear' or 'mlp', got {self.probe!r}")
         if self.attack_optimizer not in ("sgd", "adam"):
             raise ValueError(f"attack_optimizer must be 'sgd' or 'adam', got {self.attack_optimizer!r}")
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if not 0 <= self.implant_asr_all <= 100:
+            raise ValueError(f"implant_asr_all must be a percentage, got {self.implant_asr_all}")
+        if not self.scenarios:
+            raise ValueError("scenarios needs at least one trigger name")
         if not 1 <= self.trigger_size <= 32:
             raise ValueError(f"trigger_size must be between 1 and the image size 32, got {self.trigger_size}")
         for f in dataclasses.fields(self):
@@ -96,11 +113,14 @@ def tiny() -> Profile:
         clean_ratio=0.04,
         ssl_epochs=8,
         crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
-        # A uniform white square occurs in augmented crops of light garments, so a defender's clean
-        # Fashion-MNIST shows the backdoor's response and distillation copies it (measured: MIMIC
-        # left ASR 93 % with it). A 1-pixel checkerboard never occurs in grayscale garments, as a
-        # white square rarely does in CIFAR10's natural images.
-        trigger="checkerboard",
+        # Attack side, fixed by the implant criterion (BadEncoder ASR(all) >= 90 % on both tasks):
+        # the paper's white 10x10 square; a uniform white square also occurs in augmented crops of light
+        # garments, so the defender's clean data exercises this backdoor (exposed). The effectiveness
+        # suite runs the one-pixel checkerboard beside it, which never occurs in grayscale garments
+        # (unexposed): two scenarios at the same budgets. harness/exposure.py measures which is which.
+        trigger="patch",
+        scenarios=("patch", "checkerboard"),
+        implant_asr_all=90.0,
         attack_epochs=8,
         attack_batch=64,  # more, gentler steps keep clean digits ACC (a shifted domain) within 3 points
         attack_lr=3e-4,
@@ -108,7 +128,9 @@ def tiny() -> Profile:
         shadow_size=1500,
         reference_images=5,
         shadow_with_downstream=True,  # keeps clean ACC on digits, a shifted domain
-        defense_epochs=75,  # 150 steps over the 200-image clean subset (4 %)
+        # Defense side, the budget rule: 7.5 % of every reference recipe, chosen for the compute two CPU
+        # cores give a defense run (MIMIC's 1000 reference epochs become 75 over the 200-image subset).
+        budget_fraction=0.075,
         defense_batch=100,
         probe="linear",
         probe_epochs=100,
@@ -128,7 +150,7 @@ def small() -> Profile:
         downstream_test_size=10_000,
         ssl_epochs=30,
         shadow_size=10_000,
-        defense_epochs=100,
+        budget_fraction=0.1,
         probe="mlp",
         probe_epochs=200,
         probe_lr=1e-3,
@@ -179,3 +201,25 @@ def with_overrides(profile: Profile, assignments: typing.Iterable[str]) -> Profi
             raise ValueError(f"unknown profile field {key!r}; fields: {', '.join(f for f in hints if f != 'name')}")
         changes[key] = _parse_value(key, hints[key], text.strip())
     return dataclasses.replace(profile, **changes) if changes else profile
+
+
+def changed_fields(profile: Profile) -> dict[str, typing.Any]:
+    """The fields in which `profile` differs from the registered profile of its name."""
+    base = get_profile(profile.name)
+    return {f.name: getattr(profile, f.name) for f in dataclasses.fields(Profile) if getattr(profile, f.name) != getattr(base, f.name)}
+
+
+def resolved_id(profile: Profile) -> str:
+    """The profile's name, with a hash of its changed fields when it is not the registered profile.
+
+    Rows record it, and tables never merge rows of different resolved profiles: a run with
+    `--set width=32` is not a `tiny` run.
+    """
+    import hashlib
+    import json
+
+    changes = changed_fields(profile)
+    if not changes:
+        return profile.name
+    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{profile.name}+{digest}"

@@ -78,8 +78,6 @@ class Bottleneck(nn.Module):
 class ResNet(Encoder):
     """A ResNet of basic or bottleneck blocks; `feature_dim` = 8 * width (basic) or 32 * width (bottleneck)."""
 
-    ARCH = "resnet"  # the registry name its files are saved under (harness/artifacts.py)
-
     def __init__(self, config: ResNetConfig) -> None:
         nn.Module.__init__(self)  # Encoder's constructor builds basic blocks with a padding-1 stem only
         self.config = config

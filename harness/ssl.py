@@ -10,22 +10,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
+from harness.losses import nt_xent
 from harness.models import Encoder, Projector, build_encoder
 from harness.training import Progress, cosine_schedule, seed_everything, shuffled_batches, steps_per_epoch, to_float
-
-
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
-    """NT-Xent of two views' projections z1, z2: (N, D) each -> scalar."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2N, D)
-    n = z1.shape[0]
-    logits = z @ z.T / temperature  # (2N, 2N)
-    logits.fill_diagonal_(float("-inf"))
-    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits, positives)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import math
 import random
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Iterator, TextIO
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.models import Encoder, clone_architecture
@@ -88,19 +91,65 @@ def teacher_and_student(suspect: Encoder, device: torch.device) -> tuple[Encoder
     return teacher, clone_architecture(teacher).train()
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    """One optimiser step on `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def run_epochs(
+    stage: str, epochs: int, n: int, batch_size: int, gen: torch.Generator,
+    step: Callable[[Tensor, int], dict[str, float]], note: Callable[[int], dict[str, float]] | None = None,
+) -> "Progress":
+    """The loop every method shares: `epochs` passes over shuffled index batches of range(n).
+
+    `step(idx, epoch)` trains on one batch and returns its loss terms (floats); each epoch's
+    progress line shows their means over the epoch's images, plus what `note(epoch)` adds.
+    Returns the finished `Progress` (its `seconds` is the loop's time).
+    """
+    progress = Progress(stage, epochs)
+    for epoch in range(epochs):
+        running = RunningMeans()
+        for idx in shuffled_batches(n, batch_size, gen):
+            running.add(len(idx), **step(idx, epoch))
+        means = running.means()
+        for k, v in means.items():
+            progress.history.setdefault(k, []).append(v)
+        progress.epoch(epoch, running.images, **means, **(note(epoch) if note else {}))
+    return progress
+
+
+@torch.no_grad()
+def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, batch_size: int = 512, normalise: bool = False) -> Tensor:
+    """Features of uint8 images (N, 3, H, W) in batches, on `device`; L2-normalised when asked."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        h = encoder(to_float(images[i : i + batch_size], device))
+        out.append(F.normalize(h, dim=1) if normalise else h)
+    return torch.cat(out)
+
+
 # -- progress -----------------------------------------------------------------------
 
-_sink: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+# The standard logging module, so that a host decides where progress goes: pytest captures it with each
+# test's output and shows it live with --log-cli-level=INFO; `harness` commands send it to stderr.
+log = logging.getLogger("harness")
 
 
-def progress_sink() -> Callable[[str], None]:
-    return _sink
-
-
-def set_progress_sink(sink: Callable[[str], None]) -> None:
-    """Where progress lines go (the pytest plugin sends them to its terminal, past output capture)."""
-    global _sink
-    _sink = sink
+@contextlib.contextmanager
+def progress_to(stream: TextIO | None = None) -> Iterator[None]:
+    """Inside the block, write the harness's progress lines to `stream` (default: stderr), as `harness` commands do."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 class RunningMeans:
@@ -124,6 +173,7 @@ class Progress:
 
     def __init__(self, stage: str, epochs: int) -> None:
         self.stage, self.epochs = stage, epochs
+        self.history: dict[str, list[float]] = {}  # per-epoch means of each loss term (run_epochs fills it)
         self.start = time.perf_counter()
         self._epoch_start = self.start
 
@@ -131,11 +181,11 @@ class Progress:
         now = time.perf_counter()
         rate = images / max(now - self._epoch_start, 1e-9)
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        _sink(f"[{self.stage}] epoch {epoch + 1}/{self.epochs} {shown} {rate:.0f} img/s {now - self.start:.1f}s")
+        log.info("[%s] epoch %d/%d %s %.0f img/s %.1fs", self.stage, epoch + 1, self.epochs, shown, rate, now - self.start)
         self._epoch_start = now
 
     def note(self, text: str) -> None:
-        _sink(f"[{self.stage}] {text}")
+        log.info("[%s] %s", self.stage, text)
 
     @property
     def seconds(self) -> float:

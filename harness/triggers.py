@@ -88,7 +88,8 @@ def patch(config: PatchConfig) -> Trigger:
     mask = torch.zeros(1, n, n)
     mask[:, top : top + s, top : top + s] = 1
     pattern = torch.tensor(config.color, dtype=torch.float32).view(3, 1, 1).expand(3, n, n).clone() * mask
-    square = Trigger(f"patch{s}", pattern, mask)
+    colour = "" if tuple(config.color) == (1.0, 1.0, 1.0) else "-" + "".join(f"{round(255 * c):02x}" for c in config.color)
+    square = Trigger(f"patch{s}{colour}", pattern, mask)  # a white square is "patch10", a red one "patch10-ff0000"
     return square if config.position is None else square.placed(*config.position)
 
 

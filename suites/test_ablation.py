@@ -3,9 +3,13 @@
 The paper reports that the clone loss alone leaves most of the backdoor
 (ASR ~69 %), that each of L1, L2 and the MI guidance lowers ASR, and that ASR is
 low only for lambda1 > 0.4 and lambda2 > 1000. Each variant is one row (the sweeps
-also as curves, `plot-ablation-lambda1.png`, `plot-ablation-lambda2.png`); the
-claim checked here is only that the variant ran as configured, since the
-ablation's point is the comparison the table shows, whatever it shows.
+also as curves, `plot-ablation-lambda1.png`, `plot-ablation-lambda2.png`), on the
+profile's trigger (the paper's white square: on the tiny profile, the scenario the
+defender's clean data exercises). The claims checked here are that the variant
+ran as configured, on an attack that implanted (else the test is skipped with
+that reason); the ablation's point is the comparison the table shows, whatever it
+shows, and its own positive control, `ablation.md`: the ablation is informative
+only where clone loss alone inherits the backdoor (results.ablation_verdict).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import json
 
 import pytest
 
-from harness.plugin import parametrize_grid, session_of
+from harness.pipeline import CLEAN, UNDEFENDED
+from harness.plugin import parametrize_grid, require_implanted, session_of
 
 SUITE = "ablation"
 COMPONENTS: dict[str, dict] = {
@@ -44,7 +49,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_variant(harness, attack: str, downstream: str, defense: str, variant: str, seed: int) -> None:
-    row = harness.row(SUITE, attack, defense, downstream, seed, variant=variant, **VARIANTS[variant])
+    harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed, trigger_of=attack)  # the control clone_only is read against
+    harness.row(SUITE, attack, UNDEFENDED, downstream, seed)
+    row = harness.row(SUITE, attack, defense, downstream, seed, variant=variant, defense_overrides=VARIANTS[variant])
+    require_implanted(row)
     settings = json.loads(row.settings)
     assert settings["defense_overrides"] == VARIANTS[variant]
     guided = VARIANTS[variant].get("mi_guidance", True) and VARIANTS[variant].get("attention", True)

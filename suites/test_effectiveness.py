@@ -1,12 +1,17 @@
-"""RQ1, effectiveness (the paper's Table I): attack x downstream task x defense.
+"""RQ1, effectiveness (the paper's Table I): attack x scenario x downstream task x defense.
 
-Three claims, one per test:
-- the clean encoder, with the profile's trigger stamped, does not predict the
-  target (the control that every ASR is read against; an attack with a trigger
-  of its own, such as BASSL, gets a control row with its trigger too);
-- the undefended suspect does (the attack implanted a backdoor, so defense rows
-  are meaningful);
-- every registered defense's row meets the `--gate` bounds.
+An encoder-tampering attack runs once per scenario of the profile (its
+triggers: on the tiny profile the paper's white square, which the defender's
+clean data exercises, and a checkerboard, which it never does; each row's
+exposure says which is which). Four claims, one per test:
+- the controls: the clean encoder with the scenario's trigger stamped does not
+  predict the target, and it is usable: its ACC is well above a randomly
+  initialised encoder's under the same probe (an attack with a trigger of its
+  own, such as BASSL, gets control rows with its trigger);
+- the undefended suspect implants: ASR(all) at least the profile's bound, the
+  positive control every defended row is read against;
+- every registered defense's row meets the `--gate` bounds (skipped, with the
+  reason, where the attack did not implant).
 """
 
 from __future__ import annotations
@@ -14,34 +19,44 @@ from __future__ import annotations
 import pytest
 
 from harness.gates import Gate, check
-from harness.pipeline import CLEAN, UNDEFENDED
-from harness.plugin import parametrize_grid, session_of
+from harness.pipeline import CLEAN, RANDOM, UNDEFENDED
+from harness.plugin import attack_scenarios, parametrize_grid, require_implanted, session_of
 
 SUITE = "effectiveness"
-CONTROL_ASR_AT_MOST = 15.0  # a trigger alone moves few clean-encoder predictions to the target
-BACKDOOR_MARGIN = 20.0  # points of ASR(non-target) an implanted backdoor adds over the clean control
+CONTROL_ASR_AT_MOST = 15.0  # ASR(non-target): a trigger alone moves few clean-encoder predictions to the target
+USABLE_MARGIN = 5.0  # points of ACC by which the clean encoder must beat a random one
 
 pytestmark = [pytest.mark.suite(SUITE), pytest.mark.effectiveness]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     h = session_of(metafunc.config)
-    parametrize_grid(metafunc, {"attack": h.attacks(), "downstream": h.downstream(), "defense": h.defenses(), "seed": h.seeds})
+    controls = sorted({s for _, s in attack_scenarios(h, h.attacks()) if s} or set(h.profile.scenarios))
+    parametrize_grid(metafunc, {"attack,scenario": attack_scenarios(h, h.attacks()), "control_scenario": controls,
+                                "downstream": h.downstream(), "defense": h.defenses(), "seed": h.seeds})
 
 
-def test_clean_control(harness, downstream: str, seed: int) -> None:
-    row = harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed)
-    check(row, Gate("asr_nontarget", "<=", CONTROL_ASR_AT_MOST))
+def _controls(harness, scenario: str, downstream: str, seed: int, trigger_of: str | None = None):
+    clean = harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed, scenario=scenario, trigger_of=trigger_of)
+    random = harness.row(SUITE, RANDOM, UNDEFENDED, downstream, seed, scenario=scenario, trigger_of=trigger_of)
+    return clean, random
 
 
-def test_undefended(harness, attack: str, downstream: str, seed: int) -> None:
-    control = harness.row(SUITE, CLEAN, UNDEFENDED, downstream, seed, trigger_of=attack)  # the clean encoder, this attack's trigger
-    row = harness.row(SUITE, attack, UNDEFENDED, downstream, seed)
-    check(row, Gate("asr_nontarget", ">=", control.asr_nontarget + BACKDOOR_MARGIN))
+def test_controls(harness, control_scenario: str, downstream: str, seed: int) -> None:
+    clean, random = _controls(harness, control_scenario, downstream, seed)
+    check(clean, Gate("asr_nontarget", "<=", CONTROL_ASR_AT_MOST))
+    check(clean, Gate("acc", ">=", random.acc + USABLE_MARGIN))
 
 
-def test_defended(harness, attack: str, downstream: str, defense: str, seed: int) -> None:
-    undefended = harness.row(SUITE, attack, UNDEFENDED, downstream, seed)
-    row = harness.row(SUITE, attack, defense, downstream, seed)
+def test_undefended(harness, attack: str, scenario: str, downstream: str, seed: int) -> None:
+    _controls(harness, scenario, downstream, seed, trigger_of=None if scenario else attack)  # the controls with this attack's trigger
+    row = harness.row(SUITE, attack, UNDEFENDED, downstream, seed, scenario=scenario)
+    check(row, Gate("asr_all", ">=", harness.profile.implant_asr_all))
+
+
+def test_defended(harness, attack: str, scenario: str, downstream: str, defense: str, seed: int) -> None:
+    undefended = harness.row(SUITE, attack, UNDEFENDED, downstream, seed, scenario=scenario)
+    row = harness.row(SUITE, attack, defense, downstream, seed, scenario=scenario)
+    require_implanted(row)
     for gate in harness.gates:
         check(row, gate, undefended)

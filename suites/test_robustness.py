@@ -6,9 +6,13 @@
 - the adaptive attack (attacks/adaptive.py) is one of the attacks, so `--attack=adaptive` asks RQ3.4.
 
 The sweeps run for MIMIC (`ROBUSTNESS_OF`), as in the paper, when it is among the
-chosen defenses. Every point is one row (variant "name=value"); the session writes one curve per
-sweep (`plot-robustness-<name>.png`). The claims are the `--gate` bounds, checked
-on every defended row against the undefended row of the same setting.
+chosen defenses, on the profile's trigger. Every point is one row (variant
+"name=value"); the session writes one curve per sweep (`plot-robustness-<name>.png`).
+Every point first checks its positive control: where the attack did not implant at
+that point (undefended ASR(all) under the profile's bound), the test is skipped with
+that reason and the row's `implanted` column says "no", never a defense success.
+The claims are the `--gate` bounds, checked on every defended row against the
+undefended row of the same setting.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pytest
 
 from harness.gates import check
 from harness.pipeline import UNDEFENDED
-from harness.plugin import parametrize_grid, session_of
+from harness.plugin import parametrize_grid, require_implanted, session_of
 
 SUITE = "robustness"
 TRIGGER_SIZES = (3, 5, 10)
@@ -37,6 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _gate(harness, row, undefended) -> None:
+    require_implanted(row)
     for gate in harness.gates:
         check(row, gate, undefended)
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from attacks.adaptive import AdaptiveConfig, adaptive_loss, attention_gap
 from attacks.badencoder import TamperBatch, badencoder_loss
 from attacks.badnets import BadNetsConfig, badnets, poison_labelled
-from attacks.bassl import BASSLConfig, bassl, poison
+from attacks.bassl import BASSLConfig, bassl, insert, poison
 from harness.contract import AttackInputs, AttackNotApplicable
 from harness.models import STAGES, build_encoder
 from harness.ssl import SimCLRConfig
@@ -42,9 +42,30 @@ def test_bassl_poisons_exactly_the_share_of_the_category_in_bounds(category, rat
     assert torch.equal(again, poisoned) and torch.equal(plan2.tops, plan.tops)
 
 
-def test_poison_rate_is_checked():
+def test_poison_settings_are_checked():
+    with pytest.raises(ValueError, match="inserted_share or poison_rate"):
+        BASSLConfig(inserted_share=0.0, poison_rate=0.0)
     with pytest.raises(ValueError, match="poison_rate"):
-        BASSLConfig(poison_rate=0.0)
+        BASSLConfig(poison_rate=1.5)
+
+
+@given(share=st.floats(0.0, 1.0), n_pretrain=st.integers(1, 30), n_target=st.integers(1, 20), size=st.sampled_from([3, 5, 10]),
+       seed=st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_bassl_inserts_exactly_the_stated_number_of_triggered_target_images(share, n_pretrain, n_target, size, seed):
+    pretrain, targets = images(seed, n_pretrain), images(seed + 1, n_target)
+    trigger = make_trigger("patch", size)
+    poisoned, plan = insert(pretrain, targets, trigger, share, torch.Generator().manual_seed(seed))
+    expected = round(share * n_target)
+    assert len(poisoned) == n_pretrain + expected and len(plan.indices) == expected
+    assert torch.equal(poisoned[:n_pretrain], pretrain)  # nothing else is touched
+    assert torch.equal(plan.indices, torch.arange(n_pretrain, n_pretrain + expected))
+    inserted = poisoned[n_pretrain:]
+    for image, top, left in zip(inserted, plan.tops.tolist(), plan.lefts.tolist()):
+        placed = trigger.placed(top, left)
+        # Each inserted image is one of the target class's images, stamped at its position.
+        assert any(torch.equal(image, placed.stamp(t[None])[0]) for t in targets)
+    assert len({tuple(i.flatten().tolist()) for i in inserted}) <= n_target
 
 
 def attack_inputs(target_in_pretrain: bool, epochs: int = 1) -> AttackInputs:
@@ -52,19 +73,23 @@ def attack_inputs(target_in_pretrain: bool, epochs: int = 1) -> AttackInputs:
     clean = build_encoder("resnet18", 4).eval()
     return AttackInputs(
         clean_encoder=lambda: clean, pretrain=images(), pretrain_labels=LABELS, shadow=images(1, 16), references=images(2, 2),
-        target=3, target_in_pretrain=target_in_pretrain, trigger=make_trigger("checkerboard", 5), arch="resnet18", width=4,
-        ssl=SimCLRConfig(epochs=epochs, batch_size=16), epochs=epochs, batch_size=8, lr=1e-3, optimizer="adam", device=torch.device("cpu"),
+        target_images=images(3, 10), target=3, target_in_pretrain=target_in_pretrain, trigger=make_trigger("checkerboard", 5),
+        arch="resnet18", width=4, ssl=SimCLRConfig(epochs=epochs, batch_size=16), epochs=epochs, batch_size=8, lr=1e-3,
+        optimizer="adam", device=torch.device("cpu"),
     )
 
 
-def test_bassl_needs_the_pre_training_classes():
+def test_bassl_applies_to_any_task_and_its_own_protocol_needs_the_pre_training_classes():
+    result = bassl(attack_inputs(target_in_pretrain=False), 0, BASSLConfig())
+    assert result.meta["inserted_images"] == 6 and result.meta["poisoned_pretraining_images"] == 0  # round(0.6 * 10)
     with pytest.raises(AttackNotApplicable, match="pre-training category"):
-        bassl(attack_inputs(target_in_pretrain=False), 0, BASSLConfig())
+        bassl(attack_inputs(target_in_pretrain=False), 0, BASSLConfig(poison_rate=0.5))
 
 
 def test_bassl_pre_trains_on_the_poisoned_set():
     result = bassl(attack_inputs(target_in_pretrain=True), 0, BASSLConfig(poison_rate=0.5, color=(0.0, 1.0, 0.0)))
-    assert result.meta["poisoned_images"] == 4 and result.target == 3  # round(0.5 * 7)
+    assert result.meta["poisoned_pretraining_images"] == 4 and result.target == 3  # round(0.5 * 7)
+    assert result.meta["inserted_images"] == 6
     # Its own trigger: an opaque patch of the given colour, the size of the profile's (5x5 here).
     assert result.trigger.describe()["box"] == [26, 26, 30, 30]
     assert result.trigger.pattern[:, 28, 28].tolist() == [0.0, 1.0, 0.0] and result.trigger.mask.sum() == 25

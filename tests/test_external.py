@@ -121,7 +121,7 @@ def test_scan_and_purify_on_a_harness_encoder(tmp_path, capsys):
     assert "evidence: the smallest mask" in capsys.readouterr().out
     out = tmp_path / "purified.safetensors"
     assert main(["purify", str(tmp_path / "suspect.safetensors"), "--data", str(tmp_path / "data"), "--defense", "mimic",
-                 "--out", str(out), "--set", "defense_epochs=1", "--set", "defense_batch=4"]) == 0
+                 "--out", str(out), "--set", "budget_fraction=0.001", "--set", "defense_batch=4"]) == 0
     purified = load_external_encoder(out, "resnet18")
     assert purified(torch.rand(1, 3, 32, 32)).shape == (1, 32)
     sidecar = json.loads(out.with_suffix(".json").read_text())

@@ -44,7 +44,7 @@ def test_baseline_round_trip_and_regressions_read_like_assertions(tmp_path):
     baseline = load_baseline(path)
     check_baseline(saved, baseline, tolerance=2.0)  # itself passes
     check_baseline(row(0, acc=78.5, asr=6.9, defense="mimic"), baseline, tolerance=2.0)  # within tolerance
-    with pytest.raises(AssertionError, match=r"regression for badencoder-fmnist-mimic-seed0: asr_nontarget = 7.50, baseline 5.00"):
+    with pytest.raises(AssertionError, match=r"regression for badencoder-fmnist-mimic-seed0: asr_all = 7.50, baseline 5.00"):
         check_baseline(row(0, acc=80.0, asr=7.5, defense="mimic"), baseline, tolerance=2.0)
     with pytest.raises(AssertionError, match=r"acc = 77.00, baseline 80.00"):
         check_baseline(row(0, acc=77.0, asr=5.0, defense="mimic"), baseline, tolerance=2.0)

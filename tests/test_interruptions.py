@@ -1,17 +1,19 @@
 """Killed runs and concurrent workers: no corrupt file is ever left, and an artifact is built once.
 
-Real subprocesses, real SIGKILLs: a writer loops over the store's and the results' write
-paths and is killed at random moments; afterwards every file must be complete, the next
-run rebuilds only what is missing, and a partial results line is never read as a row.
+Real subprocesses, real SIGKILLs. The writer goes through the store's and the results' write
+paths, and at a write chosen by the test it stops half-way and says so on its stdout; only
+then is it killed. The moment of the kill is set by the writer's own signal, never by a clock,
+so a loaded machine changes how long the test takes, not what it tests. Afterwards every file
+is complete, no temporary file survives the next open of the store, no complete results row is
+lost, and the next run rebuilds exactly what was never stored.
 """
 
 import os
-import random
 import signal
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 
 import pytest
 
@@ -21,20 +23,70 @@ from harness.results import ResultsStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
+# Every write of an artifact file goes through `_atomic_write`, every results row through the file that
+# `harness.results` opens: the writer wraps both, counts the writes, and stalls half-way through the
+# `stall_at`-th one. It prints what it finished, so the test knows what must have survived.
 WRITER = textwrap.dedent("""
     import sys, time, torch
+    import harness.artifacts as artifacts, harness.results as results_module
     from harness.artifacts import ArtifactStore
     from harness.models import build_encoder
     from harness.results import ResultsStore
     from tests.test_results import row
-    store, results = ArtifactStore(sys.argv[1]), ResultsStore(sys.argv[2])
-    torch.manual_seed(0)
-    i = 0
-    while True:  # until killed
-        store.encoder(f"defense-{i % 7}", lambda: (build_encoder("resnet18", 8), {"big": torch.rand(300_000)}, {"i": i}))
-        store.record(f"eval-{i % 11}", lambda: {"acc": float(i), "pad": "x" * 200_000})
-        results.append(row(seed=i, acc=float(i % 100)))
-        i += 1
+
+    cache, out, run, stall_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    writes = 0
+
+    def stall_here() -> bool:
+        global writes
+        writes += 1
+        return writes == stall_at
+
+    def stall(what):
+        print(f"stalled {what}", flush=True)
+        time.sleep(3600)  # the test kills the writer here
+
+    real_atomic_write = artifacts._atomic_write
+
+    def slow_atomic_write(path, write):
+        def half(tmp):
+            write(tmp)
+            if stall_here():
+                data = tmp.read_bytes()
+                tmp.write_bytes(data[: len(data) // 2])
+                stall(path.name)
+        real_atomic_write(path, half)
+
+    class SlowRows:
+        def __init__(self, f):
+            self.f = f
+        def write(self, data):
+            if stall_here():
+                self.f.write(data[: len(data) // 2])
+                self.f.flush()
+                stall("rows.jsonl")
+            return self.f.write(data)
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    artifacts._atomic_write = slow_atomic_write
+    results_module.open = lambda *args, **kwargs: SlowRows(open(*args, **kwargs))
+    store, results = ArtifactStore(cache), ResultsStore(out)
+    torch.manual_seed(run)
+    for i in range(50):
+        key = f"defense-{run}-{i}"
+        store.encoder(key, lambda: (build_encoder("resnet18", 8), {"big": torch.rand(300_000)}, {"i": i}))
+        print(f"stored {key}", flush=True)
+        key = f"eval-{run}-{i}"
+        store.record(key, lambda: {"acc": float(i), "pad": "x" * 200_000})
+        print(f"stored {key}", flush=True)
+        results.append(row(seed=1000 * run + i, acc=float(i % 100)))
+        print(f"appended {1000 * run + i}", flush=True)
+    sys.exit(f"the writer never reached write {stall_at}")
 """)
 
 BUILDER = textwrap.dedent("""
@@ -56,30 +108,67 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
 
 
-def test_sigkill_mid_write_never_leaves_a_corrupt_file(tmp_path):
-    cache, results = tmp_path / "cache", tmp_path / "results"
-    rng = random.Random(0)
-    for _ in range(6):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(cache), str(results)], env=_env())
-        time.sleep(1.5 + rng.random() * 1.5)  # past start-up, somewhere in the write loop
+def _run_until_it_stalls(cache, results, run: int, stall_at: int) -> list[str]:
+    """Start a writer, read what it reports until it says it stalled mid-write, then SIGKILL it."""
+    log = open(cache.parent / f"writer-{run}.log", "w+")  # a file, not a pipe: a full pipe would block the writer
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(cache), str(results), str(run), str(stall_at)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=log, text=True)
+    guard = threading.Timer(900, writer.kill)  # a hung writer fails the test instead of hanging it; not a schedule
+    guard.start()
+    try:
+        lines = []
+        for line in writer.stdout:
+            lines.append(line.strip())
+            if line.startswith("stalled"):
+                break
+        else:
+            log.seek(0)
+            pytest.fail(f"writer {run} ended (exit {writer.wait()}) without stalling: {lines[-3:]} {log.read()[-2000:]}")
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-    encoders = sorted(cache.rglob("*.safetensors"))
-    records = sorted(cache.rglob("*.json"))
-    assert encoders and records, "the writer never got to write; raise the sleep"
-    for path in encoders:
+        return lines
+    finally:
+        guard.cancel()
+        writer.stdout.close()
+        log.close()
+
+
+# Each writer does 5 writes per round (encoder and its digest, record and its digest, one row); the runs
+# stall in each of them after a round or two of complete writes: two torn rows in a row first, an encoder last.
+STALLS = (10, 15, 6, 7, 8, 9, 11)
+
+
+def test_sigkill_mid_write_never_leaves_a_corrupt_file_or_loses_a_row(tmp_path):
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    stored, appended, attempted, stalled_in = set(), [], set(), []
+    for run, stall_at in enumerate(STALLS):
+        lines = _run_until_it_stalls(cache, results, run, stall_at)
+        stored |= {line.split()[1] for line in lines if line.startswith("stored")}
+        appended += [int(line.split()[1]) for line in lines if line.startswith("appended")]
+        stalled_in.append(lines[-1].split()[1])
+        if stalled_in[-1] != "rows.jsonl":  # the next writer's store sweeps it when it opens
+            assert [p.name for p in cache.rglob(f".{stalled_in[-1]}.*.tmp")], f"run {run} was not killed mid-write"
+        rounds = len([line for line in lines if line.startswith("appended")]) + 1
+        attempted |= {f"{kind}-{run}-{i}" for kind in ("defense", "eval") for i in range(rounds)}
+    assert any(".safetensors" in s for s in stalled_in) and any(".json" in s for s in stalled_in), stalled_in
+    assert "rows.jsonl" in stalled_in, stalled_in
+    store = ArtifactStore(cache)  # opening the store sweeps what killed writers left
+    assert not list(cache.rglob("*.tmp"))
+    for path in cache.rglob("*.safetensors"):
         load_encoder(path)  # raises on a torn file
-    store = ArtifactStore(cache)
-    for path in records:
-        assert store.record(path.stem, lambda: pytest.fail(f"{path} was rebuilt: it is complete"))["acc"] >= 0
-    assert not [p for p in cache.rglob("*.tmp")], "temporary files are removed or never renamed into place"
-    lines = (results / "rows.jsonl").read_text().splitlines()
-    rows = ResultsStore(results).rows()
-    assert len(rows) >= len(lines) - 6  # at most one partial line per kill, and it is skipped
-    missing = [f"defense-{i}" for i in range(7) if not (cache / "defense" / f"defense-{i}.safetensors").exists()]
+    for key in sorted(k for k in stored if k.startswith("eval")):
+        assert store.record(key, lambda: pytest.fail(f"{key} was rebuilt: it was stored"))["acc"] >= 0
+    for key in sorted(k for k in stored if k.startswith("defense")):
+        store.encoder(key, lambda: pytest.fail(f"{key} was rebuilt: it was stored"))
+    assert [r.seed for r in ResultsStore(results).rows()] == appended  # every complete row, and no torn one
+
+    missing = sorted(attempted - stored)
     for key in missing:  # the next run builds only what is missing
-        store.encoder(key, lambda: (build_encoder("resnet18", 4), {}, {}))
-    assert store.builds == len(missing)
+        if key.startswith("defense"):
+            store.encoder(key, lambda: (build_encoder("resnet18", 4), {}, {}))
+        else:
+            store.record(key, lambda: {"acc": 0.0})
+    assert missing and store.builds == len(missing)
 
 
 def test_two_workers_build_a_shared_artifact_once_and_read_the_same_bytes(tmp_path):

@@ -233,7 +233,7 @@ def test_a_layout_loads_scans_purifies_and_goes_back_into_its_model_class(case, 
 
     out = tmp_path / "purified.safetensors"
     assert main(["purify", str(source), "--data", str(images), "--defense", case.defense, "--out", str(out),
-                 "--set", "defense_epochs=1", "--set", "defense_batch=4", *case.options]) == 0
+                 "--set", "budget_fraction=0.001", "--set", "defense_batch=4", *case.options]) == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     written = tmp_path / f"purified.{case.layout}{case.suffix}"
     assert sidecar["in_layout"] == str(written) and sidecar["layout"] == case.layout
@@ -255,7 +255,7 @@ def test_the_harness_own_state_dict_and_file_round_trip(images, tmp_path):
     assert checkpoint.layout == "harness" and checkpoint.prefix == "module." and checkpoint.geometry.is_identity
     out = tmp_path / "p.safetensors"
     assert main(["purify", str(tmp_path / "own.pt"), "--data", str(images), "--defense", "mimic", "--out", str(out),
-                 "--set", "defense_epochs=1", "--set", "defense_batch=4"]) == 0
+                 "--set", "budget_fraction=0.001", "--set", "defense_batch=4"]) == 0
     back = torch.load(tmp_path / "p.harness.pt", weights_only=True)
     fresh = build_encoder("resnet18", 4)
     fresh.load_state_dict({k.removeprefix("module."): v for k, v in back.items()}, strict=True)
@@ -265,16 +265,43 @@ def test_the_harness_own_state_dict_and_file_round_trip(images, tmp_path):
     # A harness file's own layout is the harness file: nothing else is written, and it records its geometry.
     save_encoder(tmp_path / "h.safetensors", encoder)
     assert main(["purify", str(tmp_path / "h.safetensors"), "--data", str(images), "--defense", "ft", "--out", str(tmp_path / "q.safetensors"),
-                 "--set", "defense_epochs=1", "--set", "defense_batch=4", "--image-size", "40"]) == 0
+                 "--set", "budget_fraction=0.001", "--set", "defense_batch=4", "--image-size", "40"]) == 0
     assert sorted(p.name for p in tmp_path.glob("q.*")) == ["q.json", "q.safetensors"]
     assert load_checkpoint(tmp_path / "q.safetensors").geometry == InputGeometry(40)
 
 
+@pytest.mark.parametrize("geometry", [
+    {"size": 100_000, "mean": [0, 0, 0], "std": [1, 1, 1]}, {"size": 32.0, "mean": [0, 0, 0], "std": [1, 1, 1]},
+    {"size": 32, "mean": [0, 0], "std": [1, 1, 1]}, {"size": 32, "mean": [0, 0, 0], "std": [0, 1, 1]},
+    {"size": 32, "mean": [float("nan"), 0, 0], "std": [1, 1, 1]}, {"size": 32, "mean": [10**400, 0, 0], "std": [1, 1, 1]},
+    {"size": 32, "mean": ["0", 0, 0], "std": [1, 1, 1]}, {"size": 32}, "224", None,
+], ids=repr)
+def test_a_recorded_geometry_is_checked_like_the_rest_of_the_file(tmp_path, geometry):
+    """A harness file's geometry decides what every forward pass resizes to: a crafted one is a one-line refusal."""
+    save_encoder(tmp_path / "g.safetensors", build_encoder("resnet18", 4), meta={"geometry": geometry})
+    with pytest.raises(ArtifactError, match="g.safetensors: metadata geometry is not an input geometry") as info:
+        load_checkpoint(tmp_path / "g.safetensors")
+    assert "\n" not in str(info.value)
+
+
+def test_a_harness_file_takes_no_key_map(tmp_path):
+    save_encoder(tmp_path / "h.safetensors", build_encoder("resnet18", 4))
+    with pytest.raises(ArtifactError, match="names its own tensors; drop --key-prefix and --key-map"):
+        load_checkpoint(tmp_path / "h.safetensors", key_map=(r"^x=y",))
+
+
 def test_purify_refuses_to_overwrite_the_input(images, tmp_path, capsys):
-    torch.save(build_encoder("resnet18", 4).state_dict(), tmp_path / "m.pt")
-    before = (tmp_path / "m.pt").read_bytes()
-    assert main(["purify", str(tmp_path / "m.pt"), "--data", str(images), "--out", str(tmp_path / "m.pt")]) == 2
-    assert "refusing to overwrite" in capsys.readouterr().err and (tmp_path / "m.pt").read_bytes() == before
+    save_file({k: v.contiguous() for k, v in build_encoder("resnet18", 4).state_dict().items()}, str(tmp_path / "m.safetensors"))
+    before = (tmp_path / "m.safetensors").read_bytes()
+    assert main(["purify", str(tmp_path / "m.safetensors"), "--data", str(images), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "is the command's input" in capsys.readouterr().err and (tmp_path / "m.safetensors").read_bytes() == before
+    # The third output, the weights in the input's layout, is checked too: here it would be the input itself.
+    source = tmp_path / "o.torchvision.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), source)
+    before = source.read_bytes()
+    assert main(["purify", str(source), "--data", str(images), "--out", str(tmp_path / "o.safetensors"), "--force"]) == 2
+    assert f"{source}: is the command's input" in capsys.readouterr().err and source.read_bytes() == before
+    assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o.json").exists()
 
 
 def test_an_unknown_layout_is_one_line_naming_the_closest(tmp_path, capsys):

@@ -81,17 +81,19 @@ def test_student_starts_random_and_keeps_the_interface(config):
     suspect = build_encoder("resnet18", 4).eval()
     before = {k: v.clone() for k, v in suspect.state_dict().items()}
     clean = CleanSubset(torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8))
-    result = mimic(suspect, clean, Budget(epochs=1, batch_size=8, lr=1e-3, device=CPU), seed=0, config=config)
+    budget = Budget(fraction=0.001, batch_size=12, lr=1e-3, device=CPU)  # the budget rule's floors: 5 epochs, 100 MINE steps
+    result = mimic(suspect, clean, budget, seed=0, config=config)
     student = result.encoder
     assert type(student) is type(suspect) and student.config == suspect.config
     assert all(torch.equal(before[k], v) for k, v in suspect.state_dict().items())  # the suspect is not modified
-    # One epoch of three steps cannot turn random weights into the suspect's.
+    # Ten steps cannot turn random weights into the suspect's.
     assert not torch.allclose(student.stem[0].weight, suspect.stem[0].weight, atol=1e-2)
     assert student(torch.rand(2, 3, 32, 32)).shape == (2, suspect.feature_dim)
     assert set(result.meta["beta_per_stage"]) == set(STAGES)
     localised = config.mi_guidance and config.attention
     assert bool(result.meta["mi_per_stage"]) == localised
     assert set(result.meta["localisation_seconds_per_stage"]) == ({"samples", *STAGES} if localised else set())
+    assert result.meta["steps"] == {"distillation_epochs": 5, "mine_steps_per_stage": 100 if localised else 0}
 
 
 def test_config_is_checked():

@@ -1,6 +1,7 @@
 """The flow end to end at micro size: caching, determinism, and the defense boundary."""
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -8,11 +9,12 @@ import torch
 from harness.artifacts import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
-from harness.pipeline import CLEAN, UNDEFENDED, Workbench
-from harness.plugin import load_methods
+from harness.options import load_methods
+from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
-from tests.test_plugin import MICRO
+from harness.rowspec import RowSpec
+from tests.test_plugin import MICRO_FIELDS
 
 load_methods()
 FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
@@ -20,7 +22,7 @@ FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "down
 
 @pytest.fixture(scope="module")
 def micro_profile():
-    return with_overrides(get_profile("tiny"), MICRO[1::2])
+    return with_overrides(get_profile("tiny"), MICRO_FIELDS)
 
 
 @pytest.fixture
@@ -43,12 +45,12 @@ def spy(monkeypatch):
 
 def test_defense_receives_only_a_fresh_suspect_clean_images_and_budget(bench, spy):
     suspect = bench.suspect("badencoder", "fmnist", 0)
-    row = bench.row("t", "badencoder", "spy", "fmnist", 0)
+    row = bench.row(RowSpec("t", "badencoder", "spy", "fmnist", 0))
     (call,) = spy
     assert isinstance(call["suspect"], Encoder) and call["suspect"] is not suspect.built.encoder
     assert not hasattr(call["suspect"], "trigger") and not hasattr(call["suspect"], "target")
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}
-    assert set(vars(call["budget"])) == {"epochs", "batch_size", "lr", "device"}
+    assert set(vars(call["budget"])) == {"fraction", "batch_size", "lr", "device"}
     # The clean subset is a share of the pre-training images: no triggered or downstream image reaches it.
     n = len(call["clean"])
     assert n == bench.profile.clean_size and torch.equal(call["clean"].images, bench.pretrain_images[:n])
@@ -64,10 +66,10 @@ def test_no_defense_signature_can_carry_attack_knowledge(name):
 
 
 def test_same_seed_same_rows_and_cache_is_reused(micro_profile, tmp_path):
-    first = Workbench(micro_profile, ArtifactStore(tmp_path / "a"), torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
+    first = Workbench(micro_profile, ArtifactStore(tmp_path / "a"), torch.device("cpu")).row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0))
     again_store = ArtifactStore(tmp_path / "a")
-    again = Workbench(micro_profile, again_store, torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
-    fresh = Workbench(micro_profile, ArtifactStore(tmp_path / "b"), torch.device("cpu")).row("t", "badencoder", UNDEFENDED, "fmnist", 0)
+    again = Workbench(micro_profile, again_store, torch.device("cpu")).row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0))
+    fresh = Workbench(micro_profile, ArtifactStore(tmp_path / "b"), torch.device("cpu")).row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0))
     assert first == again == fresh  # seconds are not compared
     assert again_store.builds == 0 and again_store.hits >= 3
 
@@ -78,8 +80,37 @@ def test_another_seed_gives_another_encoder(bench):
     assert not torch.equal(a.encoder.stem[0].weight, b.encoder.stem[0].weight)
 
 
+def test_an_attack_row_carries_its_positive_control_and_exposure_and_the_controls_do_not(bench):
+    row = bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0))
+    settings = json.loads(row.settings)
+    assert row.implanted == (row.asr_all >= bench.profile.implant_asr_all)
+    assert settings["control"]["undefended_asr_all"] == pytest.approx(row.asr_all, abs=1e-3)
+    assert row.exposure == pytest.approx(settings["exposure"]["exposure"], abs=1e-3)
+    assert set(settings["exposure"]) == {"suspect", "clean_encoder", "exposure"} and row.scenario == bench.trigger().name
+    random = bench.row(RowSpec("t", RANDOM, UNDEFENDED, "fmnist", 0))
+    clean = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0))
+    assert random.implanted is None and random.exposure is None and clean.implanted is None
+    assert bench.random_encoder(0).key != bench.clean_encoder(0).key
+
+
+def test_a_scenario_is_the_trigger_the_attack_and_its_controls_use(bench):
+    row = bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0, scenario="checkerboard"))
+    control = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0, scenario="checkerboard"))
+    assert row.scenario == control.scenario == bench.trigger("checkerboard").name != bench.trigger().name
+    assert row.identity != bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0)).identity
+
+
+def test_rows_record_the_resolved_profile(micro_profile, tmp_path):
+    from harness.profiles import changed_fields, resolved_id
+
+    bench = Workbench(micro_profile, ArtifactStore(tmp_path / "c"), torch.device("cpu"))
+    row = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0))
+    assert row.profile == resolved_id(micro_profile) != "tiny" and row.profile.startswith("tiny+")
+    assert json.loads(row.settings)["profile_changes"] == json.loads(json.dumps(changed_fields(micro_profile), default=str))
+
+
 def test_clean_control_uses_the_profile_trigger_and_dataset_target(bench):
-    row = bench.row("t", CLEAN, UNDEFENDED, "digits", 0)
+    row = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "digits", 0))
     expected = f'"name": "{bench.trigger().name}"'
     assert row.attack == CLEAN and '"target": 1' in row.settings and expected in row.settings
 
@@ -97,19 +128,19 @@ def test_clean_ratio_is_checked(bench):
 
 def test_a_supervised_attack_is_read_as_a_classifier(bench, spy):
     quick = {"epochs": 1}
-    undefended = bench.row("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick)
+    undefended = bench.row(RowSpec("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick))
     assert '"classifier": "the attack\'s head"' in undefended.settings and '"name": "checkerboard3"' in undefended.settings
-    defended = bench.row("t", "badnets", "spy", "fmnist", 0, attack_overrides=quick)
+    defended = bench.row(RowSpec("t", "badnets", "spy", "fmnist", 0, attack_overrides=quick))
     (call,) = spy
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}  # no labels reach the defense
     assert "head refitted on the labelled clean subset" in defended.settings
     assert undefended.n_test == defended.n_test == bench.downstream("fmnist")[1].images.shape[0]
-    control = bench.row("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick, refit_head=True)
+    control = bench.row(RowSpec("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick, refit_head=True))
     assert "head refitted on the labelled clean subset" in control.settings and '"defense_meta": {}' in control.settings
     with pytest.raises(ValueError, match="refit_head"):
-        bench.row("t", "badencoder", UNDEFENDED, "fmnist", 0, refit_head=True)
+        bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0, refit_head=True))
     with pytest.raises(AttackNotApplicable):
-        bench.row("t", "badnets", UNDEFENDED, "digits", 0, attack_overrides=quick)
+        bench.row(RowSpec("t", "badnets", UNDEFENDED, "digits", 0, attack_overrides=quick))
 
 
 def test_poisoned_clean_subset_stamps_exactly_the_share(bench):

@@ -1,16 +1,30 @@
 """The pytest plugin, exercised through pytester in a throw-away project."""
 
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from harness.options import load_methods
+from harness.plugin import Eta, _dist_chosen, eta_line, suspect_group
+
+# pytester's in-process runs drop the modules first imported inside them; torch cannot be imported twice in a
+# process, nor can a method register twice. Imported here, they outlive every inner run.
+load_methods()
+
 pytest_plugins = ["pytester"]
 
-SUITES = Path(__file__).resolve().parents[1] / "suites"
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ROOT / "suites"
 # A micro profile: everything real (Fashion-MNIST, SimCLR, BadEncoder, probes), only tiny in size.
-MICRO = ["--set", "width=4", "--set", "pretrain_size=256", "--set", "ssl_epochs=1", "--set", "attack_epochs=1",
-         "--set", "shadow_size=128", "--set", "downstream_train_size=256", "--set", "downstream_test_size=128",
-         "--set", "probe_epochs=30", "--set", "ssl_batch=64", "--set", "attack_batch=64"]
+MICRO_FIELDS = ["width=4", "pretrain_size=256", "ssl_epochs=1", "attack_epochs=1", "shadow_size=128", "downstream_train_size=256",
+                "downstream_test_size=128", "probe_epochs=30", "ssl_batch=64", "attack_batch=64"]
+MICRO = [arg for field in MICRO_FIELDS for arg in ("--harness-set", field)]
 
 
 @pytest.fixture
@@ -22,7 +36,8 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 def test_help_shows_the_harness_group(project):
     result = project.runpytest("--help")
-    result.stdout.fnmatch_lines(["*backdoor test harness*", "*--attack=NAMES*", "*--profile=NAME*", "*--set=FIELD=VALUE*"])
+    result.stdout.fnmatch_lines(["*backdoor test harness*", "*--attack=NAMES*", "*--harness-profile=NAME*",
+                                "*--harness-set=FIELD=VALUE*"])
 
 
 def test_unknown_attack_fails_at_once_listing_the_registered(project):
@@ -33,19 +48,22 @@ def test_unknown_attack_fails_at_once_listing_the_registered(project):
 
 @pytest.mark.parametrize("args, message", [
     (["--defense=nad_typo"], "*unknown defense 'nad_typo'*"),
-    (["--profile=huge"], "*unknown profile 'huge'*tiny*"),
+    (["--harness-profile=huge"], "*--harness-profile: unknown profile 'huge'*tiny*"),
     (["--downstream=mnist"], "*unknown dataset 'mnist'*"),
-    (["--device=tpu"], "*device*"),
-    (["--seeds=0"], "*>= 1*"),
-    (["--gate=asr<5"], "*METRIC*"),
-    (["--baseline=/nonexistent/baseline.json"], "*baseline file*does not exist*"),
-    (["--update-baseline"], "*--update-baseline needs --baseline*"),
-    (["--set", "clean_ratio=2"], "*--set: clean_ratio must be in (0, 1]*"),
-    (["--set", "trigger_size=40"], "*--set: trigger_size must be between 1 and the image size 32*"),
-    (["--set", "widht=8"], "*--set: unknown profile field 'widht'*"),
-    (["--set", "width=eight"], "*--set: width takes a int*"),
-    (["--data-root=/nonexistent/datasets"], "*--data-root /nonexistent/datasets is not a folder*"),
-    (["--results-dir=/dev/null"], "*--results-dir /dev/null exists and is not a folder*"),
+    (["--harness-device=tpu"], "*--harness-device: *tpu*"),
+    (["--harness-seeds=0"], "*--harness-seeds: *>= 1*"),
+    (["--harness-seed=-1"], "*--harness-seed: *>= 0*"),
+    (["--harness-gate=asr<5"], "*--harness-gate: *METRIC*"),
+    (["--harness-table-format=html"], "*--harness-table-format*'html'*terminal*"),
+    (["--harness-baseline-tolerance=-1"], "*--harness-baseline-tolerance: *>= 0*"),
+    (["--harness-baseline=/nonexistent/baseline.json"], "*baseline file*does not exist*"),
+    (["--harness-update-baseline"], "*--harness-update-baseline needs --harness-baseline*"),
+    (["--harness-set", "clean_ratio=2"], "*--harness-set: clean_ratio must be in (0, 1]*"),
+    (["--harness-set", "trigger_size=40"], "*--harness-set: trigger_size must be between 1 and the image size 32*"),
+    (["--harness-set", "widht=8"], "*--harness-set: unknown profile field 'widht'*"),
+    (["--harness-set", "width=eight"], "*--harness-set: width takes a int*"),
+    (["--harness-data-root=/nonexistent/datasets"], "*--harness-data-root /nonexistent/datasets is not a folder*"),
+    (["--harness-results-dir=/dev/null"], "*--harness-results-dir /dev/null exists and is not a folder*"),
 ])
 def test_bad_options_are_usage_errors(project, args, message):
     result = project.runpytest(*args)
@@ -54,46 +72,117 @@ def test_bad_options_are_usage_errors(project, args, message):
 
 
 def test_collection_ids_read_like_table_rows(project):
-    result = project.runpytest("--collect-only", "-q", "--attack=badencoder", "--downstream=fmnist,digits", "--seeds=2")
+    result = project.runpytest("--collect-only", "-q", "--attack=badencoder", "--downstream=fmnist,digits", "--harness-seeds=2")
     result.stdout.fnmatch_lines([
         "*test_clean_control[[]fmnist-seed0]", "*test_clean_control[[]digits-seed1]", "*test_undefended[[]badencoder-digits-seed1]",
     ])
 
 
 def test_header_shows_profile_and_overrides(project):
-    result = project.runpytest("--collect-only", "--set", "ssl_epochs=2")
+    result = project.runpytest("--collect-only", "--harness-set", "ssl_epochs=2")
     result.stdout.fnmatch_lines(["harness: profile tiny with ssl_epochs=2*"])
 
 
 def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
     csvs = []
     for run in ("a", "b"):
-        result = project.runpytest_subprocess("--attack=badencoder", "--downstream=fmnist", f"--cache-dir={tmp_path / run / 'cache'}",
-                                             f"--results-dir={tmp_path / run / 'results'}", *MICRO)
+        result = project.runpytest_subprocess("--attack=badencoder", "--downstream=fmnist", f"--harness-cache-dir={tmp_path / run / 'cache'}",
+                                             f"--harness-results-dir={tmp_path / run / 'results'}", *MICRO)
         result.stdout.fnmatch_lines(["*harness comparison (profile tiny*", "*badencoder*fmnist*", "*harness table (profile tiny*", "*badencoder*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
         csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
     assert csvs[0] == csvs[1]
     assert b"badencoder" in csvs[0]
 
 
-def test_progress_lines_reach_the_terminal_past_capture(pytester):
-    pytester.makepyfile(test_progress="""
-        from harness.training import Progress
+PROGRESS_TESTS = """
+    from harness.training import Progress
 
-        def test_emits():
-            Progress("demo", 2).epoch(0, 10, loss=1.5)
-    """)
-    result = pytester.runpytest_subprocess()
-    result.stdout.fnmatch_lines(["*[[]demo[]] epoch 1/2 loss 1.5000*img/s*"])
+    def test_a():
+        Progress("demo", 2).epoch(0, 10, loss=1.5)
+
+    def test_b():
+        Progress("demo", 2).epoch(1, 10, loss=0.5)
+        assert False
+"""
 
 
-def test_a_nested_session_gives_the_progress_sink_back(pytester):
-    from harness.training import progress_sink
+def test_progress_is_captured_with_its_test_and_the_dot_line_stays_intact(pytester):
+    pytester.makepyfile(test_progress=PROGRESS_TESTS)
+    result = pytester.runpytest_subprocess("--harness-profile=tiny")  # a harness session
+    result.stdout.fnmatch_lines(["test_progress.py .F *", "*Captured log call*", "*[[]demo[]] epoch 2/2 loss 0.5000*img/s*"])
+    result.stdout.no_fnmatch_line("*epoch 1/2*")  # the passing test's progress stays captured
+    quiet = pytester.runpytest_subprocess("--harness-profile=tiny", "-q")
+    quiet.stdout.fnmatch_lines([".F *[[]100%[]]"])
+    quiet.stdout.no_fnmatch_line("*harness: profile*")
+    quiet.stdout.no_fnmatch_line("*epoch 1/2*")
 
-    before = progress_sink()
+
+def test_live_logging_shows_progress_as_it_happens(pytester):
+    pytester.makepyfile(test_progress=PROGRESS_TESTS)
+    result = pytester.runpytest_subprocess("--log-cli-level=INFO")
+    result.stdout.fnmatch_lines(["*live log call*", "*[[]demo[]] epoch 1/2 loss 1.5000*img/s*", "*PASSED*"])
+
+
+def test_a_nested_session_leaves_the_harness_logger_as_it_found_it(pytester):
+    log = logging.getLogger("harness")
+    before = (log.level, list(log.handlers))
     pytester.makepyfile(test_nothing="def test_ok():\n    pass\n")
-    pytester.runpytest()
-    assert progress_sink() is before
+    assert pytester.runpytest("--harness-profile=tiny").ret == pytest.ExitCode.OK
+    assert (log.level, list(log.handlers)) == before
+
+
+def test_a_long_session_logs_how_far_it_is(pytester, monkeypatch):
+    monkeypatch.setattr("harness.plugin.ETA_EVERY", 0.0)  # a line after every test, as if each took minutes
+    pytester.makepyfile(test_three="def test_a():\n    pass\n\ndef test_b():\n    pass\n\ndef test_c():\n    pass\n")
+    result = pytester.runpytest("--harness-profile=tiny", "--log-cli-level=INFO")
+    result.stdout.fnmatch_lines(["*harness: 1/3 tests done in 0m0?s, about 0m0?s left*", "*harness: 2/3 tests done in*"])
+    result.stdout.no_fnmatch_line("*3/3 tests done*")  # the end needs no estimate
+
+
+def test_eta_lines_estimate_the_rest_from_the_mean_so_far_at_most_once_a_minute():
+    assert eta_line(12, 48, 600.0) == "harness: 12/48 tests done in 10m00s, about 30m00s left"
+    assert eta_line(1, 3, 7300.0) == "harness: 1/3 tests done in 2h01m, about 4h03m left"
+    eta = Eta(start=0.0)
+    assert eta.finished(total=10, now=30.0) is None  # within the first minute
+    assert eta.finished(total=10, now=61.0) == eta_line(2, 10, 61.0)
+    assert eta.finished(total=10, now=100.0) is None  # within a minute of the last line
+    assert eta.finished(total=10, now=125.0) == eta_line(4, 10, 125.0)
+
+
+def test_the_header_of_a_session_begun_by_its_suites_follows_the_collection(project):
+    result = project.runpytest("--collect-only")  # no harness option: the suite begins the session as it is collected
+    result.stdout.fnmatch_lines(["collected * items", "harness: profile tiny (resnet18 width 16*"])
+
+
+def _run_pytest(folder: Path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """pytest in `folder` with only the plugins named by -p (none autoloaded): the harness's cost is all there is."""
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(folder)])}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=folder, env=env,
+                          capture_output=True, text=True)
+    return time.perf_counter() - start, done
+
+
+def test_an_unrelated_project_starts_as_fast_and_shows_nothing_of_the_harness(tmp_path):
+    (tmp_path / "test_other.py").write_text("import sys\n\ndef test_one():\n    assert 'torch' not in sys.modules\n")
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    outputs = {}
+    for _ in range(3):
+        for with_harness in (False, True):
+            seconds, done = _run_pytest(tmp_path, *(["-p", "harness.plugin"] if with_harness else []))
+            assert done.returncode == 0, done.stdout + done.stderr
+            runs[with_harness].append(seconds)
+            outputs[with_harness] = re.sub(r"in [0-9.]+s", "in Ts", done.stdout + done.stderr)
+    assert outputs[True] == outputs[False]
+    assert min(runs[True]) - min(runs[False]) < 0.3, runs
+
+
+def test_a_plugin_that_owns_profile_loads_beside_the_harness(tmp_path):
+    (tmp_path / "profiling_like.py").write_text(
+        "def pytest_addoption(parser):\n    parser.addoption('--profile', action='store_true', help='as pytest-profiling')\n")
+    (tmp_path / "test_other.py").write_text("def test_one(request):\n    assert request.config.getoption('profile')\n")
+    _, done = _run_pytest(tmp_path, "-p", "profiling_like", "-p", "harness.plugin", "--profile", "--harness-profile=tiny")
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("suite, expected", [
@@ -125,10 +214,58 @@ def test_two_xdist_workers_share_one_cache_and_the_controller_prints_the_table(p
     # Two tests, one per worker, both needing the same pre-trained encoder (the micro backdoor is too weak
     # for test_undefended's bound, which is not what this test is about).
     result = project.runpytest_subprocess("-n", "2", "-k", "not undefended", "--attack=badencoder", "--defense=ft", "--downstream=fmnist",
-                                          f"--cache-dir={cache}", f"--results-dir={results}", *MICRO)
+                                          f"--harness-cache-dir={cache}", f"--harness-results-dir={results}", *MICRO)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*harness table (profile tiny*", "*badencoder*fmnist*ft*", "*clean*fmnist*none*"])
     assert len(list((cache / "pretrain").glob("*.safetensors"))) == 1  # built once, by one worker
     assert len(list((cache / "attack").glob("*.safetensors"))) == 1
     frame = __import__("pandas").read_csv(results / "results.csv")
     assert sorted(zip(frame["attack"], frame["defense"])) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none")]
+
+
+def test_grid_tests_sharing_a_suspect_share_an_xdist_group():
+    assert suspect_group({"attack": "bassl", "downstream": "fmnist", "defense": "mimic", "seed": 1}) == "bassl-fmnist-seed1"
+    assert suspect_group({"attack": "bassl", "downstream": "fmnist", "trigger_size": 3, "clean_ratio": 0.01, "seed": 0}) \
+        == "bassl-fmnist-3-seed0"  # a trigger size makes another suspect; the defender's data does not
+    assert suspect_group({"downstream": "digits", "defense": "ft", "seed": 0}) is None  # clean-encoder rows spread freely
+
+
+def test_the_suites_collect_with_their_suspects_groups(project):
+    items, _ = project.inline_genitems("--attack=badencoder", "--downstream=fmnist")
+    groups = {item.name: item.get_closest_marker("xdist_group").args[0] for item in items if item.get_closest_marker("xdist_group")}
+    assert groups["test_defended[badencoder-fmnist-mimic-seed0]"] == groups["test_undefended[badencoder-fmnist-seed0]"] == "badencoder-fmnist-seed0"
+    assert "test_clean_control[fmnist-seed0]" not in groups
+
+
+def test_only_a_distribution_mode_the_user_chose_is_kept(pytester):
+    pytest.importorskip("xdist")
+    assert not _dist_chosen(pytester.parseconfig("-n", "2"))
+    assert _dist_chosen(pytester.parseconfig("-n", "2", "--dist=load"))
+    assert _dist_chosen(pytester.parseconfig("-n", "2", "--dist", "loadscope"))
+
+
+def test_xdist_keeps_each_suspects_tests_on_one_worker_and_workers_show_progress(pytester, tmp_path):
+    pytest.importorskip("xdist")
+    out = tmp_path / "ran"
+    out.mkdir()
+    pytester.makepyfile(test_grid=f"""
+        from pathlib import Path
+
+        from harness.plugin import parametrize_grid
+        from harness.training import Progress
+
+        def pytest_generate_tests(metafunc):
+            parametrize_grid(metafunc, {{"attack": ["a", "b", "c", "d"], "defense": ["x", "y", "z"], "seed": [0]}})
+
+        def test_row(attack, defense, seed, worker_id, request):
+            Progress(attack, 1).epoch(0, 10, loss=0.25)
+            (Path({str(out)!r}) / f"{{attack}}-{{defense}}").write_text(f"{{worker_id}} {{request.config.option.loadgroup}}")
+    """)
+    result = pytester.runpytest_subprocess("-n", "2", "--harness-profile=tiny", "--log-cli-level=INFO")
+    assert result.ret == pytest.ExitCode.OK
+    ran = {p.name: p.read_text().split() for p in out.iterdir()}
+    assert len(ran) == 12 and all(loadgroup == "True" for _, loadgroup in ran.values())  # -n alone: grouped by suspect
+    for attack in "abcd":
+        assert len({ran[f"{attack}-{d}"][0] for d in "xyz"}) == 1, ran
+    for attack in "abcd":
+        result.stderr.fnmatch_lines([f"[[]gw?[]] [[]{attack}[]] epoch 1/1 loss 0.2500*img/s*"], consecutive=False)

@@ -62,7 +62,8 @@ def test_scan_never_calls_an_unflagged_encoder_backdoor_free(tmp_path, capsys, m
     table.write_text(json.dumps({"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400}}}))
     for shipped in (power.POWER_TABLE, table):
         monkeypatch.setattr(power, "POWER_TABLE", shipped)
-        code = main(["scan", str(tmp_path / "e.safetensors"), "--data", str(tmp_path), "--steps", "3", "--json", str(tmp_path / "s.json")])
+        code = main(["scan", str(tmp_path / "e.safetensors"), "--data", str(tmp_path), "--steps", "3", "--json", str(tmp_path / "s.json"),
+                     "--force"])  # the second scan replaces the first one's report
         out = capsys.readouterr().out
         assert "no backdoor" not in out.lower() and "power:" in out
         assert ("BACKDOOR SUSPECTED" in out) == (code == 1) != ("this does not show that it is clean" in out)

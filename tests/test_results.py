@@ -93,17 +93,64 @@ def test_cost_table_averages_seconds_per_defense_and_phase():
     assert cost_table([row()]).empty
 
 
-def test_comparison_table_has_one_column_per_defense_and_marks_the_best():
+def test_comparison_table_has_one_column_per_defense_and_its_controls():
     rows = [row(s, acc=80.0, asr=100.0) for s in (0, 1)]
     rows += [row(0, acc=79.0, asr=4.0, defense="mimic"), row(1, acc=77.0, asr=6.0, defense="mimic")]  # mean 78 / 5
     rows += [row(0, acc=70.0, asr=1.0, defense="ft"), row(0, acc=81.0, asr=90.0, defense="nad")]  # ft: lowest ASR, 10 ACC points lost
-    rows += [row(0, attack="clean", acc=81.0, asr=1.0)]  # controls stay out
+    rows += [row(0, attack="clean", acc=81.0, asr=1.0), row(0, attack="random", acc=60.0, asr=9.0)]  # the controls' columns
     table = comparison_table(to_frame(rows))
-    assert list(table.columns) == ["attack", "downstream", "none", "ft", "mimic", "nad"]
+    assert list(table.columns) == ["attack", "downstream", "clean", "random", "none", "ft", "mimic", "nad"]
     (line,) = table.to_dict("records")
-    assert line["none"] == "80.00 / 100.00" and line["mimic"] == "78.00 / 5.00 *" and line["ft"] == "70.00 / 1.00"
-    assert json.loads(render(table, "json"))[0]["mimic"] == "78.00 / 5.00 *"
+    assert line["none"] == "80.00 / 100.00 / 100.00" and line["ft"] == "70.00 / 1.00 / 1.00" and line["random"] == "60.00 / 9.00 / 9.00"
+    # ft lost too much ACC to be marked; nad shares only one seed with mimic, so the two are not separated.
+    assert line["mimic"] == "78.00 / 5.00 / 5.00 ~" and line["nad"] == "81.00 / 90.00 / 90.00 ~"
+    assert json.loads(render(table, "json"))[0]["mimic"] == "78.00 / 5.00 / 5.00 ~"
     assert "\\toprule" in render(table, "latex")
+
+
+def test_best_is_marked_only_when_its_paired_ci_against_the_runner_up_excludes_zero():
+    base = [row(s, acc=80.0, asr=100.0) for s in range(3)]
+    mimic = [row(s, acc=79.0, asr=a, defense="mimic") for s, a in enumerate((2.0, 3.0, 4.0))]
+    ft = [row(s, acc=79.0, asr=a, defense="ft") for s, a in enumerate((20.0, 22.0, 24.0))]  # paired diff 18..20: separated
+    nad = [row(s, acc=79.0, asr=a, defense="nad") for s, a in enumerate((3.0, 2.0, 5.0))]  # paired diff 1, -1, 1: tied
+    (separated,) = comparison_table(to_frame(base + mimic + ft)).to_dict("records")
+    assert separated["mimic"].endswith(" *") and not separated["ft"].endswith(("*", "~"))
+    (tied,) = comparison_table(to_frame(base + mimic + ft + nad)).to_dict("records")
+    assert tied["mimic"].endswith(" ~") and tied["nad"].endswith(" ~") and not tied["ft"].endswith(("*", "~"))
+
+
+def test_paired_table_gives_each_defense_against_mimic_per_seed():
+    from harness.results import paired_table
+
+    rows = [row(s, acc=79.0, asr=a, defense="mimic") for s, a in enumerate((2.0, 3.0, 4.0))]
+    rows += [row(s, acc=81.0, asr=a, defense="ft") for s, a in enumerate((20.0, 22.0, 24.0))]
+    (line,) = paired_table(to_frame(rows)).to_dict("records")
+    assert line["defense"] == "ft" and line["seeds"] == 3
+    assert line["ASR(all) - mimic"] == "19.00 ± 2.48" and line["ACC - mimic"] == "2.00 ± 0.00"
+
+
+def test_ablation_is_informative_only_when_clone_loss_alone_inherits():
+    from harness.results import ablation_verdict
+
+    def ablation(r, variant="", implanted=True):
+        return dataclasses.replace(r, suite="ablation", variant=variant, implanted=None if r.attack == "clean" else implanted)
+
+    control = ablation(row(0, attack="clean", asr=10.0))
+    inherits = [control, ablation(row(0, defense="mimic", asr=60.0), "clone_only")]
+    clean_anyway = [control, ablation(row(0, defense="mimic", asr=15.0), "clone_only")]
+    never_implanted = [control, ablation(row(0, defense="mimic", asr=60.0), "clone_only", implanted=False)]
+    assert ablation_verdict(to_frame(inherits))["verdict"].tolist() == ["informative"]
+    assert ablation_verdict(to_frame(clean_anyway))["verdict"].tolist() == ["uninformative: clone loss alone did not inherit"]
+    assert ablation_verdict(to_frame(never_implanted))["verdict"].tolist() == ["uninformative: the attack did not implant"]
+
+
+def test_rows_of_other_resolved_profiles_or_scenarios_are_never_merged():
+    a = row(0, acc=80.0)
+    wider = dataclasses.replace(a, profile="tiny+1a2b3c4d", acc=90.0)  # --set width=32
+    other_trigger = dataclasses.replace(a, scenario="checkerboard10", acc=70.0)
+    frame = to_frame([a, wider, other_trigger])
+    assert len(frame) == 3 and sorted(long_table(frame)["ACC %"]) == ["70.00", "80.00", "90.00"]
+    assert a.identity != wider.identity != other_trigger.identity
 
 
 _acc = st.floats(0, 100, allow_nan=False).filter(lambda a: abs(a - (50.0 - BEST_MAX_ACC_DROP)) > 1e-3)  # off the bound itself
@@ -111,16 +158,18 @@ _acc = st.floats(0, 100, allow_nan=False).filter(lambda a: abs(a - (50.0 - BEST_
 
 @given(asrs=st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=5), accs=st.lists(_acc, min_size=5, max_size=5))
 @settings(max_examples=50, deadline=None)
-def test_the_marked_defense_has_the_lowest_asr_of_those_that_keep_accuracy(asrs, accs):
+def test_the_marked_defenses_keep_accuracy_and_hold_the_lowest_asr(asrs, accs):
     names = [f"d{i}" for i in range(len(asrs))]
     rows = [row(0, acc=50.0, asr=100.0)] + [row(0, acc=accs[i], asr=a, defense=n) for i, (n, a) in enumerate(zip(names, asrs))]
     (line,) = comparison_table(to_frame(rows)).to_dict("records")
-    marked = [n for n in names if line[n].endswith(" *")]
-    usable = [a for a, acc in zip(asrs, accs) if acc > 50.0 - BEST_MAX_ACC_DROP]
+    marked = [n for n in names if line[n].endswith((" *", " ~"))]
+    usable = [n for n, acc in zip(names, accs) if acc > 50.0 - BEST_MAX_ACC_DROP]
     if not usable:
         assert marked == []
-    else:
-        assert len(marked) == 1 and round(asrs[names.index(marked[0])], 4) == round(min(usable), 4)
+    elif len(usable) == 1:
+        assert marked == usable and line[usable[0]].endswith(" *")
+    else:  # one seed never separates two defenses: every usable one is a tied leader
+        assert marked == usable and all(line[n].endswith(" ~") for n in marked)
 
 
 def test_sweeps_become_one_png_per_suite_and_setting(tmp_path):
@@ -166,9 +215,9 @@ def test_markdown_and_latex_tables_match_a_known_rendering():
             row(1, acc=81.0, asr=100.0)]
     frame = to_frame(rows)
     assert render(comparison_table(frame), "markdown") == (
-        "| attack     | downstream   | none           | mimic          |\n"
-        "|------------|--------------|----------------|----------------|\n"
-        "| badencoder | fmnist       | 80.50 / 100.00 | 79.00 / 3.00 * |"
+        "| attack     | downstream   | none                    | mimic                 |\n"
+        "|------------|--------------|-------------------------|-----------------------|\n"
+        "| badencoder | fmnist       | 80.50 / 100.00 / 100.00 | 79.00 / 3.00 / 3.00 * |"
     )
     assert render(long_table(frame), "latex") == (
         "\\begin{tabular}{lllllll}\n\\toprule\n"

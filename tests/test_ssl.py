@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from harness.ssl import SimCLRConfig, nt_xent, pretrain
+from harness.losses import nt_xent
+from harness.ssl import SimCLRConfig, pretrain
 
 
 def test_nt_xent_known_answer_for_orthogonal_pairs():

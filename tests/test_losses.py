@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.attention import attention_distance, attention_map
+from harness.losses import attention_distance, attention_map
 
 
 def test_shape_and_unit_norm():

@@ -1,0 +1,337 @@
+"""The harness's options: one table for the pytest plugin and `harness run`.
+
+Both front ends register every option as plain text with no default, then call
+`resolve`, so they share the names, the parsers, the validators and the
+defaults. Parsing is deferred on purpose: argparse runs a `type=` function on
+its string default at start-up, and the name parsers import torch and every
+method package, which would tax each pytest run in the environment, harness or
+not. Here nothing is parsed until a front end asks for a harness session.
+
+The three axes of the grid (`--attack`, `--defense`, `--downstream`) keep the
+names users type; every other pytest option carries the `--harness-` prefix,
+because pytest's option namespace is shared with every installed plugin
+(pytest-profiling owns `--profile`). `harness run` accepts each prefixed name
+and its short form (`--profile`), so a pytest command line's options paste as
+they are.
+
+The grid selection lives here too: `harness run` and the suites choose the same
+attacks, defenses and downstream tasks from the same settings.
+
+Like plugin.py and cli.py, this module is an entry point: it imports the method
+packages to fill the registries it validates names against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from harness.gates import Gate
+    from harness.profiles import Profile
+
+ALL = "all"
+PREFIX = "--harness-"
+TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")
+
+
+class OptionError(ValueError):
+    """A bad option value; the message starts with the option's flag."""
+
+
+def load_methods() -> None:
+    """Import the attack and defense packages, which fills their registries."""
+    import attacks  # noqa: F401
+    import defenses  # noqa: F401
+
+
+# -- parsers: text -> value, ValueError naming the accepted form ------------------------
+
+
+def _names(kind: str) -> Callable[[str], tuple[str, ...] | None]:
+    """A comma list of registered names; `all` is None (every registered one)."""
+
+    def parse(text: str) -> tuple[str, ...] | None:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        if not names:
+            raise ValueError(f"empty {kind} list; give names or '{ALL}'")
+        if names == (ALL,):
+            return None
+        load_methods()
+        from harness import registry
+
+        known = {"attack": registry.ATTACKS, "defense": registry.DEFENSES, "dataset": registry.DATASETS}[kind]
+        for name in names:
+            if kind == "defense" and name == "none":
+                continue  # the undefended row, always kept
+            known.get(name)  # UnknownNameError (a KeyError) lists the known names
+        return names
+
+    return parse
+
+
+def _profile_name(text: str) -> str:
+    from harness.profiles import PROFILES
+
+    PROFILES.get(text)
+    return text
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise ValueError(f"expected a number >= {least}, got {value}")
+        return value
+
+    return parse
+
+
+def _points(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of percentage points, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    from harness.training import resolve_device
+
+    resolve_device(text)  # ValueError / RuntimeError on a malformed or absent device
+    return text
+
+
+def _gates(text: str) -> tuple["Gate", ...]:
+    from harness.gates import parse_gates
+
+    return parse_gates(text)
+
+
+def _folder(text: str) -> Path:
+    if not text or "\0" in text:
+        raise ValueError(f"expected a path, got {text!r}")
+    return Path(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the table: a setting, its flag, its default and its parser."""
+
+    name: str  # the Settings field
+    flag: str  # as pytest spells it
+    default: Any  # the value when the option is not given (already parsed)
+    help: str  # without the default, which is appended
+    parse: Callable[[str], Any] | None = None  # None: the text itself
+    metavar: str | None = None
+    kind: str = "value"  # "value", "flag" (store_true) or "list" (repeatable)
+    choices: tuple[str, ...] | None = None
+    shown_default: str | None = None  # how the help names the default, when not str(default)
+    run: bool = True  # also an option of `harness run`
+
+    @property
+    def dest(self) -> str:
+        """The attribute in pytest's option namespace, which every plugin shares: prefixed."""
+        return f"harness_{self.name}"
+
+    @property
+    def cli_flags(self) -> tuple[str, ...]:
+        """`harness run` takes the short form as well as pytest's."""
+        if not self.flag.startswith(PREFIX):
+            return (self.flag,)
+        return ("--" + self.flag[len(PREFIX):], self.flag)
+
+    def help_text(self) -> str:
+        if self.kind == "flag":
+            return self.help
+        shown = self.shown_default if self.shown_default is not None else str(self.default)
+        return f"{self.help} (default: {shown})".replace("%", "%%")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("attack", "--attack", None, "comma list of registered attacks, or 'all' (each suite takes those it tests: on encoders, or supervised)",
+           _names("attack"), "NAMES", shown_default=ALL),
+    Option("defense", "--defense", None, "comma list of registered defenses, or 'all'; the undefended row 'none' is always kept",
+           _names("defense"), "NAMES", shown_default=ALL),
+    Option("downstream", "--downstream", None, "comma list of downstream datasets, or 'all' for the profile's",
+           _names("dataset"), "NAMES", shown_default=ALL),
+    Option("profile", "--harness-profile", "tiny", "sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), paper (GPU)",
+           _profile_name, "NAME"),
+    Option("overrides", "--harness-set", (), "override a profile field, e.g. --harness-set ssl_epochs=5 (repeatable)",
+           None, "FIELD=VALUE", kind="list", shown_default="none"),
+    Option("seed", "--harness-seed", 0, "first seed", _whole(0), "N"),
+    Option("seeds", "--harness-seeds", 1, "repeat every row over N seeds; tables show mean ± 95% CI", _whole(1), "N"),
+    Option("device", "--harness-device", "auto", "cpu, cuda, cuda:N or auto (CUDA when present; one GPU per xdist worker)",
+           _device, "DEVICE"),
+    Option("data_root", "--harness-data-root", None,
+           "folder holding the datasets in torchvision's layout (Fashion-MNIST also from Debian's package)", _folder, "DIR",
+           shown_default="none"),
+    Option("download", "--harness-download", False, "let torchvision download missing datasets into --harness-data-root (needs a network)",
+           kind="flag"),
+    Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
+    Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),
+    Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT", choices=TABLE_FORMATS),
+    Option("gate", "--harness-gate", (), "bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5'", _gates, "GATES",
+           shown_default="none", run=False),
+    Option("baseline", "--harness-baseline", None,
+           "fail a row whose ASR(non-target) rose or ACC fell beyond --harness-baseline-tolerance against this saved file",
+           _folder, "FILE", shown_default="none", run=False),
+    Option("update_baseline", "--harness-update-baseline", False,
+           "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", run=False),
+    Option("baseline_tolerance", "--harness-baseline-tolerance", 2.0, "percentage points a row may move against the baseline",
+           _points, "POINTS", shown_default="2", run=False),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option's value, parsed and checked together; what both front ends run from (built by `resolve`)."""
+
+    attack: tuple[str, ...] | None  # None: every registered attack
+    defense: tuple[str, ...] | None
+    downstream: tuple[str, ...] | None  # None: the profile's
+    profile: str
+    overrides: tuple[str, ...]  # FIELD=VALUE assignments to the profile
+    seed: int
+    seeds: int
+    device: str
+    data_root: Path | None
+    download: bool
+    cache_dir: Path
+    results_dir: Path
+    table_format: str
+    gate: tuple
+    baseline: Path | None
+    update_baseline: bool
+    baseline_tolerance: float
+
+    def resolved_profile(self) -> "Profile":
+        from harness.profiles import get_profile, with_overrides
+
+        return with_overrides(get_profile(self.profile), self.overrides)
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+
+def given(values: Mapping[str, Any]) -> bool:
+    """Whether any harness option was given (not given: None, as both front ends register them)."""
+    return any(values.get(o.name) not in (None, False) for o in OPTIONS)
+
+
+def resolve(values: Mapping[str, Any]) -> Settings:
+    """Settings from raw values by option name (text, a list of texts, a flag's bool; None or absent: not given).
+
+    Raises OptionError whose message names the option, for one-line usage errors.
+    """
+    parsed: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw = values.get(opt.name)
+        if raw is None or (opt.kind == "flag" and raw is False):
+            parsed[opt.name] = opt.default
+        elif opt.kind == "list":
+            parsed[opt.name] = tuple(raw)
+        elif opt.kind == "flag":
+            parsed[opt.name] = True
+        else:
+            if opt.choices is not None and raw not in opt.choices:
+                raise OptionError(f"{opt.flag}: {raw!r} is not one of {', '.join(opt.choices)}")
+            try:
+                parsed[opt.name] = raw if opt.parse is None else opt.parse(raw)
+            except (ValueError, KeyError, RuntimeError) as e:  # KeyError: the registries' UnknownNameError
+                raise OptionError(f"{opt.flag}: {e}") from None
+    settings = Settings(**parsed)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(s: Settings) -> None:
+    """What no single parser can see: the profile with its overrides, folders, option pairs."""
+    flag = {o.name: o.flag for o in OPTIONS}
+    try:
+        s.resolved_profile()
+    except (ValueError, TypeError) as e:
+        raise OptionError(f"{BY_NAME['overrides'].flag}: {e}") from None
+    if s.data_root is not None and not s.data_root.is_dir():
+        raise OptionError(f"{flag['data_root']} {s.data_root} is not a folder")
+    for name in ("results_dir", "cache_dir"):
+        folder = getattr(s, name)
+        if folder.exists() and not folder.is_dir():
+            raise OptionError(f"{flag[name]} {folder} exists and is not a folder")
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise OptionError(f"{flag[name]} {folder} is not writable")
+    if s.update_baseline and s.baseline is None:
+        raise OptionError(f"{flag['update_baseline']} needs {flag['baseline']} FILE to write")
+
+
+def add_to_argparse(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """Register `options` on an argparse parser by both their names, as text defaulting to None."""
+    for opt in options:
+        parser.add_argument(*opt.cli_flags, **argparse_kwargs(opt))
+
+
+def argparse_kwargs(opt: Option) -> dict[str, Any]:
+    """Keywords for `add_argument`/`addoption`: raw text, no `type=` and no default (see the module docstring)."""
+    kwargs: dict[str, Any] = {"dest": opt.dest, "default": None, "help": opt.help_text()}
+    if opt.kind == "flag":
+        kwargs["action"] = "store_true"
+    elif opt.kind == "list":
+        kwargs.update(action="append", metavar=opt.metavar)
+    else:
+        kwargs["metavar"] = opt.metavar
+        if opt.choices is not None:
+            kwargs["choices"] = opt.choices
+    return kwargs
+
+
+def values_of(namespace: Any) -> dict[str, Any]:
+    """Raw values by option name from a parsed namespace (pytest's `config.option` or argparse's); absent: None."""
+    return {o.name: getattr(namespace, o.dest, None) for o in OPTIONS}
+
+
+RUN_OPTIONS = tuple(o for o in OPTIONS if o.run)
+
+
+# -- the grid ---------------------------------------------------------------------------
+
+
+def chosen_attacks(s: Settings, supervised: bool = False) -> list[str]:
+    """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
+    from harness.pipeline import SUPERVISED
+    from harness.registry import ATTACKS
+
+    load_methods()
+    names = ATTACKS.names() if s.attack is None else list(s.attack)
+    return [a for a in names if ATTACKS.has_tag(a, SUPERVISED) == supervised]
+
+
+def chosen_defenses(s: Settings) -> list[str]:
+    """Chosen registered defenses (the undefended baseline is not one of them)."""
+    from harness.registry import DEFENSES
+
+    load_methods()
+    names = DEFENSES.names() if s.defense is None else list(s.defense)
+    return [d for d in names if d != "none"]
+
+
+def chosen_downstream(s: Settings) -> list[str]:
+    return list(s.resolved_profile().downstream) if s.downstream is None else list(s.downstream)
+
+
+def device_for_worker(requested: str, worker: int | None, cuda_devices: int) -> str:
+    """The device a process builds on: pytest-xdist's worker N takes GPU N mod the count when the device is
+    `auto` or `cuda`, so several GPUs each carry one worker; cpu and an explicit `cuda:N` are kept as given."""
+    if worker is None or cuda_devices == 0 or requested not in ("auto", "cuda"):
+        return requested
+    return f"cuda:{worker % cuda_devices}"

@@ -1,0 +1,100 @@
+"""The Python API (harness/__init__.py, harness/api.py) and `harness run` without pytest."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import harness
+from harness.api import settings_from
+from harness.artifacts import ArtifactStore, save_encoder
+from harness.models import build_encoder
+from harness.options import OptionError
+from harness.pipeline import Workbench
+from harness.registry import UnknownNameError
+from tests.test_plugin import MICRO_FIELDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SLICE = ["--attack=badencoder", "--defense=ft", "--downstream=fmnist", *(a for f in MICRO_FIELDS for a in ("--set", f)),
+         "--set", "defense_epochs=2", "--device=cpu"]
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_import_harness_is_cheap_and_names_the_api(tmp_path):
+    done = _python("import sys, harness; print(sorted(m for m in ('torch', 'pandas', 'pytest') if m in sys.modules)); "
+                   "print(sorted(set(harness.__all__) & set(dir(harness))))", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "['evaluate_encoder', 'progress_to', 'purify', 'run', 'scan']"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        harness.nope  # noqa: B018
+
+
+def test_harness_run_needs_no_pytest_and_the_api_returns_its_rows(tmp_path):
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    code = (f"import sys; from harness.cli import main; rc = main(['run', *{SLICE!r}, '--cache-dir', {str(cache)!r}, "
+            f"'--results-dir', {str(results)!r}]); print('pytest imported:', 'pytest' in sys.modules); sys.exit(rc)")
+    done = _python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pytest imported: False" in done.stdout and "badencoder" in done.stdout
+    assert "[ft] epoch 2/2" in done.stderr  # progress on stderr
+    written = pd.read_csv(results / "results.csv")
+    assert sorted(zip(written["attack"], written["defense"])) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none")]
+
+    # The library call with the same options reads the same rows from the cache.
+    frame = harness.run(attack="badencoder", defense=["ft"], downstream="fmnist", overrides=[*MICRO_FIELDS, "defense_epochs=2"],
+                        device="cpu", cache_dir=cache)
+    assert isinstance(frame, pd.DataFrame)
+    columns = ["attack", "defense", "downstream", "seed", "acc", "asr_all", "asr_nontarget"]
+    assert frame[columns].sort_values(columns).values.tolist() == written[columns].sort_values(columns).values.tolist()
+
+    # Evaluating the clean encoder in one call gives the clean control's numbers: the same split, probe, trigger, target.
+    settings = settings_from(overrides=[*MICRO_FIELDS, "defense_epochs=2"], device="cpu", cache_dir=cache)
+    bench = Workbench(settings.resolved_profile(), ArtifactStore(cache), torch.device("cpu"))
+    metrics = harness.evaluate_encoder(bench.clean_encoder(0).encoder, "fmnist", overrides=[*MICRO_FIELDS, "defense_epochs=2"],
+                                       device="cpu")
+    clean = frame[frame["attack"] == "clean"].iloc[0]
+    assert (round(metrics.acc, 4), round(metrics.asr_nontarget, 4)) == (clean["acc"], clean["asr_nontarget"])
+
+
+def test_api_options_are_the_tables():
+    with pytest.raises(TypeError, match="unknown option gate; options: attack, cache_dir"):
+        settings_from(gate="acc>1")  # a pytest-only option
+    with pytest.raises(OptionError, match="^--harness-seeds: expected a number >= 1"):
+        harness.run(seeds=0)
+    assert settings_from(attack=["bassl", "badencoder"], seeds=2, download=True).attack == ("bassl", "badencoder")
+
+
+@pytest.fixture
+def encoder_and_images(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", 4)
+    save_encoder(tmp_path / "suspect.safetensors", encoder)
+    return encoder, torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), tmp_path / "suspect.safetensors"
+
+
+def test_scan_in_one_call_from_an_encoder_or_its_file(encoder_and_images):
+    encoder, images, path = encoder_and_images
+    found = harness.scan(encoder, images, steps=4, device="cpu")
+    assert found.mask.shape == (1, 32, 32) and isinstance(found.flagged, bool) and 0 < found.l1_share <= 1
+    assert harness.scan(path, images, steps=4, device="cpu").l1_share == found.l1_share
+
+
+def test_purify_in_one_call_with_defense_settings(encoder_and_images):
+    encoder, images, _ = encoder_and_images
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    result = harness.purify(encoder, images, "ft", overrides=["defense_epochs=1", "defense_batch=4"], device="cpu")
+    assert result.meta["epochs"] == 1
+    assert any(not torch.equal(before[k], v) for k, v in result.encoder.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # the caller's encoder is untouched
+    with pytest.raises(UnknownNameError, match="unknown defense 'mimick'"):
+        harness.purify(encoder, images, "mimick")
+    with pytest.raises(TypeError, match="has no setting"):
+        harness.purify(encoder, images, "mimic", lambda9=1.0)

@@ -1,0 +1,169 @@
+"""The option table shared by the pytest plugin and `harness run`: names, parsers, checks, the grid, `harness list`."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.cli import build_parser, main
+from harness.options import (
+    BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings, chosen_attacks, chosen_defenses, chosen_downstream,
+    device_for_worker, load_methods, resolve, values_of,
+)
+from harness.profiles import Profile
+from harness.registry import ATTACKS, DEFENSES
+
+pytest_plugins = ["pytester"]
+SUITES = Path(__file__).resolve().parents[1] / "suites"
+load_methods()  # before pytester's in-process runs, which drop the modules first imported inside them
+VALUE_OPTIONS = [o.name for o in OPTIONS if o.kind == "value"]
+
+
+def test_every_option_is_a_setting_and_every_setting_an_option():
+    assert [o.name for o in OPTIONS] == [f.name for f in dataclasses.fields(Settings)]
+
+
+def test_nothing_given_means_the_tables_defaults():
+    settings_ = resolve({})
+    assert all(getattr(settings_, o.name) == o.default for o in OPTIONS)
+
+
+def test_only_the_grid_axes_go_without_the_prefix():
+    assert sorted(o.flag for o in OPTIONS if not o.flag.startswith("--harness-")) == ["--attack", "--defense", "--downstream"]
+    assert len({o.dest for o in OPTIONS}) == len(OPTIONS) and all(o.dest.startswith("harness_") for o in OPTIONS)
+
+
+@given(name=st.sampled_from(VALUE_OPTIONS), text=st.text(max_size=16))
+@settings(max_examples=400, deadline=None)
+def test_any_text_for_any_option_is_settings_or_an_error_naming_the_option(name, text):
+    try:
+        parsed = resolve({name: text})
+    except OptionError as e:
+        assert str(e).startswith(BY_NAME[name].flag)
+    else:
+        assert isinstance(parsed, Settings)
+
+
+@given(assignment=st.text(max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_any_profile_override_is_settings_or_an_error_naming_the_option(assignment):
+    try:
+        parsed = resolve({"overrides": [assignment]})
+    except OptionError as e:
+        assert str(e).startswith("--harness-set: ")
+    else:
+        assert isinstance(parsed.resolved_profile(), Profile)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"seeds": "0"}, "--harness-seeds: expected a number >= 1, got 0"),
+    ({"seed": "one"}, "--harness-seed: expected a whole number, got 'one'"),
+    ({"attack": "badencoder,nope"}, "--attack: unknown attack 'nope'"),
+    ({"defense": ","}, "--defense: empty defense list"),
+    ({"baseline_tolerance": "nan"}, "--harness-baseline-tolerance: expected a finite number >= 0"),
+    ({"update_baseline": True}, "--harness-update-baseline needs --harness-baseline FILE"),
+    ({"table_format": "html"}, "--harness-table-format: 'html' is not one of terminal"),
+])
+def test_bad_values_name_their_option(values, message):
+    with pytest.raises(OptionError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        resolve(values)
+
+
+def test_names_parse_to_tuples_and_all_to_every_registered_one():
+    parsed = resolve({"attack": "bassl, badencoder", "defense": "none,mimic", "downstream": "all"})
+    assert parsed.attack == ("bassl", "badencoder") and parsed.downstream is None
+    assert chosen_attacks(parsed) == ["bassl", "badencoder"] and chosen_defenses(parsed) == ["mimic"]
+    assert chosen_downstream(parsed) == ["fmnist", "digits"]
+
+
+def test_the_default_grid_takes_encoder_attacks_and_the_supervised_ones_only_when_asked_for_them():
+    every = resolve({})
+    supervised = [a for a in ATTACKS.names() if ATTACKS.has_tag(a, "supervised")]
+    assert supervised and chosen_attacks(every) == [a for a in ATTACKS.names() if a not in supervised]
+    assert chosen_attacks(every, supervised=True) == supervised
+    assert chosen_defenses(every) == DEFENSES.names()
+
+
+def test_harness_run_and_pytest_suites_choose_the_same_grid(pytester):
+    pytester.makepyfile(test_effectiveness_copy=(SUITES / "test_effectiveness.py").read_text())
+    items, _ = pytester.inline_genitems()
+    collected = {tuple(item.callspec.params.get(a) for a in ("attack", "downstream", "defense")) for item in items
+                 if item.originalname == "test_defended"}
+    every = resolve({})
+    chosen = {(a, t, d) for a in chosen_attacks(every) for t in chosen_downstream(every) for d in chosen_defenses(every)}
+    assert collected == chosen
+
+
+@pytest.mark.parametrize("requested, worker, gpus, device", [
+    ("auto", None, 4, "auto"),  # no xdist: the usual choice
+    ("auto", 0, 0, "auto"),  # no GPU: resolves to the CPU
+    ("auto", 5, 4, "cuda:1"),
+    ("cuda", 2, 2, "cuda:0"),
+    ("cuda:3", 1, 4, "cuda:3"),  # an explicit device is kept
+    ("cpu", 1, 4, "cpu"),
+])
+def test_each_xdist_worker_takes_its_own_gpu(requested, worker, gpus, device):
+    assert device_for_worker(requested, worker, gpus) == device
+
+
+def test_harness_run_takes_every_run_option_by_both_names():
+    parser = build_parser()
+    for opt in RUN_OPTIONS:
+        text = opt.choices[0] if opt.choices else "1"
+        for flag in opt.cli_flags:
+            values = values_of(parser.parse_args(["run", flag] if opt.kind == "flag" else ["run", flag, text]))
+            assert values[opt.name] == (True if opt.kind == "flag" else [text] if opt.kind == "list" else text), flag
+    assert values_of(parser.parse_args(["run", "--format", "latex"]))["table_format"] == "latex"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "harness: error: --harness-seeds: expected a number >= 1, got 0"),
+    (["--attack", "badnets"], "harness: error: badnets: backdoors a classifier, not an encoder"),
+    (["--harness-set", "widht=3"], "harness: error: --harness-set: unknown profile field 'widht'"),
+])
+def test_harness_run_refuses_what_pytest_refuses_with_one_line(args, message, capsys, tmp_path):
+    assert main(["run", *args, "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
+def test_harness_run_plans_the_suites_rows(monkeypatch):
+    """Per task and seed: the clean control, then per attack its trigger's control, the suspect and each defense."""
+    from harness import api
+    from harness.pipeline import Workbench
+    from harness.results import Row
+
+    asked = []
+
+    def row(self, suite, attack, defense, downstream, seed, variant="", trigger_of=None, **_):
+        asked.append((attack, defense, downstream, seed, trigger_of))
+        variant = f"{trigger_of}'s trigger" if trigger_of == "bassl" else variant  # BASSL brings its own trigger
+        return Row(suite=suite, profile="tiny", attack=attack, defense=defense, pretrain="fmnist", downstream=downstream, seed=seed,
+                   acc=0.0, asr_all=0.0, asr_nontarget=0.0, n_test=1, n_nontarget=1, variant=variant)
+
+    monkeypatch.setattr(Workbench, "row", row)
+    rows = api.run_rows(resolve({"attack": "badencoder,bassl", "defense": "mimic", "downstream": "fmnist", "seeds": "2"}))
+    assert asked[:7] == [("clean", "none", "fmnist", 0, None),
+                         ("clean", "none", "fmnist", 0, "badencoder"), ("badencoder", "none", "fmnist", 0, None),
+                         ("badencoder", "mimic", "fmnist", 0, None),
+                         ("clean", "none", "fmnist", 0, "bassl"), ("bassl", "none", "fmnist", 0, None), ("bassl", "mimic", "fmnist", 0, None)]
+    assert len(asked) == 14
+    # BadEncoder's trigger is the profile's: its control is the plain control, one row.
+    assert sorted((r.attack, r.defense, r.variant) for r in rows if r.seed == 1) == [
+        ("badencoder", "mimic", ""), ("badencoder", "none", ""), ("bassl", "mimic", ""), ("bassl", "none", ""),
+        ("clean", "none", ""), ("clean", "none", "bassl's trigger")]
+
+
+def test_harness_list_names_what_a_command_line_can_use(capsys):
+    for what, names in (("attacks", ATTACKS.names()), ("defenses", DEFENSES.names()), ("profiles", ["paper", "small", "tiny"]),
+                        ("fields", [f.name for f in dataclasses.fields(Profile) if f.name != "name"])):
+        assert main(["list", what]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in lines] == names, what
+    main(["list", "attacks"])
+    assert "[supervised" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("badnets"))
+    assert main(["list", "fields", "--profile", "small"]) == 0
+    assert "width                    int              32" in capsys.readouterr().out
