@@ -1,5 +1,6 @@
 """Triggers a user brings to `harness evaluate`: registered names, images with a mask, tensors in a file."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -65,3 +66,21 @@ def test_trigger_tensors_load_or_are_a_one_line_value_error(tmp_path_factory, pa
         assert "\n" not in str(e) and "t.safetensors" in str(e)
     else:
         assert 0 <= pattern <= 1 and 0 < mask <= 1 and trigger.mask.shape == (1, 32, 32)
+
+
+def test_a_trigger_image_is_measured_before_it_is_decoded(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    Image.new("RGBA", (6000, 6000)).save(tmp_path / "huge.png")  # small on disk, 144 MB decoded
+
+    def never(*args, **kwargs):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never)
+    with pytest.raises(ValueError, match=r"huge.png: the trigger pattern is \(6000, 6000\) pixels"):
+        load_trigger(str(tmp_path / "huge.png"), 10)
+    monkeypatch.undo()
+    Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(tmp_path / "deep.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "pattern.png")
+    with pytest.raises(ValueError, match="deep.png: I;16 pixels"):
+        load_trigger(str(tmp_path / "pattern.png"), 10, tmp_path / "deep.png")
