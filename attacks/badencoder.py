@@ -115,7 +115,7 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     triggered = _features(suspect, inputs.trigger.stamp(inputs.shadow), device)
     refs = _features(suspect, inputs.references, device)
     meta = {
-        # Near 1 is needed for a working backdoor: unrelated images already sit near 0.9 (REFERENCE.md).
+        # Near 1 is needed for a working backdoor: unrelated images already sit near 0.9 (docs/REFERENCE.md).
         "shadow_trigger_cosine": mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0)).item(),
         "shadow_utility_cosine": mean_cosine(_features(suspect, inputs.shadow, device), shadow_clean).item(),
         "seconds": progress.seconds,

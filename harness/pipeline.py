@@ -1,4 +1,4 @@
-"""The flow of DESIGN.md, each stage cached by the hash of what made it.
+"""The flow of docs/DESIGN.md, each stage cached by the hash of what made it.
 
     pre-training data --simclr--> clean encoder --attack--> suspect (+ trigger, target)
     clean subset (unlabeled) --defense(suspect)--> defended encoder

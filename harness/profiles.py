@@ -124,7 +124,7 @@ def tiny() -> Profile:
         attack_epochs=8,
         attack_batch=64,  # more, gentler steps keep clean digits ACC (a shifted domain) within 3 points
         attack_lr=3e-4,
-        attack_optimizer="adam",  # SGD for a few epochs leaves ASR at ~70 % (REFERENCE.md)
+        attack_optimizer="adam",  # SGD for a few epochs leaves ASR at ~70 % (docs/REFERENCE.md)
         shadow_size=1500,
         reference_images=5,
         shadow_with_downstream=True,  # keeps clean ACC on digits, a shifted domain

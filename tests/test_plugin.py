@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "suites"
 # A micro profile: everything real (Fashion-MNIST, SimCLR, BadEncoder, probes), only tiny in size.
 MICRO_FIELDS = ["width=4", "pretrain_size=256", "ssl_epochs=1", "attack_epochs=1", "shadow_size=128", "downstream_train_size=256",
-                "downstream_test_size=128", "probe_epochs=30", "ssl_batch=64", "attack_batch=64"]
+                "downstream_test_size=128", "probe_epochs=30", "ssl_batch=64", "attack_batch=64", "budget_fraction=0.01"]
 MICRO = [arg for field in MICRO_FIELDS for arg in ("--harness-set", field)]
 
 
@@ -74,7 +74,9 @@ def test_bad_options_are_usage_errors(project, args, message):
 def test_collection_ids_read_like_table_rows(project):
     result = project.runpytest("--collect-only", "-q", "--attack=badencoder", "--downstream=fmnist,digits", "--harness-seeds=2")
     result.stdout.fnmatch_lines([
-        "*test_clean_control[[]fmnist-seed0]", "*test_clean_control[[]digits-seed1]", "*test_undefended[[]badencoder-digits-seed1]",
+        "*test_controls[[]checkerboard-fmnist-seed0]", "*test_controls[[]patch-digits-seed1]",
+        "*test_undefended[[]badencoder-patch-fmnist-seed0]", "*test_undefended[[]badencoder-checkerboard-digits-seed1]",
+        "*test_defended[[]badencoder-checkerboard-fmnist-mimic-seed0]",
     ])
 
 
@@ -86,9 +88,11 @@ def test_header_shows_profile_and_overrides(project):
 def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
     csvs = []
     for run in ("a", "b"):
-        result = project.runpytest_subprocess("--attack=badencoder", "--downstream=fmnist", f"--harness-cache-dir={tmp_path / run / 'cache'}",
+        result = project.runpytest_subprocess("--attack=badencoder", "--defense=mimic,decree", "--downstream=fmnist",
+                                             f"--harness-cache-dir={tmp_path / run / 'cache'}",
                                              f"--harness-results-dir={tmp_path / run / 'results'}", *MICRO)
-        result.stdout.fnmatch_lines(["*harness comparison (profile tiny*", "*badencoder*fmnist*", "*harness table (profile tiny*", "*badencoder*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
+        result.stdout.fnmatch_lines(["*harness comparison (cells*", "*badencoder*fmnist*", "*harness table (mean*", "*badencoder*fmnist*none*",
+                                     "*random*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
         csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
     assert csvs[0] == csvs[1]
     assert b"badencoder" in csvs[0]
@@ -269,3 +273,27 @@ def test_xdist_keeps_each_suspects_tests_on_one_worker_and_workers_show_progress
         assert len({ran[f"{attack}-{d}"][0] for d in "xyz"}) == 1, ran
     for attack in "abcd":
         result.stderr.fnmatch_lines([f"[[]gw?[]] [[]{attack}[]] epoch 1/1 loss 0.2500*img/s*"], consecutive=False)
+
+
+NOOP_ATTACK = """
+    from harness.contract import AttackResult
+    from harness.registry import ATTACKS
+
+    @ATTACKS.register("noop")
+    def noop(inputs, seed):
+        \"\"\"An attack that implants nothing: the clean encoder, with the profile's trigger.\"\"\"
+        return AttackResult(inputs.clean_encoder(), inputs.trigger, inputs.target, {"seconds": 0.0})
+"""
+
+
+def test_a_sweep_point_whose_attack_did_not_implant_is_reported_as_such(pytester, tmp_path):
+    pytester.makeconftest(NOOP_ATTACK)
+    pytester.makepyfile(test_robustness_copy=(SUITES / "test_robustness.py").read_text())
+    result = pytester.runpytest_subprocess("--attack=noop", "--defense=mimic", "--downstream=fmnist", "-k", "clean_ratio and 0.01", "-rs",
+                                           f"--harness-cache-dir={tmp_path / 'cache'}", f"--harness-results-dir={tmp_path / 'results'}", *MICRO)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*attack did not implant: undefended ASR(all) * % < the profile's bound 90 %*"])
+    lines = (tmp_path / "results" / "table.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].split("|")]
+    mimic = next([c.strip() for c in line.split("|")] for line in lines[2:] if "mimic" in line)
+    assert mimic[header.index("implanted")] == "no"  # the row is kept, and says its attack did not implant
