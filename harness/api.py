@@ -10,9 +10,11 @@
 `run` takes the options of `pytest suites/` and `harness run` by their setting
 names in harness/options.py (`profile`, `overrides`, `seed`, `seeds`, `device`,
 `cache_dir`...), checked by the same validators, and chooses the same grid.
-The others take an encoder as an `Encoder` or a file (with `arch` and
-`key_prefix`, as `harness scan` does) and images as a uint8 (N, 3, 32, 32)
-tensor or a folder. Progress goes to the logger "harness" at INFO; wrap a call
+The others take an encoder as an `Encoder` or a file in any recognised layout
+(harness/layouts.py; with `arch`, `key_prefix`, `key_map` and the input geometry
+`image_size`, `mean`, `std` as `harness scan` takes them: a file's encoder is
+wrapped in its layout's geometry, harness/geometry.py) and images as a uint8
+(N, 3, 32, 32) tensor or a folder. Progress goes to the logger "harness" at INFO; wrap a call
 in `with harness.progress_to(): ...` to see it.
 
 The evaluation is called `evaluate_encoder` because `harness.evaluate` is the
@@ -33,12 +35,16 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
+    from harness.geometry import InputGeometry
+    from harness.layouts import Checkpoint
+
     from defenses.decree import DecreeConfig, Inversion
     from harness.contract import Budget, DefenseResult
     from harness.evaluate import Metrics
     from harness.models import Encoder
     from harness.options import Settings
     from harness.profiles import Profile
+    from harness.pipeline import Workbench
     from harness.registry import Method
     from harness.results import Row
     from harness.triggers import Trigger
@@ -126,15 +132,36 @@ def run(attack: str | Sequence[str] = "all", defense: str | Sequence[str] = "all
 # -- your own encoder ------------------------------------------------------------------
 
 
-def _encoder(encoder: "Encoder | str | Path", arch: str, key_prefix: str) -> "Encoder":
-    """The encoder in a file, or a copy of the one given in eval mode, as a file's loads: a defense trains what it
-    gets, and the caller's encoder stays theirs, mode included."""
+Triple = tuple[float, float, float]
+
+
+def load_user_encoder(path: str | Path, arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (),
+                      image_size: int | None = None, mean: "Triple | None" = None,
+                      std: "Triple | None" = None) -> "tuple[Checkpoint, Encoder, InputGeometry]":
+    """A user's file read once and recognised (its Checkpoint, whose sha256 is of the bytes loaded), its encoder behind
+    its input geometry, and that geometry: the layout's (or what a harness file records) with the given fields replaced."""
+    import dataclasses
+
+    from harness.geometry import with_geometry
+    from harness.layouts import load_checkpoint
+
+    checkpoint = load_checkpoint(Path(path), arch, key_prefix, tuple(key_map))
+    given = {"size": image_size, "mean": None if mean is None else tuple(mean), "std": None if std is None else tuple(std)}
+    geometry = dataclasses.replace(checkpoint.geometry, **{k: v for k, v in given.items() if v is not None})
+    return checkpoint, with_geometry(checkpoint.encoder, geometry), geometry
+
+
+def _encoder(encoder: "Encoder | str | Path", arch: str | None, key_prefix: str, key_map: Sequence[str] = (),
+             image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None) -> "Encoder":
+    """The encoder in a file (behind its geometry), or a copy of the one given in eval mode, as a file's loads: a
+    defense trains what it gets, and the caller's encoder stays theirs, mode included."""
     import copy
 
-    from harness.external import load_external_encoder
-
     if isinstance(encoder, (str, Path)):
-        return load_external_encoder(Path(encoder), arch, key_prefix)
+        return load_user_encoder(encoder, arch, key_prefix, key_map, image_size, mean, std)[1]
+    if arch is not None or key_prefix or key_map or (image_size, mean, std) != (None, None, None):
+        raise ValueError("arch, key_prefix, key_map, image_size, mean and std describe a file; for an Encoder, give its "
+                         "geometry with harness.geometry.with_geometry")
     return copy.deepcopy(encoder).eval()
 
 
@@ -154,13 +181,15 @@ def scan_encoder(encoder: "Encoder", images: "Tensor", config: "DecreeConfig", s
 
 
 def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, steps: int = 400, seed: int = 0, device: str = "auto",
-         arch: str = "resnet18", key_prefix: str = "") -> "Inversion":
+         arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (), image_size: int | None = None,
+         mean: "Triple | None" = None, std: "Triple | None" = None) -> "Inversion":
     """Look for a backdoor: the smallest mask that collapses clean images' features, its L1 share and the verdict."""
     from defenses.decree import DecreeConfig
     from harness.training import resolve_device
 
     dev = resolve_device(device)
-    return scan_encoder(_encoder(encoder, arch, key_prefix), _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
+    model = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std)
+    return scan_encoder(model, _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
 
 
 def defense_budget(profile: "Profile", device: "torch.device") -> "Budget":
@@ -178,9 +207,14 @@ def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tens
 
 
 def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defense: str = "mimic", *, profile: str = "tiny",
-           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", arch: str = "resnet18", key_prefix: str = "",
+           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", arch: str | None = None, key_prefix: str = "",
+           key_map: Sequence[str] = (), image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None,
            **settings: Any) -> "DefenseResult":
-    """The purified encoder and the defense's metadata; `settings` replace fields of the defense's config."""
+    """The purified encoder and the defense's metadata; `settings` replace fields of the defense's config.
+
+    A file's encoder is purified behind its input geometry and returned so (harness.geometry.unwrap gives the
+    bare weights); `harness purify` also writes them back in the file's own layout.
+    """
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
@@ -189,30 +223,42 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
     load_methods()
     method = DEFENSES.create(defense, **settings)
     budget = defense_budget(with_overrides(get_profile(profile), overrides), resolve_device(device))
-    return purify_encoder(method, _encoder(encoder, arch, key_prefix), _images(images), budget, seed)
+    return purify_encoder(method, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images), budget, seed)
+
+
+def evaluation_bench(profile: "Profile", device: "torch.device", data_root: Path | None = None, download: bool = False) -> "Workbench":
+    """A workbench for the profile's downstream splits and probe only: it builds nothing, so its store stays empty."""
+    from harness.artifacts import ArtifactStore
+    from harness.pipeline import Workbench
+
+    return Workbench(profile, ArtifactStore(Path(".harness-cache")), device, data_root, download)
+
+
+def evaluate_on(bench: "Workbench", encoder: "Encoder", downstream: str, trigger: "Trigger", target: int, seed: int) -> "Metrics":
+    """ACC and ASR of a probe on the encoder's frozen features, on the bench's split of a downstream task (what
+    `harness evaluate` and every grid row compute)."""
+    from harness.evaluate import evaluate
+
+    train, test = bench.downstream(downstream)
+    return evaluate(encoder, train, test, trigger, target, bench.probe_config(), seed, bench.device)
 
 
 def evaluate_encoder(encoder: "Encoder | str | Path", downstream: str = "fmnist", *, trigger: "Trigger | None" = None,
                      target: int | None = None, profile: str = "tiny", overrides: Sequence[str] = (), seed: int = 0,
                      device: str = "auto", data_root: str | Path | None = None, download: bool = False,
-                     arch: str = "resnet18", key_prefix: str = "") -> "Metrics":
+                     arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (), image_size: int | None = None,
+                     mean: "Triple | None" = None, std: "Triple | None" = None) -> "Metrics":
     """ACC and ASR of a probe trained on the encoder's frozen features, on the profile's split of a downstream task.
 
     The trigger defaults to the profile's and the target to the task's; a grid row's numbers are the same call.
     """
-    from harness.artifacts import ArtifactStore
-    from harness.evaluate import evaluate
     from harness.options import load_methods
-    from harness.pipeline import Workbench
     from harness.profiles import get_profile, with_overrides
     from harness.training import resolve_device
 
     load_methods()
-    dev = resolve_device(device)
-    # The workbench only splits the data and reads the profile here; it builds nothing, so its store stays empty.
-    bench = Workbench(with_overrides(get_profile(profile), overrides), ArtifactStore(Path(".harness-cache")), dev,
-                      None if data_root is None else Path(data_root), download)
-    train, test = bench.downstream(downstream)
+    bench = evaluation_bench(with_overrides(get_profile(profile), overrides), resolve_device(device),
+                             None if data_root is None else Path(data_root), download)
     trigger = bench.trigger() if trigger is None else trigger
-    target = train.default_target if target is None else target
-    return evaluate(_encoder(encoder, arch, key_prefix), train, test, trigger, target, bench.probe_config(), seed, dev)
+    target = bench.downstream(downstream)[0].default_target if target is None else target
+    return evaluate_on(bench, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), downstream, trigger, target, seed)

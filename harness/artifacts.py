@@ -22,7 +22,8 @@ fails its own run, not every later one.
 
 Every encoder file, the store's or a user's, is loaded the same bounded way: its
 bytes are read under a size cap, the architecture it claims is checked (a known
-config, a width in [1, MAX_WIDTH], exactly the architecture's blocks), the
+config, a width in [1, MAX_WIDTH], exactly the architecture's blocks, or for the
+generic "resnet" of harness/resnets.py four stages of at most MAX_BLOCKS), the
 encoder is built on the meta device and the tensors are checked against it
 (names, kind, dtype, shape, finite values, non-negative variances); only then is
 real memory allocated for it.
@@ -50,9 +51,12 @@ from torch import Tensor
 from harness.memory import release_freed_memory
 from harness.models import ArchConfig, Encoder
 from harness.registry import ARCHS
+from harness.resnets import ResNetConfig  # importing it registers the deeper ResNets that files may name
 
 FORMAT_VERSION = 1
 MAX_WIDTH = 128  # twice the paper's ResNet-18: 45M parameters; a file claiming more is refused, not allocated
+MAX_BLOCKS = 36  # blocks per stage of a ResNet whose file states its depth; ResNet-152's third stage has 36
+MAX_STEM_PADDING = 3  # of a CIFAR stem's 3x3 convolution (solo-learn pads by 2); more only inflates what forward allocates
 MAX_FILE_BYTES = 1 << 30  # an encoder of MAX_WIDTH in float64 with room to spare; loading holds at most twice this
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -225,10 +229,19 @@ def encoder_tensors(encoder: Encoder, extra: dict[str, Tensor] | None = None) ->
     return tensors
 
 
+def arch_name(encoder: Encoder) -> str:
+    """The registered name a harness file records for `encoder`: resnet18 for the harness's own network (either stem),
+    "resnet" for every other ResNet (harness/resnets.py), whose file then states its depth in arch_config."""
+    config = encoder.config
+    if not isinstance(config, ResNetConfig) and tuple(config.blocks) == ArchConfig().blocks:
+        return "resnet18"
+    return "resnet"
+
+
 def _header(encoder: Encoder, meta: dict | None) -> dict[str, str]:
     return {
         "format": str(FORMAT_VERSION),
-        "arch": "resnet18",
+        "arch": arch_name(encoder),
         "arch_config": json.dumps(dataclasses.asdict(encoder.config)),
         "meta": json.dumps(meta or {}),
     }
@@ -299,11 +312,16 @@ def safetensors_tensors(path: Path, data: bytes) -> dict[str, Tensor]:
         raise ArtifactError(f"{path}: not a readable safetensors file ({reason(e)})") from None
 
 
+_KINDS = {int: "a whole number", str: "a string"}
+
+
 def arch_config(path: Path, arch: str, fields: Any) -> ArchConfig:
     """Registered architecture `arch`'s config with `fields` (read from a file) in place of its defaults, checked.
 
-    Only the architecture's own fields; a whole-number width in [1, MAX_WIDTH]; exactly its blocks (resnet18
-    is (2, 2, 2, 2): a file naming fewer stages is another network, whose forward pass would fail later).
+    Only the architecture's own fields, each of its default's type; a whole-number width in [1, MAX_WIDTH];
+    blocks: exactly the architecture's when its name fixes the depth (resnet18 is (2, 2, 2, 2): a file naming
+    fewer stages is another network, whose forward pass would fail later), four stages of 1 to MAX_BLOCKS
+    for the generic "resnet", whose files state their depth; a CIFAR stem's padding in [0, MAX_STEM_PADDING].
     """
     default = ARCHS.get(arch).default_config()
     if not isinstance(fields, dict):
@@ -314,21 +332,33 @@ def arch_config(path: Path, arch: str, fields: Any) -> ArchConfig:
     width, blocks, stem = fields.get("width", default.width), fields.get("blocks", default.blocks), fields.get("stem", default.stem)
     if type(width) is not int or not 1 <= width <= MAX_WIDTH:
         raise ArtifactError(f"{path}: width {shown(width)} is not a whole number in [1, {MAX_WIDTH}]")
-    if not isinstance(blocks, (list, tuple)) or tuple(blocks) != tuple(default.blocks):
+    if type(default) is ResNetConfig:  # the generic ResNet: any depth of four stages
+        if not isinstance(blocks, (list, tuple)) or len(blocks) != 4 or not all(type(b) is int and 1 <= b <= MAX_BLOCKS for b in blocks):
+            raise ArtifactError(f"{path}: blocks {shown(blocks)} are not four whole numbers in [1, {MAX_BLOCKS}]")
+    elif not isinstance(blocks, (list, tuple)) or tuple(blocks) != tuple(default.blocks):
         raise ArtifactError(f"{path}: blocks {shown(blocks)} are not {arch}'s {list(default.blocks)}")
     if not isinstance(stem, str):
         raise ArtifactError(f"{path}: stem must be a string, got {type(stem).__name__}")
+    others = {k: v for k, v in fields.items() if k not in ("width", "blocks", "stem")}  # ResNetConfig's block, stem_padding
+    for key, value in others.items():
+        kind = type(getattr(default, key))
+        if type(value) is not kind:
+            raise ArtifactError(f"{path}: {key} {shown(value)} is not {_KINDS.get(kind, 'a ' + kind.__name__)}")
+    padding = others.get("stem_padding", 1)
+    if not 0 <= padding <= MAX_STEM_PADDING:
+        raise ArtifactError(f"{path}: stem_padding {padding} is not in [0, {MAX_STEM_PADDING}]")
     try:
-        return dataclasses.replace(default, width=width, blocks=tuple(blocks), stem=stem)
+        return dataclasses.replace(default, width=width, blocks=tuple(blocks), stem=stem, **others)
     except ValueError as e:
         raise ArtifactError(f"{path}: {e}") from None
 
 
-def build_checked(path: Path, arch: str, config: ArchConfig, state: dict[str, Tensor]) -> Encoder:
-    """An encoder of `arch` holding `state`, built on the meta device and allocated only once `state` fits it."""
+def build_checked(path: Path, arch: str, config: ArchConfig, state: dict[str, Tensor], described: str | None = None) -> Encoder:
+    """An encoder of `arch` holding `state`, built on the meta device and allocated only once `state` fits it;
+    `described` names the architecture in errors (default: `arch` and `config`)."""
     with torch.device("meta"):
         encoder: Encoder = ARCHS.create(arch, **dataclasses.asdict(config))()
-    check_weights(path, state, encoder, f"{arch} {config}")
+    check_weights(path, state, encoder, described or f"{arch} {config}")
     encoder = encoder.to_empty(device="cpu")
     encoder.load_state_dict(state, strict=True)
     return encoder.eval()

@@ -3,12 +3,18 @@
     harness run --attack badencoder --downstream fmnist --profile tiny     (the options of `pytest suites/`)
     harness list attacks|defenses|profiles|fields
     harness table harness-results --format latex
-    harness scan ENCODER --arch resnet18 --data IMAGES [--json REPORT.json]
-    harness purify ENCODER --arch resnet18 --data IMAGES --defense mimic --out PURIFIED.safetensors
+    harness scan ENCODER --data IMAGES [--json REPORT.json]
+    harness purify ENCODER --data IMAGES --defense mimic --out PURIFIED.safetensors
+    harness evaluate ENCODER --downstream fmnist --trigger checkerboard --target 9 [--json METRICS.json]
+    harness convert ENCODER --layout torchvision --out ENCODER.pth
     harness export --dataset fmnist --out IMAGES
 
+ENCODER: a harness file, or a torchvision / BadEncoder / MoCo / solo-learn checkpoint, recognised from
+its tensor names (harness/layouts.py; --arch overrides the architecture, --key-map renames tensors); its
+input geometry defaults to its layout's (--image-size, --mean, --std).
+
 Exit codes:
-    0  done; for scan: no backdoor found
+    0  done; for scan: the detector found no trigger (which does not show that the encoder is clean)
     1  scan: backdoor suspected
     2  bad input: an unknown name, a bad option, an unreadable or refused file or image, missing data, or an
        output that cannot be written or already exists (--force replaces it); one line on stderr
@@ -94,30 +100,47 @@ def _table(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from defenses.decree import DecreeConfig
     from harness.api import scan_encoder
-    from harness.external import load_external_encoder, load_image_folder, read_encoder_file
+    from harness.external import load_image_folder
+    from harness.power import power_lines
     from harness.training import resolve_device
 
     if args.json is not None:
         _output(args.json, args.force, inputs=(args.encoder,))
     device = resolve_device(args.device)
-    encoder = load_external_encoder(read_encoder_file(args.encoder), args.arch, args.key_prefix).to(device)
+    checkpoint, encoder, geometry = _user_encoder(args)
     images = load_image_folder(args.data)
     config = DecreeConfig(inversion_steps=args.steps)
+    power = power_lines(args.profile, config.inversion_steps)
     found = scan_encoder(encoder, images, config, args.seed, device)
     rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
-    print(f"harness scan: {'BACKDOOR SUSPECTED' if found.flagged else 'no backdoor found'} in {args.encoder}")
+    verdict = "BACKDOOR SUSPECTED in" if found.flagged else "the detector found no trigger in"
+    print(f"harness scan: {verdict} {args.encoder}" + ("" if found.flagged else " (this does not show that it is clean)"))
+    print(f"  encoder: {checkpoint.describe()}")
+    print(f"  input: {geometry.describe()}")
     print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.inversion_steps} steps")
     print(f"  evidence: the smallest mask that collapses the features of clean images (mean pairwise cosine >= "
           f"{config.target_cosine}) covers {found.l1_share:.2%} of the image; flagged below {config.flag_below:.0%}")
     print(f"  stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
+    for line in power:
+        print(f"  {line}")
     if args.json:
         from harness.artifacts import atomic_write_text
 
-        report = {"encoder": str(args.encoder), "flagged": found.flagged, "l1_share": found.l1_share, "cosine": found.cosine,
-                  "flag_below": config.flag_below, "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows,
-                  "mask_columns": cols}
+        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "flagged": found.flagged,
+                  "l1_share": found.l1_share, "cosine": found.cosine, "flag_below": config.flag_below,
+                  "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows, "mask_columns": cols,
+                  "verdict": "suspected" if found.flagged else "no trigger found (not proof of a clean encoder)",
+                  "layout": checkpoint.layout, "architecture": checkpoint.architecture, "geometry": geometry.as_dict(), "power": power}
         atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
     return EXIT_SUSPECTED if found.flagged else EXIT_CLEAN
+
+
+def _user_encoder(args: argparse.Namespace):
+    """(Checkpoint, the encoder behind its input geometry, that geometry): the same for scan, purify and evaluate; the
+    file is read once, so the checkpoint's sha256 is of the bytes that were loaded."""
+    from harness.api import load_user_encoder
+
+    return load_user_encoder(args.encoder, args.arch, args.key_prefix, args.key_map, args.image_size, args.mean, args.std)
 
 
 def torch_nonzero_box(mask) -> tuple[list[int], list[int]]:
@@ -136,7 +159,9 @@ def _purify(args: argparse.Namespace) -> int:
 
     from harness.api import defense_budget, purify_encoder
     from harness.artifacts import atomic_write_text, save_encoder
-    from harness.external import load_external_encoder, load_image_folder, read_encoder_file
+    from harness.external import load_image_folder
+    from harness.geometry import unwrap
+    from harness.layouts import layout_path, write_in_layout
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
@@ -152,16 +177,24 @@ def _purify(args: argparse.Namespace) -> int:
     for path in (args.out, sidecar):
         _output(path, args.force, inputs=(args.encoder,))
     device = resolve_device(args.device)
-    source = read_encoder_file(args.encoder)
-    encoder = load_external_encoder(source, args.arch, args.key_prefix)
+    checkpoint, encoder, geometry = _user_encoder(args)
+    in_layout = layout_path(checkpoint, args.out)  # the purified weights under the input's names: known once it is read
+    if in_layout is not None:
+        _output(in_layout, args.force, inputs=(args.encoder,))
+    if args.defense == "fp" and "bottleneck" in checkpoint.architecture:  # defenses/fp.py prunes a basic block's conv2
+        raise ValueError(f"fine-pruning (fp) handles basic blocks only; {checkpoint.architecture} has bottlenecks: choose another --defense")
     images = load_image_folder(args.data)
     budget = defense_budget(profile, device)
     print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
           f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
+    print(f"  encoder: {checkpoint.describe()}\n  input: {geometry.describe()}", file=sys.stderr)
     start = time.perf_counter()
     result = purify_encoder(method, encoder, images, budget, args.seed)
     seconds = time.perf_counter() - start
-    save_encoder(args.out, result.encoder.cpu(), meta={"defense": args.defense})
+    purified = unwrap(result.encoder).cpu()
+    save_encoder(args.out, purified, meta={"defense": args.defense, "geometry": geometry.as_dict()})
+    if in_layout is not None:
+        write_in_layout(checkpoint, purified, in_layout)
     report = {
         "defense": args.defense,
         "settings": dataclasses.asdict(method.config) if method.config is not None else {},
@@ -170,12 +203,78 @@ def _purify(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "seconds": seconds,
         "source": str(args.encoder),
-        "source_sha256": source.sha256,  # of the bytes that were loaded, not of whatever the path holds now
+        "source_sha256": checkpoint.sha256,  # of the bytes that were loaded, not of whatever the path holds now
         "images": len(images),
+        "layout": checkpoint.layout,
+        "architecture": checkpoint.architecture,
+        "geometry": geometry.as_dict(),
+        "in_layout": str(in_layout or args.out),  # the purified weights under the input's names
+        "kept_unchanged": len(checkpoint.kept),  # tensors of the input that are not the encoder's, written back as they were
         "meta": result.meta,  # per defense: MI and beta per stage (MIMIC), pruned channels, verdicts...
     }
     atomic_write_text(sidecar, json.dumps(report, indent=1, default=str) + "\n")
-    print(f"written: {args.out} and {sidecar} ({seconds:.1f} s)")
+    also = f", {in_layout} (the input's {checkpoint.layout} layout)" if in_layout else ""
+    print(f"written: {args.out}{also} and {sidecar} ({seconds:.1f} s)")
+    return EXIT_CLEAN
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """ACC and ASR of a user's encoder on a downstream task, with the profile's probe and splits (as the suites)."""
+    import dataclasses
+
+    from tabulate import tabulate
+
+    from harness.api import evaluate_on, evaluation_bench
+    from harness.options import load_methods
+    from harness.profiles import get_profile, with_overrides
+    from harness.training import resolve_device
+    from harness.trigger_files import load_trigger
+
+    load_methods()
+    profile = with_overrides(get_profile(args.profile), args.set)
+    if args.json is not None:
+        trigger_files = [p for p in (Path(args.trigger), args.trigger_mask) if p is not None and p.is_file()]
+        _output(args.json, args.force, inputs=(args.encoder, *trigger_files))
+    device = resolve_device(args.device)
+    checkpoint, encoder, geometry = _user_encoder(args)
+    trigger = load_trigger(args.trigger, profile.trigger_size, args.trigger_mask)
+    bench = evaluation_bench(profile, device, args.data_root, args.download)
+    train, test = bench.downstream(args.downstream)
+    probe = bench.probe_config()
+    metrics = evaluate_on(bench, encoder, args.downstream, trigger, args.target, args.seed)
+    described = trigger.describe()
+    print(f"harness evaluate: {args.encoder} on {args.downstream} ({len(train)} train, {len(test)} test images; "
+          f"{probe.kind} probe, {probe.epochs} epochs, profile {profile.name})")
+    print(f"  encoder: {checkpoint.describe()}")
+    print(f"  input: {geometry.describe()}")
+    print(f"  trigger: {trigger.name} ({described['pixels']} pixels, box {described['box']}), target class {args.target} "
+          f"({test.classes[args.target]})")
+    rows = [[f"{metrics.acc:.2f}", f"{metrics.asr_all:.2f}", f"{metrics.asr_nontarget:.2f}", metrics.n_test, metrics.n_nontarget]]
+    print(tabulate(rows, headers=["ACC %", "ASR(all) %", "ASR(non-target) %", "test images", "non-target"], tablefmt="simple",
+                   disable_numparse=True))
+    if args.json:
+        from harness.artifacts import atomic_write_text
+
+        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "downstream": args.downstream,
+                  "target": args.target, "trigger": described, "probe": dataclasses.asdict(probe), "profile": profile.name,
+                  "seed": args.seed, "layout": checkpoint.layout, "architecture": checkpoint.architecture,
+                  "geometry": geometry.as_dict(), **metrics.as_dict()}
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+    return EXIT_CLEAN
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Write an encoder file in another layout's tensor names: a file to try scan and purify on, or to use elsewhere."""
+    from harness.layouts import load_checkpoint, save_in_layout
+
+    _output(args.out, args.force, inputs=(args.encoder,))
+    checkpoint = load_checkpoint(args.encoder, args.arch, args.key_prefix, args.key_map)
+    assumed = save_in_layout(checkpoint.encoder, args.layout, args.out)
+    print(f"written: {args.out} ({checkpoint.architecture} in the {args.layout} layout, the encoder only)")
+    if assumed != checkpoint.geometry:
+        g = checkpoint.geometry
+        print(f"  it was trained for {g.describe()}; the {args.layout} layout assumes {assumed.describe()}: scan, purify and "
+              f"evaluate it with --image-size {g.size} --mean {','.join(map(str, g.mean))} --std {','.join(map(str, g.std))}")
     return EXIT_CLEAN
 
 
@@ -245,6 +344,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _three_floats(text: str) -> tuple[float, float, float]:
+    """An argparse type: 'R,G,B' as three finite floats."""
+    import math
+
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"takes three comma-separated numbers R,G,B, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -299,23 +411,54 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--force", action="store_true", help="replace images of the same names in --out")
     export.set_defaults(func=_export)
+    convert = sub.add_parser("convert", help="write an encoder file in a layout's tensor names (torchvision, badencoder, ...)")
+    convert.add_argument("encoder", type=Path)
+    convert.add_argument("--layout", required=True, choices=("harness", "torchvision", "badencoder", "moco", "solo-learn"))
+    convert.add_argument("--out", type=Path, required=True, help=".pt/.pth (a torch state dict) or .safetensors")
+    convert.add_argument("--arch", default=None, help="as for scan")
+    convert.add_argument("--key-prefix", default="", help="as for scan")
+    convert.add_argument("--key-map", action="append", default=[], metavar="REGEX=REPLACEMENT", help="as for scan")
+    convert.add_argument("--force", action="store_true", help="replace --out if it exists (never the input)")
+    convert.set_defaults(func=_convert)
     for name, helptext in (("scan", "look for a backdoor in your own encoder (label-free trigger inversion)"),
-                           ("purify", "run a defense on your own encoder and write the purified one")):
+                           ("purify", "run a defense on your own encoder and write the purified one"),
+                           ("evaluate", "ACC and ASR of your own encoder on a downstream task, for a trigger and target you know")):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("encoder", type=Path, help=".safetensors, or a weights-only PyTorch state dict (.pt/.pth)")
-        cmd.add_argument("--arch", default="resnet18", help="registered architecture: resnet18 (CIFAR stem) or resnet18_imagenet (torchvision's)")
-        cmd.add_argument("--key-prefix", default="", help="a prefix to strip from tensor names, e.g. 'backbone.'")
-        cmd.add_argument("--data", type=Path, required=True, help="folder of unlabeled clean images (flat, or one sub-folder per class)")
+        cmd.add_argument("--arch", default=None, help="override the architecture recognised from the tensor shapes "
+                         "(resnet18, resnet34, resnet50, each also *_imagenet)")
+        cmd.add_argument("--key-prefix", default="", help="where the encoder's tensors are, e.g. 'model.encoder.'")
+        cmd.add_argument("--key-map", action="append", default=[], metavar="REGEX=REPLACEMENT",
+                         help="rewrite tensor names (re.sub, in order) into a known layout; '' leaves a tensor out of the encoder")
+        cmd.add_argument("--image-size", type=_positive, default=None,
+                         help="side of the encoder's input (default: its layout's, e.g. 224 for ImageNet stems)")
+        cmd.add_argument("--mean", type=_three_floats, default=None, metavar="R,G,B", help="input normalisation mean (default: the layout's)")
+        cmd.add_argument("--std", type=_three_floats, default=None, metavar="R,G,B", help="input normalisation std (default: the layout's)")
+        if name != "evaluate":
+            cmd.add_argument("--data", type=Path, required=True, help="folder of unlabeled clean images (flat, or one sub-folder per class)")
         cmd.add_argument("--device", default="auto")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--force", action="store_true", help="replace output files that exist (never the input)")
         if name == "scan":
             cmd.add_argument("--steps", type=_positive, default=400, help="trigger-inversion steps (default: 400)")
+            cmd.add_argument("--profile", default="tiny", help="whose measured detection rates to print (default: tiny)")
             cmd.add_argument("--json", type=Path, default=None, help="also write the verdict and its evidence as JSON")
             cmd.set_defaults(func=_scan)
+        elif name == "evaluate":
+            cmd.add_argument("--downstream", required=True, help="registered downstream dataset, e.g. fmnist, digits, gtsrb")
+            cmd.add_argument("--trigger", required=True, metavar="NAME|FILE", help="registered trigger, image (RGBA, or with --trigger-mask) or .safetensors")
+            cmd.add_argument("--trigger-mask", type=Path, default=None, help="grayscale mask image for an opaque trigger image")
+            cmd.add_argument("--target", type=_non_negative, required=True, help="the backdoor's target class")
+            cmd.add_argument("--profile", default="tiny", help="whose probe and downstream sizes to use (default: tiny)")
+            cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+            cmd.add_argument("--data-root", type=Path, default=None)
+            cmd.add_argument("--download", action="store_true")
+            cmd.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
+            cmd.set_defaults(func=_evaluate)
         else:
             cmd.add_argument("--defense", default="mimic")
-            cmd.add_argument("--out", type=Path, required=True, help="where to write the purified encoder (.safetensors)")
+            cmd.add_argument("--out", type=Path, required=True, help="where to write the purified encoder (.safetensors); "
+                             "OUT.<layout><input suffix> holds it in the input's layout")
             cmd.add_argument("--profile", default="tiny", help="whose defense budget to use (default: tiny)")
             cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
             cmd.set_defaults(func=_purify)

@@ -7,14 +7,12 @@ pickle that would build an object or run code); everything else is refused. Stat
 dicts are read only by a torch past every known bypass of that unpickler (see
 pyproject.toml), only in torch.save's zip format, and only when every zip entry is
 stored uncompressed (torch.save never compresses: a deflated entry is a way to make
-a small file expand) and the entries claim no more bytes than the file holds. The
-weights are then checked against a registered architecture on the meta device
-(harness/artifacts.py): a missing or unexpected tensor, a shape or kind that does
-not fit, or a NaN/Inf value is a one-line error naming the file and the tensor.
-
-Key layouts understood: the harness's own files, its state dicts, and
-torchvision's ResNet-18 (`conv1`, `bn1`, `downsample`, `fc`), with a leading
-`module.` (DataParallel) or a prefix given by the caller stripped first.
+a small file expand) and the entries claim no more bytes than the file holds. Which
+tensor names (the harness's, torchvision's, BadEncoder's, MoCo's, solo-learn's)
+and which ResNet those tensors hold is harness/layouts.py's business; the weights
+are then checked against that architecture on the meta device (harness/artifacts.py):
+a missing or unexpected tensor, a shape or kind that does not fit, or a NaN/Inf
+value is a one-line error naming the file and the tensor.
 Images: a folder of PNG/JPEG/BMP/WebP files, flat or one sub-folder per class
 (ImageFolder), converted to RGB and resized to 32x32, in sorted path order. Each
 image's size is read from its header before it is decoded (JPEGs are decoded at
@@ -35,17 +33,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from harness.artifacts import (ArtifactError, arch_config, build_checked, load_encoder, read_file, reason, safetensors_metadata,
-                               safetensors_tensors, shown)
+from harness.artifacts import ArtifactError, read_file, reason, safetensors_metadata, safetensors_tensors, shown
 from harness.data import IMAGE_SIZE
-from harness.models import ArchConfig, Encoder
-from harness.registry import ARCHS
+from harness.models import Encoder
 
 # The first torch whose weights-only unpickler has no known bypass; pyproject.toml's floor, with the advisories.
 WEIGHTS_ONLY_SAFE_TORCH = (2, 10)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded as RGB that is 48 MiB; a 12-megapixel photo fits, JPEGs shrink in draft mode first
-_TORCHVISION_NAMES = (("conv1.", "stem.0."), ("bn1.", "stem.1."))
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,11 +78,12 @@ def _check_torch_archive(file: EncoderFile) -> None:
         raise ArtifactError(f"{file.path}: refused: its zip entries claim {claimed} bytes, more than the file's {len(file.data)}")
 
 
-def _read_tensors(file: EncoderFile) -> dict[str, Tensor]:
-    """The tensors of a .safetensors file or of a weights-only state dict; nothing in the file is run."""
+def read_checkpoint(file: EncoderFile) -> tuple[dict[str, Tensor], bool]:
+    """The tensors of a .safetensors file or of a weights-only state dict, nothing in the file run; and whether they
+    were nested under "state_dict" (so purify writes them back the same way)."""
     path = file.path
     if path.suffix == ".safetensors":
-        return safetensors_tensors(path, file.data)
+        return safetensors_tensors(path, file.data), False
     if _torch_version() < WEIGHTS_ONLY_SAFE_TORCH:
         raise ArtifactError(f"{path}: refused: torch {torch.__version__}'s weights-only unpickler has known bypasses "
                             f"(CVE-2025-32434, CVE-2026-24747); state dicts need torch >= "
@@ -101,62 +97,31 @@ def _read_tensors(file: EncoderFile) -> dict[str, Tensor]:
         raise
     except Exception as e:  # noqa: BLE001 - the unpickler and zip reader raise many kinds on crafted bytes; all mean refused
         raise ArtifactError(f"{path}: refused: not safetensors and not a weights-only state dict ({reason(e)})") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+    nested = isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict)
+    if nested:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items()):
         raise ArtifactError(f"{path}: refused: expected a mapping of tensor names to tensors")
-    return loaded
+    return loaded, nested
 
 
-def _harness_names(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """Keys renamed to the harness's Encoder: prefixes stripped, torchvision's names mapped, the classifier dropped."""
-    out = {}
-    for key, value in state.items():
-        for strip in ("module.", prefix, "encoder."):
-            if strip and key.startswith(strip):
-                key = key[len(strip) :]
-        if key.startswith("fc."):
-            continue  # torchvision's classifier: not part of an encoder
-        for old, new in _TORCHVISION_NAMES:
-            if key.startswith(old):
-                key = new + key[len(old) :]
-        out[key.replace(".downsample.", ".shortcut.")] = value
-    return out
-
-
-def _written_by_harness(file: EncoderFile) -> bool:
+def written_by_harness(file: EncoderFile) -> bool:
+    """A .safetensors file whose metadata names its architecture: artifacts.load_encoder reads it."""
+    if file.path.suffix != ".safetensors":
+        return False
     try:
         return "arch_config" in safetensors_metadata(file.path, file.data)
-    except ArtifactError:  # unreadable files are reported by _read_tensors
+    except ArtifactError:  # unreadable files are reported by read_checkpoint
         return False
 
 
-def _check_same_architecture(path: Path, config: ArchConfig, arch: str) -> None:
-    """A harness file names its own architecture; `arch` must be it, not be ignored."""
-    def shape(c: ArchConfig) -> tuple:
-        return c.stem, tuple(c.blocks)
+def load_external_encoder(source: Path | EncoderFile, arch: str | None = None, prefix: str = "",
+                          key_map: tuple[str, ...] = ()) -> Encoder:
+    """The encoder in `source` (a path, or a file already read), its layout and architecture recognised
+    (harness/layouts.py) and checked; `arch` overrides the recognised architecture."""
+    from harness.layouts import load_checkpoint  # layouts reads files through this module
 
-    if shape(config) != shape(ARCHS.get(arch).default_config()):
-        fits = [name for name in ARCHS.names() if shape(ARCHS.get(name).default_config()) == shape(config)]
-        raise ArtifactError(f"{path}: holds a {config.stem}-stem encoder, not a {arch}; use --arch {' or '.join(fits) or '?'}")
-
-
-def load_external_encoder(source: Path | EncoderFile, arch: str, prefix: str = "") -> Encoder:
-    """An encoder of registered architecture `arch` with the weights in `source` (a path, or a file already read)."""
-    file = source if isinstance(source, EncoderFile) else read_encoder_file(Path(source))
-    path = file.path
-    ARCHS.get(arch)  # an unknown --arch is the first thing to hear about
-    if path.suffix == ".safetensors" and _written_by_harness(file):
-        encoder = load_encoder(path, file.data)[0]  # it names its own architecture, and is checked the same way
-        _check_same_architecture(path, encoder.config, arch)
-        return encoder
-    state = _harness_names(_read_tensors(file), prefix)
-    stem = state.get("stem.0.weight")
-    if stem is None:
-        raise ArtifactError(f"{path}: missing tensor stem.0.weight (conv1.weight in torchvision's names); is --arch {arch} right?")
-    if not isinstance(stem, Tensor) or stem.dim() != 4:
-        raise ArtifactError(f"{path}: stem.0.weight is not the 4-d weight of a convolution")
-    return build_checked(path, arch, arch_config(path, arch, {"width": int(stem.shape[0])}), state)
+    return load_checkpoint(source, arch, prefix, key_map).encoder
 
 
 def load_image_folder(root: Path, size: int = IMAGE_SIZE) -> Tensor:

@@ -15,12 +15,13 @@ from harness.artifacts import ArtifactStore, save_encoder
 from harness.models import build_encoder
 from harness.options import OptionError
 from harness.pipeline import Workbench
+from harness.profiles import get_profile
 from harness.registry import UnknownNameError
 from tests.test_plugin import MICRO_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = ["--attack=badencoder", "--defense=ft", "--downstream=fmnist", *(a for f in MICRO_FIELDS for a in ("--set", f)),
-         "--set", "defense_epochs=2", "--device=cpu"]
+         "--set", "budget_fraction=0.001", "--device=cpu"]
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -44,23 +45,26 @@ def test_harness_run_needs_no_pytest_and_the_api_returns_its_rows(tmp_path):
     done = _python(code, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pytest imported: False" in done.stdout and "badencoder" in done.stdout
-    assert "[ft] epoch 2/2" in done.stderr  # progress on stderr
+    assert "[ft] epoch 5/5" in done.stderr  # progress on stderr
     written = pd.read_csv(results / "results.csv")
-    assert sorted(zip(written["attack"], written["defense"])) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none")]
+    scenarios = get_profile("tiny").scenarios  # each scenario's controls (clean, random), suspect and defense
+    assert sorted(set(zip(written["attack"], written["defense"]))) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none"),
+                                                                       ("random", "none")]
+    assert len(written) == 4 * len(scenarios) and written["scenario"].nunique() == len(scenarios)
 
     # The library call with the same options reads the same rows from the cache.
-    frame = harness.run(attack="badencoder", defense=["ft"], downstream="fmnist", overrides=[*MICRO_FIELDS, "defense_epochs=2"],
+    frame = harness.run(attack="badencoder", defense=["ft"], downstream="fmnist", overrides=[*MICRO_FIELDS, "budget_fraction=0.001"],
                         device="cpu", cache_dir=cache)
     assert isinstance(frame, pd.DataFrame)
-    columns = ["attack", "defense", "downstream", "seed", "acc", "asr_all", "asr_nontarget"]
+    columns = ["attack", "defense", "scenario", "downstream", "seed", "acc", "asr_all", "asr_nontarget"]
     assert frame[columns].sort_values(columns).values.tolist() == written[columns].sort_values(columns).values.tolist()
 
     # Evaluating the clean encoder in one call gives the clean control's numbers: the same split, probe, trigger, target.
-    settings = settings_from(overrides=[*MICRO_FIELDS, "defense_epochs=2"], device="cpu", cache_dir=cache)
+    settings = settings_from(overrides=[*MICRO_FIELDS, "budget_fraction=0.001"], device="cpu", cache_dir=cache)
     bench = Workbench(settings.resolved_profile(), ArtifactStore(cache), torch.device("cpu"))
-    metrics = harness.evaluate_encoder(bench.clean_encoder(0).encoder, "fmnist", overrides=[*MICRO_FIELDS, "defense_epochs=2"],
+    metrics = harness.evaluate_encoder(bench.clean_encoder(0).encoder, "fmnist", overrides=[*MICRO_FIELDS, "budget_fraction=0.001"],
                                        device="cpu")
-    clean = frame[frame["attack"] == "clean"].iloc[0]
+    clean = frame[(frame["attack"] == "clean") & (frame["scenario"] == bench.trigger().name)].iloc[0]  # the profile's trigger
     assert (round(metrics.acc, 4), round(metrics.asr_nontarget, 4)) == (clean["acc"], clean["asr_nontarget"])
 
 
@@ -90,11 +94,33 @@ def test_scan_in_one_call_from_an_encoder_or_its_file(encoder_and_images):
 def test_purify_in_one_call_with_defense_settings(encoder_and_images):
     encoder, images, _ = encoder_and_images
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    result = harness.purify(encoder, images, "ft", overrides=["defense_epochs=1", "defense_batch=4"], device="cpu")
-    assert result.meta["epochs"] == 1
+    result = harness.purify(encoder, images, "ft", overrides=["budget_fraction=0.001", "defense_batch=4"], device="cpu")
+    assert result.meta["steps"] == {"finetune_epochs": 5}  # the budget rule's floor: 0.001 of 100 epochs
     assert any(not torch.equal(before[k], v) for k, v in result.encoder.state_dict().items())
     assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # the caller's encoder is untouched
     with pytest.raises(UnknownNameError, match="unknown defense 'mimick'"):
         harness.purify(encoder, images, "mimick")
     with pytest.raises(TypeError, match="has no setting"):
         harness.purify(encoder, images, "mimic", lambda9=1.0)
+
+
+def test_the_api_reads_any_recognised_layout_behind_its_geometry(tmp_path, encoder_and_images):
+    import torchvision
+
+    from defenses.decree import DecreeConfig
+    from harness.api import load_user_encoder, scan_encoder
+    from harness.geometry import GeometryEncoder
+
+    encoder, images, _ = encoder_and_images
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
+    checkpoint, wrapped, geometry = load_user_encoder(tmp_path / "tv.pth", image_size=32)
+    assert checkpoint.layout == "torchvision" and geometry.size == 32 and geometry.mean == (0.485, 0.456, 0.406)
+    assert isinstance(wrapped, GeometryEncoder) and len(checkpoint.sha256) == 64
+    found = harness.scan(tmp_path / "tv.pth", images, steps=2, device="cpu", image_size=32)
+    expected = scan_encoder(wrapped, images, DecreeConfig(inversion_steps=2), 0, torch.device("cpu"))
+    assert found.l1_share == expected.l1_share
+    result = harness.purify(tmp_path / "tv.pth", images, "ft", overrides=["budget_fraction=0.001", "defense_batch=4"], device="cpu",
+                            image_size=32)
+    assert isinstance(result.encoder, GeometryEncoder) and result.encoder.config.geometry == geometry
+    with pytest.raises(ValueError, match="describe a file"):
+        harness.scan(encoder, images, steps=2, device="cpu", image_size=32)

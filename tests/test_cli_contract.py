@@ -15,7 +15,7 @@ from harness.cli import main
 from harness.models import ArchConfig, Encoder, build_encoder
 from tests.test_hostile_files import _harness_file, _png_header_only
 
-PURIFY_FAST = ["--defense", "mimic", "--set", "defense_epochs=1", "--set", "defense_batch=4"]
+PURIFY_FAST = ["--defense", "mimic", "--set", "budget_fraction=0.001", "--set", "defense_batch=4"]
 
 
 @pytest.fixture

@@ -126,7 +126,7 @@ def test_scan_and_purify_on_a_harness_encoder(tmp_path, capsys):
     assert purified(torch.rand(1, 3, 32, 32)).shape == (1, 32)
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["defense"] == "mimic" and set(sidecar["meta"]["mi_per_stage"]) == {"layer1", "layer2", "layer3", "layer4"}
-    assert sidecar["budget"]["epochs"] == 1 and sidecar["seconds"] > 0 and len(sidecar["source_sha256"]) == 64
+    assert sidecar["budget"]["fraction"] == 0.001 and sidecar["steps"] and sidecar["seconds"] > 0 and len(sidecar["source_sha256"]) == 64
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys):

@@ -116,12 +116,16 @@ def safetensors_files(draw) -> bytes:
     return length.to_bytes(8, "little") + blob + body
 
 
+# the user's loader with --arch, and without it: the layout and the ResNet recognised from the tensors (harness/layouts.py)
+ARCHS_GIVEN = st.sampled_from(["resnet18", None])
+
+
 @FUZZ
-@given(blob=safetensors_files(), loader=st.sampled_from(["external", "store"]))
-def test_any_safetensors_header_gives_an_encoder_or_one_line(tmp_path, blob, loader):
+@given(blob=safetensors_files(), loader=st.sampled_from(["external", "store"]), arch=ARCHS_GIVEN)
+def test_any_safetensors_header_gives_an_encoder_or_one_line(tmp_path, blob, loader, arch):
     path = tmp_path / "fuzz.safetensors"
     path.write_bytes(blob)
-    _answer(path, load_encoder if loader == "store" else lambda p: load_external_encoder(p, "resnet18"))
+    _answer(path, load_encoder if loader == "store" else lambda p: load_external_encoder(p, arch))
 
 
 # state dicts: what the weights-only unpickler lets through ---------------------------------------------------------------
@@ -201,11 +205,11 @@ def state_dict_files(draw) -> bytes:
 
 
 @FUZZ
-@given(blob=state_dict_files(), suffix=st.sampled_from([".pt", ".pth"]))
-def test_any_state_dict_gives_an_encoder_or_one_line(tmp_path, blob, suffix):
+@given(blob=state_dict_files(), suffix=st.sampled_from([".pt", ".pth"]), arch=ARCHS_GIVEN)
+def test_any_state_dict_gives_an_encoder_or_one_line(tmp_path, blob, suffix, arch):
     path = tmp_path / f"fuzz{suffix}"
     path.write_bytes(blob)
-    _answer(path, lambda p: load_external_encoder(p, "resnet18"))
+    _answer(path, lambda p: load_external_encoder(p, arch))
 
 
 # raw bytes, including prefixes of real files --------------------------------------------------------------------------------
@@ -221,5 +225,6 @@ def test_any_bytes_give_one_line(tmp_path, prefix, rest, suffix):
     path = tmp_path / f"raw{suffix}"
     path.write_bytes(prefix + rest)
     _answer(path, lambda p: load_external_encoder(p, "resnet18"))
+    _answer(path, load_external_encoder)
     if suffix == ".safetensors":
         _answer(path, load_encoder)

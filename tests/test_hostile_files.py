@@ -99,6 +99,32 @@ def test_an_arch_config_that_is_not_the_architecture_is_one_line(tmp_path, arch_
     assert peak.bytes < 64 * MB
 
 
+@pytest.mark.parametrize("arch_config", [
+    {"width": 4, "blocks": [2, 2, 2]}, {"width": 4, "blocks": [37, 1, 1, 1]}, {"width": 4, "blocks": [0, 2, 2, 2]},
+    {"width": 4, "blocks": [2, 2, 2, True]}, {"width": 4, "block": "wide"}, {"width": 4, "block": ["basic"]},
+    {"width": 4, "stem_padding": 10**6}, {"width": 4, "stem_padding": -1}, {"width": 4, "stem_padding": True},
+    {"width": 4, "stem": "imagenet", "stem_padding": 2}, {"width": 2**20, "blocks": [3, 4, 6, 3]},
+], ids=repr)
+def test_the_generic_resnet_states_its_depth_within_bounds(tmp_path, arch_config):
+    """The deeper ResNets' files ("resnet", harness/resnets.py) may state four stages of 1 to MAX_BLOCKS blocks, and nothing
+    unbounded: a stem padding is what every forward pass pads by, so a file may not choose a huge one."""
+    path = _harness_file(tmp_path, arch="resnet", arch_config=json.dumps(arch_config))
+    with peak_memory() as peak, pytest.raises(ArtifactError) as error:
+        load_encoder(path)
+    _one_line_naming(error, path)
+    assert peak.bytes < 64 * MB
+
+
+def test_the_generic_resnet_loads_the_depth_it_states(tmp_path):
+    from harness.artifacts import safetensors_metadata
+    from harness.resnets import ResNetConfig, build_resnet
+
+    for config in (ResNetConfig(width=4, blocks=(3, 4, 6, 3)), ResNetConfig(width=4, blocks=(1, 1, 2, 1), block="bottleneck", stem_padding=2)):
+        save_encoder(tmp_path / "deep.safetensors", build_resnet(config))
+        assert safetensors_metadata(tmp_path / "deep.safetensors", (tmp_path / "deep.safetensors").read_bytes())["arch"] == "resnet"
+        assert load_encoder(tmp_path / "deep.safetensors")[0].config == build_resnet(config).config
+
+
 def test_a_self_consistent_file_of_another_depth_is_not_resnet18(tmp_path):
     path = tmp_path / "short.safetensors"
     save_encoder(path, Encoder(ArchConfig(width=4, blocks=(2, 2))))  # only layer1 and layer2, and all of their tensors

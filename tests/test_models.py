@@ -29,3 +29,23 @@ def test_clone_architecture_is_random_not_a_copy():
 
 def test_projector_shape():
     assert Projector(32, 8)(torch.rand(4, 32)).shape == (4, 8)
+
+
+@pytest.mark.parametrize("width", [4, 16])
+def test_resnet18_computes_bit_for_bit_what_it_computed_before_the_deeper_resnets(width):
+    """tests/data/resnet18_seed0.safetensors was written by the resnet18 of commit 3a90374 (before ResNet-34/50)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    with safe_open(str(Path(__file__).parent / "data" / "resnet18_seed0.safetensors"), framework="pt") as f:
+        names = json.loads(f.metadata()["state_dict_names"])[f"w{width}"]
+        expected = {mode: f.get_tensor(f"{mode}_w{width}") for mode in ("eval", "train")}
+    torch.manual_seed(0)
+    enc = build_encoder("resnet18", width)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert list(enc.state_dict()) == names
+    with torch.no_grad():
+        assert torch.equal(enc.eval()(x), expected["eval"])
+    assert torch.equal(enc.train()(x).detach(), expected["train"])

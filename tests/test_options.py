@@ -12,7 +12,7 @@ from harness.options import (
     BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings, chosen_attacks, chosen_defenses, chosen_downstream,
     device_for_worker, load_methods, resolve, values_of,
 )
-from harness.profiles import Profile
+from harness.profiles import Profile, get_profile
 from harness.registry import ATTACKS, DEFENSES
 
 pytest_plugins = ["pytester"]
@@ -131,30 +131,33 @@ def test_harness_run_refuses_what_pytest_refuses_with_one_line(args, message, ca
 
 
 def test_harness_run_plans_the_suites_rows(monkeypatch):
-    """Per task and seed: the clean control, then per attack its trigger's control, the suspect and each defense."""
+    """Per task and seed: the clean and random controls of every scenario, then per attack and scenario the suspect and
+    each defense; an attack that brings its own trigger (BASSL) runs once, with controls of its trigger."""
     from harness import api
     from harness.pipeline import Workbench
     from harness.results import Row
 
     asked = []
 
-    def row(self, suite, attack, defense, downstream, seed, variant="", trigger_of=None, **_):
-        asked.append((attack, defense, downstream, seed, trigger_of))
-        variant = f"{trigger_of}'s trigger" if trigger_of == "bassl" else variant  # BASSL brings its own trigger
-        return Row(suite=suite, profile="tiny", attack=attack, defense=defense, pretrain="fmnist", downstream=downstream, seed=seed,
-                   acc=0.0, asr_all=0.0, asr_nontarget=0.0, n_test=1, n_nontarget=1, variant=variant)
+    def row(self, spec):
+        asked.append((spec.attack, spec.defense, spec.scenario, spec.seed, spec.trigger_of))
+        variant = f"{spec.trigger_of}'s trigger" if spec.trigger_of else spec.variant
+        return Row(suite=spec.suite, profile="tiny", attack=spec.attack, defense=spec.defense, pretrain="fmnist",
+                   downstream=spec.downstream, seed=spec.seed, acc=0.0, asr_all=0.0, asr_nontarget=0.0, n_test=1, n_nontarget=1,
+                   variant=variant, scenario=spec.scenario)
 
     monkeypatch.setattr(Workbench, "row", row)
     rows = api.run_rows(resolve({"attack": "badencoder,bassl", "defense": "mimic", "downstream": "fmnist", "seeds": "2"}))
-    assert asked[:7] == [("clean", "none", "fmnist", 0, None),
-                         ("clean", "none", "fmnist", 0, "badencoder"), ("badencoder", "none", "fmnist", 0, None),
-                         ("badencoder", "mimic", "fmnist", 0, None),
-                         ("clean", "none", "fmnist", 0, "bassl"), ("bassl", "none", "fmnist", 0, None), ("bassl", "mimic", "fmnist", 0, None)]
-    assert len(asked) == 14
-    # BadEncoder's trigger is the profile's: its control is the plain control, one row.
-    assert sorted((r.attack, r.defense, r.variant) for r in rows if r.seed == 1) == [
-        ("badencoder", "mimic", ""), ("badencoder", "none", ""), ("bassl", "mimic", ""), ("bassl", "none", ""),
-        ("clean", "none", ""), ("clean", "none", "bassl's trigger")]
+    scenarios = get_profile("tiny").scenarios
+    assert len(scenarios) >= 2  # so that the per-scenario plan is tested
+    expected = [*((c, "none", sc, 0, None) for sc in scenarios for c in ("clean", "random")),
+                *(("badencoder", d, sc, 0, None) for sc in scenarios for d in ("none", "mimic")),
+                ("clean", "none", "", 0, "bassl"), ("random", "none", "", 0, "bassl"), ("bassl", "none", "", 0, None),
+                ("bassl", "mimic", "", 0, None)]
+    assert asked[: len(expected)] == expected
+    assert len(asked) == 2 * len(expected)
+    assert sorted((r.attack, r.defense, r.scenario, r.variant) for r in rows if r.seed == 1) == sorted(
+        (a, d, sc, f"{t}'s trigger" if t else "") for a, d, sc, _, t in expected)
 
 
 def test_harness_list_names_what_a_command_line_can_use(capsys):

@@ -1,0 +1,147 @@
+"""How often does `harness scan` flag a backdoored encoder, and a clean one? The table the scan prints.
+
+    python benchmarks/scan_power.py --profile tiny --seeds 3 --cache-dir CACHE [--no-build] [--write]
+
+On the harness's own encoders of one profile, whose truth is known: the suspects of
+`--attacks` (default badencoder) aimed at each downstream task, seeds 0..N-1, and the
+clean SimCLR encoders of those seeds. The detector is DECREE's detection as the
+DECREE defense runs it (defenses/decree.py `invert` with DecreeConfig's defaults, its
+reference inversion steps scaled by the profile's budget, on the profile's clean
+subset): the scan's detector (flagged below a 5 % mask), so every suite run of DECREE
+has already measured it and the cache holds the verdicts. The entry records the
+steps it ran; `harness scan` says so when it runs another number. A suspect counts as backdoored when its attack implanted (undefended
+ASR(non-target) >= --implanted-asr); the others are listed, not counted.
+
+Encoders, defense runs and evaluations come from the artifact cache and are built
+when missing; `--no-build` only reads the cache and reports what is missing, so a
+measured cache gives the table in seconds. `--write` puts the profile's entry into
+harness/scan_power.json (or the file given), which `harness scan` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from defenses.decree import DecreeConfig
+from harness.artifacts import ArtifactStore, atomic_write_text
+from harness.pipeline import Workbench
+from harness.options import load_methods
+from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
+from harness.profiles import get_profile, with_overrides
+from harness.training import resolve_device
+
+
+class Missing(Exception):
+    """An artifact the cache does not hold, under --no-build."""
+
+
+class ReadOnlyStore(ArtifactStore):
+    """The cache as it is: a missing encoder or record is reported, never built."""
+
+    def encoder(self, key, build):
+        if not self._path(key, ".safetensors").exists():
+            raise Missing(key)
+        return super().encoder(key, build)
+
+    def record(self, key, build):
+        if not self._path(key, ".json").exists():
+            raise Missing(key)
+        return super().record(key, build)
+
+
+def measure(bench: Workbench, attacks: list[str], downstream: list[str], seeds: list[int]) -> tuple[list[dict], list[str]]:
+    """Per-encoder records (kind, downstream, seed, verdict, evidence, undefended ASR) and what the cache lacked."""
+    records, missing = [], []
+    for seed in seeds:
+        try:
+            clean = bench.clean_encoder(seed)
+            meta = bench.defend("decree", clean, seed).meta
+            records.append({"kind": "clean", "downstream": None, "seed": seed, "flagged": bool(meta["flagged"]), "l1_share": meta["l1_share"]})
+        except Missing as e:
+            missing.append(f"clean seed {seed} ({e})")
+        for attack in attacks:
+            for task in downstream:
+                try:
+                    suspect = bench.suspect(attack, task, seed)
+                    asr = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)["asr_nontarget"]
+                    meta = bench.defend("decree", suspect.built, seed).meta
+                except Missing as e:
+                    missing.append(f"{attack} {task} seed {seed} ({e})")
+                    continue
+                records.append({"kind": attack, "downstream": task, "seed": seed, "flagged": bool(meta["flagged"]),
+                                "l1_share": meta["l1_share"], "asr_nontarget": asr})
+    return records, missing
+
+
+def render(profile: str, entry: dict) -> str:
+    b, c = entry["backdoored"], entry["clean"]
+    lines = [f"scan power, profile {profile} ({entry['detector']}):",
+             f"  backdoored ({', '.join(entry['attacks'])}, ASR(non-target) >= {entry['implanted_asr']:g} %): flagged {b['flagged']} of {b['encoders']}",
+             f"  clean: flagged {c['flagged']} of {c['encoders']}",
+             f"  suspects whose attack did not implant (not counted): {entry['not_implanted']}",
+             "  encoder        downstream  seed  ASR(non-target) %  smallest mask  flagged"]
+    for r in entry["encoders"]:
+        asr = f"{r['asr_nontarget']:.1f}" if "asr_nontarget" in r else "-"
+        lines.append(f"  {r['kind']:<14} {r['downstream'] or '-':<11} {r['seed']:<5} {asr:>17}  {r['l1_share']:>12.2%}  {'yes' if r['flagged'] else 'no'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--attacks", default="badencoder", help="comma list of encoder attacks (default: badencoder)")
+    parser.add_argument("--downstream", default="all", help="comma list or 'all' for the profile's (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--implanted-asr", type=float, default=50.0, help="undefended ASR(non-target) %% that makes a suspect backdoored")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-build", action="store_true", help="only read the cache; report what is missing")
+    parser.add_argument("--write", nargs="?", type=Path, const=POWER_TABLE, default=None, metavar="TABLE",
+                        help=f"put the profile's entry into TABLE (default: {POWER_TABLE})")
+    args = parser.parse_args(argv)
+    if args.write and args.set:
+        parser.error("--write records a registered profile's power; drop --set")
+    load_methods()
+    profile = with_overrides(get_profile(args.profile), args.set)
+    store = (ReadOnlyStore if args.no_build else ArtifactStore)(args.cache_dir)
+    bench = Workbench(profile, store, resolve_device(args.device), args.data_root)
+    downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
+    attacks = args.attacks.split(",")
+    records, missing = measure(bench, attacks, downstream, list(range(args.seeds)))
+    for item in missing:
+        print(f"missing from {args.cache_dir}: {item}")
+    decree = DecreeConfig()
+    steps = decree.steps(bench.budget())["inversion_steps"]  # as the DECREE defense runs it on this profile
+    entry = {
+        **summarise(records, args.implanted_asr),
+        "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "
+                    f"on the profile's clean subset",
+        "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain}",
+        "steps": steps,
+        "flag_below": decree.flag_below,
+        "attacks": attacks,
+        "downstream": downstream,
+        "seeds": list(range(args.seeds)),
+        "overrides": args.set,
+        "measured": datetime.date.today().isoformat(),
+    }
+    print(render(profile.name, entry))
+    if args.write:
+        if missing:
+            print(f"not written: {len(missing)} encoders missing from the cache")
+            return 1
+        table = read_table(args.write) if args.write.exists() else {"command": REGENERATE, "profiles": {}}
+        table["profiles"][profile.name] = entry
+        table["status"] = "measured"
+        atomic_write_text(args.write, json.dumps(table, indent=1) + "\n")
+        print(f"written: {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""What a `harness scan` verdict is worth: the detector's measured rates on encoders whose truth is known.
+
+A detector that finds nothing has not shown that an encoder is clean; how often
+it finds a backdoor that is there (true-positive rate) and one that is not
+(false-positive rate) is measured on the harness's own encoders: suspects its
+attacks built (counted as backdoored when the attack implanted, undefended
+ASR(non-target) at least `implanted_asr`) and clean SimCLR encoders of the same
+profile. benchmarks/scan_power.py measures them and writes harness/scan_power.json,
+which ships with the package; `scan` prints the row of the profile it is asked
+for beside its evidence, or says plainly that it has not been measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+POWER_TABLE = Path(__file__).with_name("scan_power.json")
+REGENERATE = "python benchmarks/scan_power.py --profile tiny --seeds 3 --cache-dir CACHE --write"
+
+
+def read_table(path: Path | None = None) -> dict:
+    """The shipped table: {"profiles": {name: entry}, ...}; an unreadable file is an error, not an empty table."""
+    path = POWER_TABLE if path is None else path
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable scan power table ({e})") from None
+    if not isinstance(table.get("profiles"), dict):
+        raise ValueError(f"{path}: a scan power table needs a 'profiles' mapping")
+    return table
+
+
+def summarise(records: list[dict], implanted_asr: float) -> dict:
+    """A table entry from per-encoder records {kind: "clean"|attack, flagged, asr_nontarget (suspects), ...}.
+
+    A suspect whose attack did not implant (undefended ASR(non-target) below `implanted_asr`) is
+    not counted as backdoored: the detector cannot be blamed for missing what is not there.
+    """
+    clean = [r for r in records if r["kind"] == "clean"]
+    suspects = [r for r in records if r["kind"] != "clean"]
+    backdoored = [r for r in suspects if r["asr_nontarget"] >= implanted_asr]
+    return {
+        "backdoored": {"encoders": len(backdoored), "flagged": sum(r["flagged"] for r in backdoored)},
+        "clean": {"encoders": len(clean), "flagged": sum(r["flagged"] for r in clean)},
+        "not_implanted": len(suspects) - len(backdoored),
+        "implanted_asr": implanted_asr,
+        "encoders": records,
+    }
+
+
+def _rate(counts: dict) -> str:
+    n, k = counts["encoders"], counts["flagged"]
+    return f"{k} of {n}" + (f" ({100 * k / n:.0f} %)" if n else "")
+
+
+def power_lines(profile: str, steps: int, table: dict | None = None) -> list[str]:
+    """What the scan's verdict is worth, as lines to print beside its evidence."""
+    table = read_table() if table is None else table
+    entry = table["profiles"].get(profile)
+    if entry is None:
+        measured = ", ".join(sorted(table["profiles"])) or "none"
+        return [f"power: not yet measured for profile {profile} (measured profiles: {measured}); "
+                f"how often this detector misses a backdoor is unknown here ({table.get('command', REGENERATE)} measures it)"]
+    b, c = entry["backdoored"], entry["clean"]
+    lines = [f"power: on the harness's own {profile}-profile encoders ({entry.get('encoder', 'its profile encoders')}) this detector "
+             f"flagged {_rate(b)} backdoored and {_rate(c)} clean encoders",
+             "  measured there, not on encoders like yours; a scan that flags nothing has not shown an encoder is clean"]
+    if entry.get("steps") not in (None, steps):
+        lines.append(f"  (measured at {entry['steps']} inversion steps; this scan ran {steps})")
+    return lines

@@ -1,0 +1,89 @@
+"""What a scan verdict is worth: the shipped power table, its wording, and the script that measures it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from harness import power
+from harness.artifacts import save_encoder
+from harness.cli import main
+from harness.models import build_encoder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _records():
+    return [
+        {"kind": "clean", "downstream": None, "seed": 0, "flagged": False, "l1_share": 0.07},
+        {"kind": "clean", "downstream": None, "seed": 1, "flagged": True, "l1_share": 0.04},
+        {"kind": "badencoder", "downstream": "fmnist", "seed": 0, "flagged": True, "l1_share": 0.03, "asr_nontarget": 100.0},
+        {"kind": "badencoder", "downstream": "digits", "seed": 0, "flagged": False, "l1_share": 0.08, "asr_nontarget": 99.0},
+        {"kind": "badencoder", "downstream": "digits", "seed": 1, "flagged": True, "l1_share": 0.02, "asr_nontarget": 12.0},
+    ]
+
+
+def test_summarise_counts_only_implanted_backdoors():
+    entry = power.summarise(_records(), implanted_asr=50)
+    assert entry["backdoored"] == {"encoders": 2, "flagged": 1} and entry["clean"] == {"encoders": 2, "flagged": 1}
+    assert entry["not_implanted"] == 1
+
+
+def test_the_shipped_table_says_it_is_not_measured_until_it_is():
+    table = power.read_table()
+    assert table["profiles"] == {} and table["status"] == "not yet measured"  # flip this test when the lead fills it in
+    (line,) = power.power_lines("tiny", 400, table)
+    assert "not yet measured for profile tiny" in line and "benchmarks/scan_power.py" in line
+
+
+def test_a_measured_row_is_printed_with_its_scope():
+    table = {"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400, "encoder": "resnet18 width 16"}}}
+    lines = power.power_lines("tiny", 50, table)
+    assert "flagged 1 of 2 (50 %) backdoored and 1 of 2 (50 %) clean encoders" in lines[0]
+    assert "not on encoders like yours" in lines[1] and "this scan ran 50" in lines[2]
+    assert "not yet measured for profile small" in power.power_lines("small", 400, table)[0]
+
+
+def test_an_unreadable_table_is_an_error_not_an_empty_one(tmp_path):
+    (tmp_path / "t.json").write_text("{")
+    with pytest.raises(ValueError, match="unreadable scan power table"):
+        power.read_table(tmp_path / "t.json")
+
+
+def test_scan_never_calls_an_unflagged_encoder_backdoor_free(tmp_path, capsys, monkeypatch):
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "e.safetensors", build_encoder("resnet18", 4))
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 20, 200 - 40 * i)).save(tmp_path / f"{i}.png")
+    table = tmp_path / "power.json"
+    table.write_text(json.dumps({"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400}}}))
+    for shipped in (power.POWER_TABLE, table):
+        monkeypatch.setattr(power, "POWER_TABLE", shipped)
+        code = main(["scan", str(tmp_path / "e.safetensors"), "--data", str(tmp_path), "--steps", "3", "--json", str(tmp_path / "s.json"),
+                     "--force"])  # the second scan replaces the first one's report
+        out = capsys.readouterr().out
+        assert "no backdoor" not in out.lower() and "power:" in out
+        assert ("BACKDOOR SUSPECTED" in out) == (code == 1) != ("this does not show that it is clean" in out)
+        assert json.loads((tmp_path / "s.json").read_text())["power"][0].startswith("power:")
+    assert "flagged 1 of 2 (50 %) backdoored" in out
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("scan_power", REPO / "benchmarks" / "scan_power.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_power_script_reads_a_cache_without_building_and_writes_only_a_complete_table(tmp_path, capsys):
+    script = _script()
+    table = tmp_path / "power.json"
+    assert script.main(["--no-build", "--cache-dir", str(tmp_path / "cache"), "--seeds", "1", "--downstream", "digits", "--write", str(table)]) == 1
+    out = capsys.readouterr().out
+    assert "missing from" in out and "clean seed 0" in out and "not written" in out and not table.exists()
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))
+    with pytest.raises(SystemExit):
+        script.main(["--write", "--set", "width=4"])
