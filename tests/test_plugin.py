@@ -92,7 +92,7 @@ def test_micro_run_prints_the_table_and_same_seed_same_csv(project, tmp_path):
                                              f"--harness-cache-dir={tmp_path / run / 'cache'}",
                                              f"--harness-results-dir={tmp_path / run / 'results'}", *MICRO)
         result.stdout.fnmatch_lines(["*harness comparison (cells*", "*badencoder*fmnist*", "*harness table (mean*", "*badencoder*fmnist*none*",
-                                     "*random*fmnist*none*", "*clean*fmnist*none*", "*written:*results.csv*"])
+                                     "*clean*fmnist*none*", "*random*fmnist*none*", "*written:*results.csv*"])
         csvs.append((tmp_path / run / "results" / "results.csv").read_bytes())
     assert csvs[0] == csvs[1]
     assert b"badencoder" in csvs[0]
@@ -215,16 +215,17 @@ def test_markers_select_suites(pytester):
 def test_two_xdist_workers_share_one_cache_and_the_controller_prints_the_table(project, tmp_path):
     pytest.importorskip("xdist")
     cache, results = tmp_path / "cache", tmp_path / "results"
-    # Two tests, one per worker, both needing the same pre-trained encoder (the micro backdoor is too weak
-    # for test_undefended's bound, which is not what this test is about).
-    result = project.runpytest_subprocess("-n", "2", "-k", "not undefended", "--attack=badencoder", "--defense=ft", "--downstream=fmnist",
-                                          f"--harness-cache-dir={cache}", f"--harness-results-dir={results}", *MICRO)
+    # Two tests (one per scenario, one per worker), both needing the same pre-trained encoder; the micro profile is
+    # too small for the suite's implant and usability bounds, which are not what this test is about.
+    result = project.runpytest_subprocess("-n", "2", "-k", "defended and not undefended", "--attack=badencoder", "--defense=ft",
+                                          "--downstream=fmnist", f"--harness-cache-dir={cache}", f"--harness-results-dir={results}", *MICRO)
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["*harness table (profile tiny*", "*badencoder*fmnist*ft*", "*clean*fmnist*none*"])
+    result.stdout.fnmatch_lines(["*harness table (mean*", "*badencoder*checkerboard10*fmnist*ft*", "*badencoder*patch10*fmnist*ft*"])
     assert len(list((cache / "pretrain").glob("*.safetensors"))) == 1  # built once, by one worker
-    assert len(list((cache / "attack").glob("*.safetensors"))) == 1
+    assert len(list((cache / "attack").glob("*.safetensors"))) == 2  # a suspect per scenario
     frame = __import__("pandas").read_csv(results / "results.csv")
-    assert sorted(zip(frame["attack"], frame["defense"])) == [("badencoder", "ft"), ("badencoder", "none"), ("clean", "none")]
+    assert sorted(zip(frame["attack"], frame["scenario"], frame["defense"])) == [
+        ("badencoder", "checkerboard10", "ft"), ("badencoder", "checkerboard10", "none"), ("badencoder", "patch10", "ft"), ("badencoder", "patch10", "none")]
 
 
 def test_grid_tests_sharing_a_suspect_share_an_xdist_group():
@@ -237,8 +238,10 @@ def test_grid_tests_sharing_a_suspect_share_an_xdist_group():
 def test_the_suites_collect_with_their_suspects_groups(project):
     items, _ = project.inline_genitems("--attack=badencoder", "--downstream=fmnist")
     groups = {item.name: item.get_closest_marker("xdist_group").args[0] for item in items if item.get_closest_marker("xdist_group")}
-    assert groups["test_defended[badencoder-fmnist-mimic-seed0]"] == groups["test_undefended[badencoder-fmnist-seed0]"] == "badencoder-fmnist-seed0"
-    assert "test_clean_control[fmnist-seed0]" not in groups
+    assert groups["test_defended[badencoder-patch-fmnist-mimic-seed0]"] == groups["test_undefended[badencoder-patch-fmnist-seed0]"] \
+        == "badencoder-patch-fmnist-seed0"
+    assert groups["test_defended[badencoder-checkerboard-fmnist-mimic-seed0]"] == "badencoder-checkerboard-fmnist-seed0"
+    assert "test_controls[patch-fmnist-seed0]" not in groups
 
 
 def test_only_a_distribution_mode_the_user_chose_is_kept(pytester):
