@@ -6,17 +6,26 @@ backdoor's response. A random student never inherits what its teacher never
 shows it, so a defense "removing" an unexposed backdoor proves little about an
 exposed one. Exposure is measured before, and independently of, any defense.
 
-Definition (evaluation side: it uses the trigger, so it never reaches a defense):
-- the backdoor region of an encoder f: t* = the mean L2-normalised feature of the
-  triggered test images, tau = the `quantile` (10th percentile) of their cosines
-  to t*, region = {z : cos(z, t*) >= tau} (it holds 90 % of triggered images);
-- E(f) = share of augmented views of the defender's clean images whose feature
-  lies in the region, minus the share of clean (untriggered) test images that do:
-  how much more the defender's data evokes the trigger's response than ordinary
-  inputs;
-- the row's exposure = E(suspect) - E(clean encoder), in percentage points. The
-  clean encoder's region is that of a trigger it never learned, so E(clean) is
-  the baseline of what augmentation alone does.
+Definition (evaluation side: it uses the trigger, so it never reaches a defense).
+For an encoder f, with features centred on the mean feature of the reference
+images R (clean held-out test images of the pre-training domain: the defender's
+kind of image, never poisoned) and L2-normalised:
+- the backdoor direction t* = the normalised mean of the triggered downstream
+  test images' features, and s(x) = cos(f(x), t*);
+- the halfway bound h = the midpoint of the median s over R and the median s
+  over the triggered images: "at least halfway from an ordinary input to the
+  trigger's response";
+- E(f) = the share of augmented views of the defender's clean images with
+  s >= h, minus the share of R with s >= h, in percentage points;
+- the row's exposure = E(suspect) - E(clean encoder). The clean encoder has no
+  backdoor, so E(clean) is what augmentation alone does along the direction
+  triggered images take in a backdoor-free encoder.
+
+Why centred, and why a graded bound: post-ReLU features lie in the positive
+orthant, where any two images are close in cosine, and a backdoored encoder
+collapses triggered images onto one point, so a region drawn around that point
+holds no clean view at all. A definition with either flaw scores only the clean
+encoder's geometry (tests/test_exposure.py holds both cases).
 """
 
 from __future__ import annotations
@@ -37,53 +46,60 @@ from harness.triggers import Trigger
 @dataclass(frozen=True)
 class ExposureConfig:
     views: int = 4  # augmented views drawn per clean image
-    quantile: float = 0.1  # tau: this quantile of the triggered test images' cosines to t*
     # The augmentation the distilling and fine-tuning defenses draw (MIMIC, MEDIC, FT, FP, NAD).
     augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
 
     def __post_init__(self) -> None:
-        if self.views < 1 or not 0 < self.quantile < 1:
-            raise ValueError(f"need views >= 1 and quantile in (0, 1), got {self.views}, {self.quantile}")
+        if self.views < 1:
+            raise ValueError(f"need views >= 1, got {self.views}")
 
 
 @dataclass(frozen=True)
 class Exposure:
-    views_in_region: float  # share of augmented clean views in the backdoor region, %
-    test_in_region: float  # share of clean test images in it, %
-    tau: float  # the region's cosine bound
+    views_past_bound: float  # share of augmented clean views at least halfway to the trigger's response, %
+    reference_past_bound: float  # share of the reference images there, %
+    bound: float  # h, the halfway cosine bound
 
     @property
     def score(self) -> float:
-        """E(f): percentage points by which the defender's views exceed ordinary inputs."""
-        return self.views_in_region - self.test_in_region
+        """E(f): percentage points by which the defender's views exceed ordinary inputs of their domain."""
+        return self.views_past_bound - self.reference_past_bound
 
 
 @torch.no_grad()
 def _features(encoder: Encoder, x: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    """L2-normalised features of float or uint8 images, in batches."""
+    """Features of float or uint8 images, in batches."""
     out = []
     for i in range(0, len(x), batch_size):
         batch = x[i : i + batch_size]
         batch = to_float(batch, device) if batch.dtype == torch.uint8 else batch.to(device)
-        out.append(F.normalize(encoder(batch), dim=1).cpu())
+        out.append(encoder(batch).cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def measure(
-    encoder: Encoder, clean: Tensor, test: Tensor, trigger: Trigger, cfg: ExposureConfig, seed: int, device: torch.device
+    encoder: Encoder, clean: Tensor, reference: Tensor, test: Tensor, trigger: Trigger, cfg: ExposureConfig, seed: int,
+    device: torch.device,
 ) -> Exposure:
-    """E(encoder) for the defender's uint8 `clean` images and uint8 downstream `test` images."""
+    """E(encoder) for the defender's uint8 `clean` images, the uint8 `reference` images R and uint8 downstream `test` images."""
     gen = seed_everything(seed, "exposure")
     encoder = encoder.to(device).eval()
-    triggered = _features(encoder, trigger.stamp(test), device)
-    centre = F.normalize(triggered.mean(0, keepdim=True), dim=1)
-    tau = torch.quantile(triggered @ centre.T, cfg.quantile).item()
+    of_reference = _features(encoder, reference, device)
+    centre = of_reference.mean(0, keepdim=True)
+
+    def unit(z: Tensor) -> Tensor:
+        return F.normalize(z - centre, dim=1)
+
+    of_triggered = unit(_features(encoder, trigger.stamp(test), device))
+    direction = F.normalize(of_triggered.mean(0), dim=0)
+    s_reference, s_triggered = unit(of_reference) @ direction, of_triggered @ direction
+    bound = ((s_reference.median() + s_triggered.median()) / 2).item()
     x = to_float(clean, device)
     views = torch.cat([simclr_view(x, cfg.augment, gen) for _ in range(cfg.views)])
-    in_views = (_features(encoder, views, device) @ centre.T >= tau).float().mean().item()
-    in_test = (_features(encoder, test, device) @ centre.T >= tau).float().mean().item()
-    return Exposure(100.0 * in_views, 100.0 * in_test, tau)
+    past_views = (unit(_features(encoder, views, device)) @ direction >= bound).float().mean().item()
+    past_reference = (s_reference >= bound).float().mean().item()
+    return Exposure(100.0 * past_views, 100.0 * past_reference, bound)
 
 
 def exposure(suspect: Exposure, clean_encoder: Exposure) -> float:

@@ -102,6 +102,13 @@ class Workbench:
     def pretrain_images(self) -> Tensor:
         return self.pretrain_set.images
 
+    @functools.cached_property
+    def reference_images(self) -> Tensor:
+        """Clean held-out test images of the pre-training domain (`downstream_test_size` of them): the defender's
+        kind of image, never in any subset a defense or attack gets, never poisoned (the exposure's reference R)."""
+        test = self._load(self.profile.pretrain, "test")
+        return test.subset(self._order(len(test))[: self.profile.downstream_test_size]).images
+
     def clean_subset(self, ratio: float | None = None, poisoned: tuple[Trigger, float] | None = None) -> CleanSubset:
         """The defender's share of the pre-training images (`clean_ratio` by default), unlabeled.
 
@@ -298,10 +305,11 @@ class Workbench:
         cfg = ExposureConfig()
         key = artifact_key(
             "exposure", encoder=built.key, trigger=trigger, config=cfg, seed=seed,
-            data=fingerprint(clean.images, test.images), code=code_version("harness.exposure"),
+            data=fingerprint(clean.images, self.reference_images, test.images), code=code_version("harness.exposure"),
         )
-        record = self.store.record(key, lambda: dataclasses.asdict(measure(built.encoder, clean.images, test.images, trigger, cfg, seed, self.device)))
-        return Exposure(record["views_in_region"], record["test_in_region"], record["tau"])
+        record = self.store.record(key, lambda: dataclasses.asdict(
+            measure(built.encoder, clean.images, self.reference_images, test.images, trigger, cfg, seed, self.device)))
+        return Exposure(record["views_past_bound"], record["reference_past_bound"], record["bound"])
 
     # -- rows -------------------------------------------------------------------------
 
