@@ -84,8 +84,7 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
     from harness.artifacts import ArtifactStore
     from harness.contract import AttackNotApplicable
     from harness.options import chosen_attacks, chosen_defenses, chosen_downstream
-    from harness.pipeline import CLEAN, OWN_TRIGGER, RANDOM, UNDEFENDED, Workbench
-    from harness.registry import ATTACKS
+    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench, brings_own_trigger
     from harness.rowspec import RowSpec
     from harness.training import resolve_device
 
@@ -95,13 +94,14 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
         raise ValueError(f"{', '.join(supervised)}: backdoors a classifier, not an encoder; its grid is "
                          f"`pytest suites/test_generalisation.py --attack={','.join(supervised)}`")
     profile = settings.resolved_profile()
-    bench = Workbench(profile, ArtifactStore(settings.cache_dir), resolve_device(settings.device), settings.data_root, settings.download)
+    bench = Workbench(profile, ArtifactStore(settings.cache_dir), resolve_device(settings.device), settings.data_root,
+                      settings.download, settings.user_encoders())
     rows: dict[tuple, Row] = {}
     for seed in settings.seed_list:
         for task in downstream:
             plan = [RowSpec(suite, c, UNDEFENDED, task, seed, scenario=sc) for sc in profile.scenarios for c in (CLEAN, RANDOM)]
             for attack in attacks:
-                if ATTACKS.has_tag(attack, OWN_TRIGGER):
+                if brings_own_trigger(attack):
                     plan += [RowSpec(suite, c, UNDEFENDED, task, seed, trigger_of=attack) for c in (CLEAN, RANDOM)]
                     scenarios = ("",)
                 else:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 if TYPE_CHECKING:
     from harness.gates import Gate
     from harness.profiles import Profile
+    from harness.user_encoders import UserEncoders
 
 ALL = "all"
 PREFIX = "--harness-"
@@ -177,6 +178,15 @@ OPTIONS: tuple[Option, ...] = (
            shown_default="none"),
     Option("download", "--harness-download", False, "let torchvision download missing datasets into --harness-data-root (needs a network)",
            kind="flag"),
+    Option("suspect", "--harness-suspect", None,
+           "test your own encoder file (any layout `harness scan` reads) in place of the attacks; needs --harness-trigger "
+           "and --harness-target, which only evaluation sees", _folder, "FILE", shown_default="none"),
+    Option("trigger", "--harness-trigger", None, "the --harness-suspect's trigger: a registered trigger, an image (RGBA) or .safetensors",
+           None, "NAME|FILE", shown_default="none"),
+    Option("target", "--harness-target", None, "the --harness-suspect's target class", _whole(0), "N", shown_default="none"),
+    Option("clean_encoder", "--harness-clean-encoder", None,
+           "your own clean encoder file in place of pre-training (the controls, the exposure's baseline, what attacks tamper with)",
+           _folder, "FILE", shown_default="none"),
     Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
     Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),
     Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT", choices=TABLE_FORMATS),
@@ -207,6 +217,10 @@ class Settings:
     device: str
     data_root: Path | None
     download: bool
+    suspect: Path | None
+    trigger: str | None
+    target: int | None
+    clean_encoder: Path | None
     cache_dir: Path
     results_dir: Path
     table_format: str
@@ -219,6 +233,14 @@ class Settings:
         from harness.profiles import get_profile, with_overrides
 
         return with_overrides(get_profile(self.profile), self.overrides)
+
+    def user_encoders(self) -> "UserEncoders":
+        """The user's encoder files and the suspect's trigger (at the profile's trigger size) and target."""
+        from harness.trigger_files import load_trigger
+        from harness.user_encoders import UserEncoders
+
+        trigger = None if self.trigger is None else load_trigger(self.trigger, self.resolved_profile().trigger_size)
+        return UserEncoders(self.suspect, trigger, self.target, self.clean_encoder)
 
     @property
     def seed_list(self) -> list[int]:
@@ -271,6 +293,26 @@ def _check_together(s: Settings) -> None:
             raise OptionError(f"{flag[name]} {folder} exists and is not a folder")
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise OptionError(f"{flag[name]} {folder} is not writable")
+    for name in ("suspect", "clean_encoder"):
+        path = getattr(s, name)
+        if path is not None and not path.is_file():
+            raise OptionError(f"{flag[name]} {path}: no such file")
+    if s.suspect is not None and s.attack is not None:
+        raise OptionError(f"{flag['suspect']} takes the place of the attacks; leave out {flag['attack']}")
+    for name in ("trigger", "target"):
+        if s.suspect is None and getattr(s, name) is not None:
+            raise OptionError(f"{flag[name]} describes a suspect file: give it with {flag['suspect']} FILE")
+    if s.trigger is not None:
+        from harness.trigger_files import load_trigger
+
+        try:
+            load_trigger(s.trigger, s.resolved_profile().trigger_size)
+        except ValueError as e:
+            raise OptionError(f"{flag['trigger']}: {e}") from None
+    try:
+        s.user_encoders()
+    except ValueError as e:
+        raise OptionError(f"{flag['suspect']}: {e}") from None
     if s.update_baseline and s.baseline is None:
         raise OptionError(f"{flag['update_baseline']} needs {flag['baseline']} FILE to write")
 
@@ -311,7 +353,11 @@ def chosen_attacks(s: Settings, supervised: bool = False) -> list[str]:
     from harness.pipeline import SUPERVISED
     from harness.registry import ATTACKS
 
+    from harness.user_encoders import SUSPECT_FILE
+
     load_methods()
+    if s.suspect is not None:
+        return [] if supervised else [SUSPECT_FILE]
     names = ATTACKS.names() if s.attack is None else list(s.attack)
     return [a for a in names if ATTACKS.has_tag(a, SUPERVISED) == supervised]
 

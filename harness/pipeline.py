@@ -16,6 +16,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -23,11 +24,12 @@ from torch import Tensor
 
 from harness.artifacts import ArtifactStore, artifact_key, code_version
 from harness.augment import AugmentConfig
-from harness.contract import AttackInputs, AttackResult, Budget, CleanSubset, DefenseResult
+from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Budget, CleanSubset, DefenseResult
 from harness.data import LabeledImages, fingerprint, load_dataset
 from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
 from harness.exposure import Exposure, ExposureConfig, exposure, measure
-from harness.models import Encoder, build_encoder
+from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
+from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
 from harness.registry import ATTACKS, DEFENSES
 from harness.results import Row
@@ -35,12 +37,24 @@ from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
 from harness.training import seed_everything
 from harness.triggers import Trigger, make_trigger
+from harness.user_encoders import SUSPECT_FILE, UserEncoders, read_encoder_file
 
-__all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "Built", "Suspect", "Workbench"]
+__all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "SUSPECT_FILE", "Built", "Suspect", "Workbench", "brings_own_trigger",
+           "backdoors_a_classifier"]
 
 SUPERVISED = "supervised"  # the registry tag of attacks that backdoor a classifier (its backbone is the encoder)
 OWN_TRIGGER = "own_trigger"  # the registry tag of attacks that bring their own trigger (scenarios do not apply)
 _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
+
+
+def brings_own_trigger(attack: str) -> bool:
+    """Whether an attack's rows use its own trigger (the profile's scenarios do not apply): BASSL's, a suspect file's."""
+    return attack == SUSPECT_FILE or ATTACKS.has_tag(attack, OWN_TRIGGER)
+
+
+def backdoors_a_classifier(attack: str) -> bool:
+    """Whether an attack (not a control) yields a backdoored classifier rather than an encoder."""
+    return attack not in (CLEAN, RANDOM, SUSPECT_FILE) and ATTACKS.has_tag(attack, SUPERVISED)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,12 +87,14 @@ def _strip_volatile(meta: dict) -> dict:
 class Workbench:
     """Builds (or reads from the store) every node of the flow for one profile."""
 
-    def __init__(self, profile: Profile, store: ArtifactStore, device: torch.device, data_root: Path | None = None, download: bool = False) -> None:
+    def __init__(self, profile: Profile, store: ArtifactStore, device: torch.device, data_root: Path | None = None,
+                 download: bool = False, user: UserEncoders | None = None) -> None:
         self.profile = profile
         self.store = store
         self.device = device
         self.data_root = data_root
         self.download = download
+        self.user = user or UserEncoders()  # the user's own suspect and clean encoder files (harness/user_encoders.py)
         self._downstream: dict[str, tuple[LabeledImages, LabeledImages]] = {}
         self._changed: dict[tuple, Workbench] = {}
 
@@ -132,7 +148,8 @@ class Workbench:
         """A workbench for the profile with `changes` (e.g. a trigger size), sharing this one's store (one per change)."""
         key = tuple(sorted(changes.items()))
         if key not in self._changed:
-            self._changed[key] = Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root, self.download)
+            self._changed[key] = Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root,
+                                           self.download, self.user)
         return self._changed[key]
 
     def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
@@ -173,7 +190,34 @@ class Workbench:
 
     # -- stages -----------------------------------------------------------------------
 
+    def _stored(self, key: str, build: Callable[[], tuple[Encoder, dict, dict]]) -> tuple[Encoder, dict, dict]:
+        """`store.encoder`, for encoders behind an input geometry too: stored bare with the geometry in their metadata."""
+
+        def bare():
+            encoder, extra, meta = build()
+            if isinstance(encoder, GeometryEncoder):
+                encoder, meta = encoder.inner, {**meta, "geometry": encoder.config.geometry.as_dict()}
+            return encoder, extra, meta
+
+        encoder, extra, meta = self.store.encoder(key, bare)
+        return _behind_geometry(encoder, meta), extra, meta
+
+    def _fresh(self, built: Built) -> Encoder:
+        """A fresh copy of a stored encoder, loaded from its file (behind its geometry)."""
+        return _behind_geometry(self.store.load(built.key), built.meta)
+
+    def _file(self, path: Path, role: str) -> Built:
+        """A user's encoder file, copied into the store under the hash of its bytes."""
+        read = read_encoder_file(path)
+        key = artifact_key("file", role=role, sha256=read.sha256, geometry=read.geometry)
+        meta = {"seconds": 0.0, "file": str(path), "sha256": read.sha256, "encoder": read.description}
+        encoder, _, meta = self._stored(key, lambda: (with_geometry(read.encoder, read.geometry), {}, meta))
+        return Built(key, encoder, meta)
+
     def clean_encoder(self, seed: int) -> Built:
+        """The pre-trained clean encoder of a seed, or the user's clean encoder file (every seed)."""
+        if self.user.clean is not None:
+            return self._file(self.user.clean, CLEAN)
         p = self.profile
         cfg = self.ssl_config()
         key = artifact_key(
@@ -185,23 +229,34 @@ class Workbench:
             encoder, meta = pretrain(p.arch, p.width, self.pretrain_images, cfg, seed, self.device)
             return encoder.cpu(), {}, meta
 
-        encoder, _, meta = self.store.encoder(key, build)
+        encoder, _, meta = self._stored(key, build)
         return Built(key, encoder, meta)
 
     def random_encoder(self, seed: int) -> Built:
-        """A randomly initialised encoder of the profile's architecture: what ACC is before pre-training."""
+        """A randomly initialised encoder of the clean encoder's architecture: what ACC is before pre-training."""
         p = self.profile
-        key = artifact_key("random", arch=p.arch, width=p.width, seed=seed, code=code_version("harness.models"))
+        if self.user.clean is not None:
+            clean = self.clean_encoder(seed)
+            key = artifact_key("random", of=clean.key, seed=seed, code=code_version("harness.models"))
 
-        def build():
-            seed_everything(seed, "random-encoder")
-            return build_encoder(p.arch, p.width), {}, {}
+            def build():
+                seed_everything(seed, "random-encoder")
+                return clone_architecture(clean.encoder).cpu(), {}, {}
+        else:
+            key = artifact_key("random", arch=p.arch, width=p.width, seed=seed, code=code_version("harness.models"))
 
-        encoder, _, meta = self.store.encoder(key, build)
+            def build():
+                seed_everything(seed, "random-encoder")
+                return build_encoder(p.arch, p.width), {}, {}
+
+        encoder, _, meta = self._stored(key, build)
         return Built(key, encoder, meta)
 
     def suspect(self, attack: str, downstream: str, seed: int, overrides: dict | None = None, scenario: str = "") -> Suspect:
-        """The attacked encoder aimed at `downstream`'s default target class, with the scenario's trigger."""
+        """The attacked encoder aimed at `downstream`'s default target class, with the scenario's trigger; for
+        SUSPECT_FILE, the user's suspect file with its trigger and target."""
+        if attack == SUSPECT_FILE:
+            return self._suspect_file(downstream)
         p = self.profile
         method = ATTACKS.create(attack, **(overrides or {}))
         train, _ = self.downstream(downstream)
@@ -235,10 +290,19 @@ class Workbench:
             meta = {k: v for k, v in result.meta.items() if not isinstance(v, Tensor)}
             return result.encoder.cpu(), extra, {**meta, "target": result.target, "trigger_name": result.trigger.name}
 
-        encoder, extra, meta = self.store.encoder(key, build)
+        encoder, extra, meta = self._stored(key, build)
         trigger = Trigger(meta["trigger_name"], extra["trigger.pattern"], extra["trigger.mask"])
         tensors = {k.removeprefix("meta."): v for k, v in extra.items() if k.startswith("meta.")}
         return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]), tensors)
+
+    def _suspect_file(self, downstream: str) -> Suspect:
+        user = self.user
+        if user.suspect is None:
+            raise ValueError(f"the attack {SUSPECT_FILE!r} is a suspect file: give it with --harness-suspect FILE")
+        classes = int(self.downstream(downstream)[0].labels.max()) + 1
+        if not user.target < classes:
+            raise ValueError(f"--harness-target {user.target} is not a class of {downstream} (0..{classes - 1})")
+        return Suspect(self._file(user.suspect, SUSPECT_FILE), user.trigger, user.target, {})
 
     def defend(
         self, defense: str, suspect: Built, seed: int, clean_ratio: float | None = None,
@@ -255,11 +319,11 @@ class Workbench:
 
         def build():
             start = time.perf_counter()
-            untouched = self.store.load(suspect.key)  # a fresh copy: nothing of the attack rides along
+            untouched = self._fresh(suspect)  # a fresh copy: nothing of the attack rides along
             result: DefenseResult = method(untouched, clean, budget, seed)
             return result.encoder.cpu(), {}, {"seconds": time.perf_counter() - start, **result.meta}
 
-        encoder, _, meta = self.store.encoder(key, build)
+        encoder, _, meta = self._stored(key, build)
         return Built(key, encoder, meta)
 
     def evaluate(self, built: Built, downstream: str, trigger: Trigger, target: int, seed: int) -> dict:
@@ -327,6 +391,9 @@ class Workbench:
         implant: the undefended suspect's ASR(all) against the profile's `implant_asr_all`) and the
         backdoor's exposure in this row's defender data (harness/exposure.py). Neither reaches a defense.
         """
+        if spec.profile_changes and spec.attack == SUSPECT_FILE:
+            changed = ", ".join(f"{k}={v}" for k, v in spec.profile_changes)
+            raise AttackNotApplicable(f"a suspect file comes with its one trigger; {changed} would re-run an attack")
         if spec.profile_changes:
             return self.with_profile(**dict(spec.profile_changes))._row(spec, session_profile=self.profile)
         return self._row(spec, session_profile=self.profile)
@@ -336,7 +403,7 @@ class Workbench:
         attack_overrides, defense_overrides = dict(spec.attack_overrides), dict(spec.defense_overrides)
         attack, defense, downstream, seed, variant = spec.attack, spec.defense, spec.downstream, spec.seed, spec.variant
         controls = (CLEAN, RANDOM)
-        supervised = attack not in controls and ATTACKS.has_tag(attack, SUPERVISED)
+        supervised = backdoors_a_classifier(attack)
         if spec.refit_head and not supervised:
             raise ValueError(f"refit_head applies to a supervised attack's classifier; {attack!r} yields an encoder")
         suspect: Suspect | None = None
@@ -409,3 +476,8 @@ class Workbench:
             assert suspect is not None
             return self.evaluate_classifier(built, suspect, refit=refit, seed=seed)
         return self.evaluate(built, downstream, trigger, target, seed)
+
+
+def _behind_geometry(encoder: Encoder, meta: dict) -> Encoder:
+    """A stored encoder as it takes the harness's images: behind the input geometry its metadata records, if any."""
+    return with_geometry(encoder, InputGeometry.from_dict(meta["geometry"])) if "geometry" in meta else encoder

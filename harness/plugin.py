@@ -106,7 +106,8 @@ class HarnessSession:
 
             load_methods()
             s = self.settings
-            self._workbench = Workbench(self.profile, ArtifactStore(s.cache_dir), resolve_device(self.device), s.data_root, s.download)
+            self._workbench = Workbench(self.profile, ArtifactStore(s.cache_dir), resolve_device(self.device), s.data_root,
+                                        s.download, s.user_encoders())
         return self._workbench
 
     def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, **fields) -> "Row":
@@ -443,11 +444,10 @@ def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> No
 
 def attack_scenarios(session: "HarnessSession", attacks: list[str]) -> list[tuple[str, str]]:
     """Each chosen attack with the profile's scenarios (triggers), or with "" if it brings its own trigger."""
-    from harness.pipeline import OWN_TRIGGER
-    from harness.registry import ATTACKS
+    from harness.pipeline import brings_own_trigger
 
     scenarios = session.profile.scenarios
-    return [(a, s) for a in attacks for s in (("",) if ATTACKS.has_tag(a, OWN_TRIGGER) else scenarios)]
+    return [(a, s) for a in attacks for s in (("",) if brings_own_trigger(a) else scenarios)]
 
 
 def require_implanted(row: "Row") -> None:
