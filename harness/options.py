@@ -105,6 +105,16 @@ def _points(text: str) -> float:
     return value
 
 
+def _three_numbers(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"takes three comma-separated numbers R,G,B, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def _device(text: str) -> str:
     from harness.training import resolve_device
 
@@ -187,6 +197,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("clean_encoder", "--harness-clean-encoder", None,
            "your own clean encoder file in place of pre-training (the controls, the exposure's baseline, what attacks tamper with)",
            _folder, "FILE", shown_default="none"),
+    Option("image_size", "--harness-image-size", None, "input size your encoder files take (default: their layout's)", _whole(1), "N",
+           shown_default="the layout's"),
+    Option("mean", "--harness-mean", None, "input normalisation mean of your encoder files", _three_numbers, "R,G,B",
+           shown_default="the layout's"),
+    Option("std", "--harness-std", None, "input normalisation std of your encoder files", _three_numbers, "R,G,B",
+           shown_default="the layout's"),
     Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
     Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),
     Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT", choices=TABLE_FORMATS),
@@ -221,6 +237,9 @@ class Settings:
     trigger: str | None
     target: int | None
     clean_encoder: Path | None
+    image_size: int | None
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
     cache_dir: Path
     results_dir: Path
     table_format: str
@@ -240,7 +259,7 @@ class Settings:
         from harness.user_encoders import UserEncoders
 
         trigger = None if self.trigger is None else load_trigger(self.trigger, self.resolved_profile().trigger_size)
-        return UserEncoders(self.suspect, trigger, self.target, self.clean_encoder)
+        return UserEncoders(self.suspect, trigger, self.target, self.clean_encoder, self.image_size, self.mean, self.std)
 
     @property
     def seed_list(self) -> list[int]:
@@ -302,6 +321,17 @@ def _check_together(s: Settings) -> None:
     for name in ("trigger", "target"):
         if s.suspect is None and getattr(s, name) is not None:
             raise OptionError(f"{flag[name]} describes a suspect file: give it with {flag['suspect']} FILE")
+    for name in ("image_size", "mean", "std"):
+        if s.suspect is None and s.clean_encoder is None and getattr(s, name) is not None:
+            raise OptionError(f"{flag[name]} describes your encoder files: give {flag['suspect']} or {flag['clean_encoder']}")
+    for name, field in (("image_size", "size"), ("std", "std")):
+        if getattr(s, name) is not None:
+            from harness.geometry import InputGeometry
+
+            try:
+                InputGeometry(**{field: getattr(s, name)})
+            except ValueError as e:
+                raise OptionError(f"{flag[name]}: {e}") from None
     if s.trigger is not None:
         from harness.trigger_files import load_trigger
 

@@ -37,7 +37,7 @@ from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
 from harness.training import seed_everything
 from harness.triggers import Trigger, make_trigger
-from harness.user_encoders import SUSPECT_FILE, UserEncoders, read_encoder_file
+from harness.user_encoders import SUSPECT_FILE, UserEncoders
 
 __all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "SUSPECT_FILE", "Built", "Suspect", "Workbench", "brings_own_trigger",
            "backdoors_a_classifier"]
@@ -208,7 +208,7 @@ class Workbench:
 
     def _file(self, path: Path, role: str) -> Built:
         """A user's encoder file, copied into the store under the hash of its bytes."""
-        read = read_encoder_file(path)
+        read = self.user.read(path)
         key = artifact_key("file", role=role, sha256=read.sha256, geometry=read.geometry)
         meta = {"seconds": 0.0, "file": str(path), "sha256": read.sha256, "encoder": read.description}
         encoder, _, meta = self._stored(key, lambda: (with_geometry(read.encoder, read.geometry), {}, meta))

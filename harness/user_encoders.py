@@ -11,11 +11,13 @@ exposure's baseline, the encoder the registered attacks tamper with, and the
 random control (the file's architecture, freshly initialised).
 
 Files are read as `harness scan` reads them (harness/layouts.py: every
-recognised layout, weights only) and used behind their layout's input geometry.
+recognised layout, weights only) and used behind their layout's input geometry,
+or the one `--harness-image-size`, `--harness-mean` and `--harness-std` give.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,10 @@ class UserEncoders:
     trigger: Trigger | None = None  # the suspect's trigger
     target: int | None = None  # the suspect's target class (of every chosen downstream task)
     clean: Path | None = None
+    # The input geometry of both files, where it is not their layout's default (as `harness scan --image-size ...`).
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.suspect is not None and (self.trigger is None or self.target is None):
@@ -42,6 +48,17 @@ class UserEncoders:
             raise ValueError("a trigger and a target describe a suspect file; give the file too")
         if self.target is not None and self.target < 0:
             raise ValueError(f"the target class must be >= 0, got {self.target}")
+        InputGeometry(**self.geometry_changes)  # ValueError as for a file's recorded geometry
+
+    @property
+    def geometry_changes(self) -> dict:
+        given = {"size": self.image_size, "mean": self.mean, "std": self.std}
+        return {k: v for k, v in given.items() if v is not None}
+
+    def read(self, path: Path) -> "EncoderFile":
+        """One of the user's files, read and behind its geometry (the layout's, with the given fields replaced)."""
+        read = read_encoder_file(path)
+        return dataclasses.replace(read, geometry=dataclasses.replace(read.geometry, **self.geometry_changes))
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,13 @@ def test_a_clean_file_replaces_pre_training_behind_its_layouts_geometry(micro_pr
     assert isinstance(stored, GeometryEncoder)
     with torch.no_grad():
         assert torch.allclose(stored.eval()(x), model((x - mean) / std), atol=1e-5)
+    # The geometry options replace the layout's, as `harness scan --image-size --mean --std` do.
+    raw = UserEncoders(clean=path, image_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    given = Workbench(micro_profile, bench.store, CPU, user=raw).clean_encoder(0)
+    assert given.key != clean.key and given.encoder.config.geometry == raw.read(path).geometry
+    with torch.no_grad():
+        small = nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+        assert torch.allclose(given.encoder.eval()(x), model(small), atol=1e-5)
 
 
 def test_a_suspect_file_has_one_trigger_so_an_attack_side_sweep_is_not_applicable(attacked):
@@ -122,6 +129,10 @@ def test_a_suspect_file_has_one_trigger_so_an_attack_side_sweep_is_not_applicabl
     ({"suspect": "missing.pth", "trigger": "patch", "target": "3"}, "no such file"),
     ({"suspect": "FILE", "trigger": "no-such-trigger", "target": "3"}, "neither a registered trigger"),
     ({"clean_encoder": "missing.pth"}, "no such file"),
+    ({"image_size": "64"}, "--harness-image-size describes your encoder files"),
+    ({"clean_encoder": "FILE", "image_size": "4"}, "--harness-image-size: image size must be in"),
+    ({"clean_encoder": "FILE", "std": "1,0,1"}, "--harness-std: std must be positive"),
+    ({"clean_encoder": "FILE", "mean": "1,2"}, "--harness-mean: takes three"),
 ])
 def test_the_options_are_checked_together_in_one_line(values, message, tmp_path):
     present = tmp_path / "suspect.pth"
