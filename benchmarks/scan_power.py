@@ -3,14 +3,14 @@
     python benchmarks/scan_power.py --profile tiny --seeds 3 --cache-dir CACHE [--no-build] [--write]
 
 On the harness's own encoders of one profile, whose truth is known: the suspects of
-`--attacks` (default badencoder) aimed at each downstream task, seeds 0..N-1, and the
-clean SimCLR encoders of those seeds. The detector is DECREE's detection as the
+`--attacks` (default badencoder) aimed at each downstream task with each of the
+profile's trigger scenarios, seeds 0..N-1, and the clean SimCLR encoders of those seeds. The detector is DECREE's detection as the
 DECREE defense runs it (defenses/decree.py `invert` with DecreeConfig's defaults, its
 reference inversion steps scaled by the profile's budget, on the profile's clean
 subset): the scan's detector (flagged below a 5 % mask), so every suite run of DECREE
 has already measured it and the cache holds the verdicts. The entry records the
 steps it ran; `harness scan` says so when it runs another number. A suspect counts as backdoored when its attack implanted (undefended
-ASR(non-target) >= --implanted-asr); the others are listed, not counted.
+ASR(all) >= --implanted-asr, by default the profile's implant bound); the others are listed, not counted.
 
 Encoders, defense runs and evaluations come from the artifact cache and are built
 when missing; `--no-build` only reads the cache and reports what is missing, so a
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 from pathlib import Path
 
 from defenses.decree import DecreeConfig
 from harness.artifacts import ArtifactStore, atomic_write_text
-from harness.pipeline import Workbench
+from harness.pipeline import Workbench, brings_own_trigger
 from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
 from harness.profiles import get_profile, with_overrides
@@ -63,29 +64,31 @@ def measure(bench: Workbench, attacks: list[str], downstream: list[str], seeds: 
         except Missing as e:
             missing.append(f"clean seed {seed} ({e})")
         for attack in attacks:
-            for task in downstream:
+            for task, scenario in itertools.product(downstream, ("",) if brings_own_trigger(attack) else bench.profile.scenarios):
                 try:
-                    suspect = bench.suspect(attack, task, seed)
-                    asr = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)["asr_nontarget"]
+                    suspect = bench.suspect(attack, task, seed, scenario=scenario)
+                    metrics = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)
                     meta = bench.defend("decree", suspect.built, seed).meta
                 except Missing as e:
-                    missing.append(f"{attack} {task} seed {seed} ({e})")
+                    missing.append(f"{attack} {task} {scenario} seed {seed} ({e})")
                     continue
-                records.append({"kind": attack, "downstream": task, "seed": seed, "flagged": bool(meta["flagged"]),
-                                "l1_share": meta["l1_share"], "asr_nontarget": asr})
+                records.append({"kind": attack, "downstream": task, "scenario": suspect.trigger.name, "seed": seed,
+                                "flagged": bool(meta["flagged"]), "l1_share": meta["l1_share"], "asr_all": metrics["asr_all"],
+                                "asr_nontarget": metrics["asr_nontarget"]})
     return records, missing
 
 
 def render(profile: str, entry: dict) -> str:
     b, c = entry["backdoored"], entry["clean"]
     lines = [f"scan power, profile {profile} ({entry['detector']}):",
-             f"  backdoored ({', '.join(entry['attacks'])}, ASR(non-target) >= {entry['implanted_asr']:g} %): flagged {b['flagged']} of {b['encoders']}",
+             f"  backdoored ({', '.join(entry['attacks'])}, ASR(all) >= {entry['implanted_asr']:g} %): flagged {b['flagged']} of {b['encoders']}",
              f"  clean: flagged {c['flagged']} of {c['encoders']}",
              f"  suspects whose attack did not implant (not counted): {entry['not_implanted']}",
-             "  encoder        downstream  seed  ASR(non-target) %  smallest mask  flagged"]
+             "  encoder        downstream  trigger          seed  ASR(all) %  smallest mask  flagged"]
     for r in entry["encoders"]:
-        asr = f"{r['asr_nontarget']:.1f}" if "asr_nontarget" in r else "-"
-        lines.append(f"  {r['kind']:<14} {r['downstream'] or '-':<11} {r['seed']:<5} {asr:>17}  {r['l1_share']:>12.2%}  {'yes' if r['flagged'] else 'no'}")
+        asr = f"{r['asr_all']:.1f}" if "asr_all" in r else "-"
+        lines.append(f"  {r['kind']:<14} {r['downstream'] or '-':<11} {r.get('scenario', '-'):<16} {r['seed']:<5} {asr:>10}  "
+                     f"{r['l1_share']:>12.2%}  {'yes' if r['flagged'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", default="badencoder", help="comma list of encoder attacks (default: badencoder)")
     parser.add_argument("--downstream", default="all", help="comma list or 'all' for the profile's (default: all)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--implanted-asr", type=float, default=50.0, help="undefended ASR(non-target) %% that makes a suspect backdoored")
+    parser.add_argument("--implanted-asr", type=float, default=None,
+                        help="undefended ASR(all) %% that makes a suspect backdoored (default: the profile's implant_asr_all)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default="auto")
@@ -113,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
     attacks = args.attacks.split(",")
     records, missing = measure(bench, attacks, downstream, list(range(args.seeds)))
+    implanted_asr = profile.implant_asr_all if args.implanted_asr is None else args.implanted_asr
     for item in missing:
         print(f"missing from {args.cache_dir}: {item}")
     decree = DecreeConfig()
     steps = decree.steps(bench.budget())["inversion_steps"]  # as the DECREE defense runs it on this profile
     entry = {
-        **summarise(records, args.implanted_asr),
+        **summarise(records, implanted_asr),
         "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "
                     f"on the profile's clean subset",
         "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain}",

@@ -3,9 +3,9 @@
 A detector that finds nothing has not shown that an encoder is clean; how often
 it finds a backdoor that is there (true-positive rate) and one that is not
 (false-positive rate) is measured on the harness's own encoders: suspects its
-attacks built (counted as backdoored when the attack implanted, undefended
-ASR(non-target) at least `implanted_asr`) and clean SimCLR encoders of the same
-profile. benchmarks/scan_power.py measures them and writes harness/scan_power.json,
+attacks built (counted as backdoored when the attack implanted: undefended
+ASR(all) at least the profile's `implant_asr_all`, the suites' positive control)
+and clean SimCLR encoders of the same profile. benchmarks/scan_power.py measures them and writes harness/scan_power.json,
 which ships with the package; `scan` prints the row of the profile it is asked
 for beside its evidence, or says plainly that it has not been measured.
 """
@@ -32,14 +32,14 @@ def read_table(path: Path | None = None) -> dict:
 
 
 def summarise(records: list[dict], implanted_asr: float) -> dict:
-    """A table entry from per-encoder records {kind: "clean"|attack, flagged, asr_nontarget (suspects), ...}.
+    """A table entry from per-encoder records {kind: "clean"|attack, flagged, asr_all (suspects), ...}.
 
-    A suspect whose attack did not implant (undefended ASR(non-target) below `implanted_asr`) is
+    A suspect whose attack did not implant (undefended ASR(all) below `implanted_asr`) is
     not counted as backdoored: the detector cannot be blamed for missing what is not there.
     """
     clean = [r for r in records if r["kind"] == "clean"]
     suspects = [r for r in records if r["kind"] != "clean"]
-    backdoored = [r for r in suspects if r["asr_nontarget"] >= implanted_asr]
+    backdoored = [r for r in suspects if r["asr_all"] >= implanted_asr]
     return {
         "backdoored": {"encoders": len(backdoored), "flagged": sum(r["flagged"] for r in backdoored)},
         "clean": {"encoders": len(clean), "flagged": sum(r["flagged"] for r in clean)},

@@ -20,9 +20,9 @@ def _records():
     return [
         {"kind": "clean", "downstream": None, "seed": 0, "flagged": False, "l1_share": 0.07},
         {"kind": "clean", "downstream": None, "seed": 1, "flagged": True, "l1_share": 0.04},
-        {"kind": "badencoder", "downstream": "fmnist", "seed": 0, "flagged": True, "l1_share": 0.03, "asr_nontarget": 100.0},
-        {"kind": "badencoder", "downstream": "digits", "seed": 0, "flagged": False, "l1_share": 0.08, "asr_nontarget": 99.0},
-        {"kind": "badencoder", "downstream": "digits", "seed": 1, "flagged": True, "l1_share": 0.02, "asr_nontarget": 12.0},
+        {"kind": "badencoder", "downstream": "fmnist", "seed": 0, "flagged": True, "l1_share": 0.03, "asr_all": 100.0},
+        {"kind": "badencoder", "downstream": "digits", "seed": 0, "flagged": False, "l1_share": 0.08, "asr_all": 99.0},
+        {"kind": "badencoder", "downstream": "digits", "seed": 1, "flagged": True, "l1_share": 0.02, "asr_all": 12.0},
     ]
 
 
