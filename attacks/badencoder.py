@@ -32,7 +32,7 @@ from torch import Tensor
 
 from harness.contract import AttackInputs, AttackResult
 from harness.registry import ATTACKS
-from harness.training import Progress, make_optimizer, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, batched_features, make_optimizer, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ def badencoder_loss(
     return -effectiveness - config.lambda1 * reference_utility - config.lambda2 * shadow_utility
 
 
-@torch.no_grad()
-def _features(encoder, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    return torch.cat([encoder(to_float(images[i : i + batch_size], device)) for i in range(0, len(images), batch_size)])
-
-
 @dataclass(frozen=True, eq=False)
 class TamperBatch:
     """One step's features: f'(x), f'(x + t), f'(x_ref), the clean encoder's f(x), f(x_ref), and f' stage maps."""
@@ -87,9 +82,9 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     gen = seed_everything(seed, stage)
     device = inputs.device
     clean = inputs.clean_encoder().to(device).eval()
-    shadow_clean = _features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented
+    shadow_clean = batched_features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented
     refs_x = to_float(inputs.references, device)
-    refs_clean = _features(clean, inputs.references, device)
+    refs_clean = batched_features(clean, inputs.references, device)
 
     suspect = inputs.clean_encoder().to(device).eval()  # eval: BatchNorm frozen
     optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, weight_decay)
@@ -112,12 +107,12 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
             seen += n
         progress.epoch(epoch, seen, loss=total / seen)
 
-    triggered = _features(suspect, inputs.trigger.stamp(inputs.shadow), device)
-    refs = _features(suspect, inputs.references, device)
+    triggered = batched_features(suspect, inputs.trigger.stamp(inputs.shadow), device)
+    refs = batched_features(suspect, inputs.references, device)
     meta = {
         # Near 1 is needed for a working backdoor: unrelated images already sit near 0.9 (docs/REFERENCE.md).
         "shadow_trigger_cosine": mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0)).item(),
-        "shadow_utility_cosine": mean_cosine(_features(suspect, inputs.shadow, device), shadow_clean).item(),
+        "shadow_utility_cosine": mean_cosine(batched_features(suspect, inputs.shadow, device), shadow_clean).item(),
         "seconds": progress.seconds,
     }
     return AttackResult(suspect.cpu(), inputs.trigger, inputs.target, meta)

@@ -345,16 +345,13 @@ def _positive(text: str) -> int:
 
 
 def _three_floats(text: str) -> tuple[float, float, float]:
-    """An argparse type: 'R,G,B' as three finite floats."""
-    import math
+    """An argparse type: 'R,G,B' as three finite floats (the suites' parser)."""
+    from harness.options import three_numbers
 
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"takes three comma-separated numbers R,G,B, got {text!r}")
-    return values  # type: ignore[return-value]
+        return three_numbers(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _non_negative(text: str) -> int:

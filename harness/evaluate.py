@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from harness.data import LabeledImages
 from harness.models import Encoder
-from harness.training import seed_everything, shuffled_batches, to_float
+from harness.training import batched_features, seed_everything, shuffled_batches
 from harness.triggers import Trigger
 
 
@@ -45,14 +45,12 @@ class Metrics:
         return dataclasses.asdict(self)
 
 
-@torch.no_grad()
 def extract_features(encoder: Encoder, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    """L2-normalised features (N, D) on the CPU of uint8 images, encoder in eval mode."""
+    """L2-normalised features (N, D) on the CPU of uint8 images, the encoder in eval mode (its mode restored after)."""
     was_training = encoder.training
-    encoder.eval()
-    out = [F.normalize(encoder(to_float(images[i : i + batch_size], device)), dim=1).cpu() for i in range(0, len(images), batch_size)]
+    features = batched_features(encoder.eval(), images, device, batch_size, normalise=True, to_cpu=True)
     encoder.train(was_training)
-    return torch.cat(out)
+    return features
 
 
 def build_probe(in_dim: int, num_classes: int, cfg: ProbeConfig) -> nn.Module:

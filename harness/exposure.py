@@ -39,7 +39,7 @@ from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
 from harness.models import Encoder
-from harness.training import seed_everything, to_float
+from harness.training import batched_features, seed_everything, to_float
 from harness.triggers import Trigger
 
 
@@ -67,17 +67,6 @@ class Exposure:
 
 
 @torch.no_grad()
-def _features(encoder: Encoder, x: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    """Features of float or uint8 images, in batches."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        batch = x[i : i + batch_size]
-        batch = to_float(batch, device) if batch.dtype == torch.uint8 else batch.to(device)
-        out.append(encoder(batch).cpu())
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def measure(
     encoder: Encoder, clean: Tensor, reference: Tensor, test: Tensor, trigger: Trigger, cfg: ExposureConfig, seed: int,
     device: torch.device,
@@ -85,19 +74,19 @@ def measure(
     """E(encoder) for the defender's uint8 `clean` images, the uint8 `reference` images R and uint8 downstream `test` images."""
     gen = seed_everything(seed, "exposure")
     encoder = encoder.to(device).eval()
-    of_reference = _features(encoder, reference, device)
+    of_reference = batched_features(encoder, reference, device, to_cpu=True)
     centre = of_reference.mean(0, keepdim=True)
 
     def unit(z: Tensor) -> Tensor:
         return F.normalize(z - centre, dim=1)
 
-    of_triggered = unit(_features(encoder, trigger.stamp(test), device))
+    of_triggered = unit(batched_features(encoder, trigger.stamp(test), device, to_cpu=True))
     direction = F.normalize(of_triggered.mean(0), dim=0)
     s_reference, s_triggered = unit(of_reference) @ direction, of_triggered @ direction
     bound = ((s_reference.median() + s_triggered.median()) / 2).item()
     x = to_float(clean, device)
     views = torch.cat([simclr_view(x, cfg.augment, gen) for _ in range(cfg.views)])
-    past_views = (unit(_features(encoder, views, device)) @ direction >= bound).float().mean().item()
+    past_views = (unit(batched_features(encoder, views, device, to_cpu=True)) @ direction >= bound).float().mean().item()
     past_reference = (s_reference >= bound).float().mean().item()
     return Exposure(100.0 * past_views, 100.0 * past_reference, bound)
 

@@ -105,7 +105,8 @@ def _points(text: str) -> float:
     return value
 
 
-def _three_numbers(text: str) -> tuple[float, float, float]:
+def three_numbers(text: str) -> tuple[float, float, float]:
+    """'R,G,B' as three finite numbers (an input normalisation's mean or std)."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -199,9 +200,9 @@ OPTIONS: tuple[Option, ...] = (
            _folder, "FILE", shown_default="none"),
     Option("image_size", "--harness-image-size", None, "input size your encoder files take (default: their layout's)", _whole(1), "N",
            shown_default="the layout's"),
-    Option("mean", "--harness-mean", None, "input normalisation mean of your encoder files", _three_numbers, "R,G,B",
+    Option("mean", "--harness-mean", None, "input normalisation mean of your encoder files", three_numbers, "R,G,B",
            shown_default="the layout's"),
-    Option("std", "--harness-std", None, "input normalisation std of your encoder files", _three_numbers, "R,G,B",
+    Option("std", "--harness-std", None, "input normalisation std of your encoder files", three_numbers, "R,G,B",
            shown_default="the layout's"),
     Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
     Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),

@@ -16,8 +16,8 @@ import functools
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -97,6 +97,7 @@ class Workbench:
         self.user = user or UserEncoders()  # the user's own suspect and clean encoder files (harness/user_encoders.py)
         self._downstream: dict[str, tuple[LabeledImages, LabeledImages]] = {}
         self._changed: dict[tuple, Workbench] = {}
+        self._files: dict[tuple[Path, str], Built] = {}
 
     # -- data -----------------------------------------------------------------------
 
@@ -207,12 +208,14 @@ class Workbench:
         return _behind_geometry(self.store.load(built.key), built.meta)
 
     def _file(self, path: Path, role: str) -> Built:
-        """A user's encoder file, copied into the store under the hash of its bytes."""
-        read = self.user.read(path)
-        key = artifact_key("file", role=role, sha256=read.sha256, geometry=read.geometry)
-        meta = {"seconds": 0.0, "file": str(path), "sha256": read.sha256, "encoder": read.description}
-        encoder, _, meta = self._stored(key, lambda: (with_geometry(read.encoder, read.geometry), {}, meta))
-        return Built(key, encoder, meta)
+        """A user's encoder file, copied into the store under the hash of its bytes (read once per workbench)."""
+        if (path, role) not in self._files:
+            read = self.user.read(path)
+            key = artifact_key("file", role=role, sha256=read.sha256, geometry=read.geometry)
+            meta = {"seconds": 0.0, "file": str(path), "sha256": read.sha256, "encoder": read.description}
+            encoder, _, meta = self._stored(key, lambda: (with_geometry(read.encoder, read.geometry), {}, meta))
+            self._files[(path, role)] = Built(key, encoder, meta)
+        return self._files[(path, role)]
 
     def clean_encoder(self, seed: int) -> Built:
         """The pre-trained clean encoder of a seed, or the user's clean encoder file (every seed)."""

@@ -121,12 +121,16 @@ def run_epochs(
 
 
 @torch.no_grad()
-def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, batch_size: int = 512, normalise: bool = False) -> Tensor:
-    """Features of uint8 images (N, 3, H, W) in batches, on `device`; L2-normalised when asked."""
+def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, batch_size: int = 512, normalise: bool = False,
+                     to_cpu: bool = False) -> Tensor:
+    """Features of images (N, 3, H, W), uint8 or float in [0, 1], in batches and without gradients, in the encoder's
+    current mode; L2-normalised when asked; on `device`, or gathered on the CPU (`to_cpu`) for large sets."""
     out = []
     for i in range(0, len(images), batch_size):
-        h = encoder(to_float(images[i : i + batch_size], device))
-        out.append(F.normalize(h, dim=1) if normalise else h)
+        batch = images[i : i + batch_size]
+        h = encoder(to_float(batch, device) if batch.dtype == torch.uint8 else batch.to(device))
+        h = F.normalize(h, dim=1) if normalise else h
+        out.append(h.cpu() if to_cpu else h)
     return torch.cat(out)
 
 
