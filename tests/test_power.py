@@ -32,11 +32,16 @@ def test_summarise_counts_only_implanted_backdoors():
     assert entry["not_implanted"] == 1
 
 
-def test_the_shipped_table_says_it_is_not_measured_until_it_is():
+def test_the_shipped_table_holds_the_measured_tiny_profile_and_its_scope():
     table = power.read_table()
-    assert table["profiles"] == {} and table["status"] == "not yet measured"  # flip this test when the lead fills it in
-    (line,) = power.power_lines("tiny", 400, table)
-    assert "not yet measured for profile tiny" in line and "benchmarks/scan_power.py" in line
+    entry = table["profiles"]["tiny"]
+    assert table["status"] == "measured" and set(table["profiles"]) == {"tiny"}
+    backdoored = [r for r in entry["encoders"] if r["kind"] != "clean"]
+    assert entry["backdoored"] == {"encoders": len(backdoored), "flagged": sum(r["flagged"] for r in backdoored)}
+    assert all(r["asr_all"] >= entry["implanted_asr"] for r in backdoored) and entry["backdoored"]["encoders"] >= 6
+    assert entry["clean"]["encoders"] >= 3
+    lines = power.power_lines("tiny", entry["steps"], table)
+    assert "backdoored" in lines[0] and "not on encoders like yours" in lines[1]
 
 
 def test_a_measured_row_is_printed_with_its_scope():
