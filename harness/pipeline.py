@@ -302,7 +302,7 @@ class Workbench:
         user = self.user
         if user.suspect is None:
             raise ValueError(f"the attack {SUSPECT_FILE!r} is a suspect file: give it with --harness-suspect FILE")
-        classes = int(self.downstream(downstream)[0].labels.max()) + 1
+        classes = self.downstream(downstream)[0].num_classes
         if not user.target < classes:
             raise ValueError(f"--harness-target {user.target} is not a class of {downstream} (0..{classes - 1})")
         return Suspect(self._file(user.suspect, SUSPECT_FILE), user.trigger, user.target, {})
