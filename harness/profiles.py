@@ -112,6 +112,11 @@ def tiny() -> Profile:
         downstream_test_size=2000,
         clean_ratio=0.04,
         ssl_epochs=8,
+        # Encoder side, fixed by the usability criterion (the clean encoder beats a random one by the
+        # effectiveness suite's margin, 5 points, on both tasks and seeds 0-2): at batch 256 the 8 epochs are
+        # only 160 steps and 2 of the 6 task-seed pairs passed; tried 256, 64, 32, kept the one passing the
+        # most pairs, then with the largest smallest margin (32: 5 of 6, digits seed 1 short by 0.14 points).
+        ssl_batch=32,
         crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
         # Attack side, fixed by the implant criterion (BadEncoder ASR(all) >= 90 % on both tasks):
         # the paper's white 10x10 square; a uniform white square also occurs in augmented crops of light
@@ -149,6 +154,7 @@ def small() -> Profile:
         downstream_train_size=20_000,
         downstream_test_size=10_000,
         ssl_epochs=30,
+        ssl_batch=256,  # 2,340 steps: tiny's few-step reason for a small batch does not apply
         shadow_size=10_000,
         budget_fraction=0.1,
         probe="mlp",
