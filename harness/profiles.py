@@ -4,7 +4,8 @@ Results are findings. A profile's fields are fixed by attack-side and
 encoder-side criteria only, never by what a defense then does:
 - the undefended attack implants: ASR(all) >= `implant_asr_all` (the positive
   control every defended row is read against);
-- the clean encoder is usable: its ACC well above the random-encoder row's;
+- the clean encoder is usable: its ACC at least `USABLE_MARGIN` points above the
+  random-encoder row's;
 - every defense budget follows one rule, the budget rule: each defense runs its
   own reference recipe (epochs, inner steps, inversion steps, MINE steps, as
   its paper's code sets them) scaled by the profile's `budget_fraction`,
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from harness.registry import Registry
 
 PROFILES: Registry = Registry("profile")
+
+USABLE_MARGIN = 5.0  # points of ACC by which the clean encoder must beat a random one: the usability criterion
 
 
 @dataclass(frozen=True)
@@ -194,18 +197,24 @@ def _parse_value(name: str, tp: typing.Any, text: str) -> typing.Any:
     raise TypeError(f"cannot parse a value of type {tp} for {name}")
 
 
-def with_overrides(profile: Profile, assignments: typing.Iterable[str]) -> Profile:
-    """``profile`` with ``field=value`` assignments applied (values parsed by the field's type)."""
-    hints = typing.get_type_hints(Profile)
+def typed_assignments(cls: type, assignments: typing.Iterable[str], kind: str = "setting", flag: str = "--set") -> dict[str, typing.Any]:
+    """``field=value`` texts as {field: value}, each value parsed by the field's type in dataclass `cls`."""
+    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls) if f.name != "name"}
     changes: dict[str, typing.Any] = {}
     for item in assignments:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep:
-            raise ValueError(f"--set takes field=value, got {item!r}")
-        if key not in hints or key == "name":
-            raise ValueError(f"unknown profile field {key!r}; fields: {', '.join(f for f in hints if f != 'name')}")
+            raise ValueError(f"{flag} takes field=value, got {item!r}")
+        if key not in hints:
+            raise ValueError(f"unknown {kind} {key!r}; fields: {', '.join(hints)}")
         changes[key] = _parse_value(key, hints[key], text.strip())
+    return changes
+
+
+def with_overrides(profile: Profile, assignments: typing.Iterable[str]) -> Profile:
+    """``profile`` with ``field=value`` assignments applied (values parsed by the field's type)."""
+    changes = typed_assignments(Profile, assignments, kind="profile field")
     return dataclasses.replace(profile, **changes) if changes else profile
 
 
@@ -213,6 +222,15 @@ def changed_fields(profile: Profile) -> dict[str, typing.Any]:
     """The fields in which `profile` differs from the registered profile of its name."""
     base = get_profile(profile.name)
     return {f.name: getattr(profile, f.name) for f in dataclasses.fields(Profile) if getattr(profile, f.name) != getattr(base, f.name)}
+
+
+def fields_digest(profile: Profile) -> str:
+    """A short hash of every field: what a measurement made on a profile records, so that a later change of
+    the profile's definition shows as a different digest rather than passing for the same profile."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(dataclasses.asdict(profile), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def resolved_id(profile: Profile) -> str:

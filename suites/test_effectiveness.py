@@ -21,10 +21,10 @@ import pytest
 from harness.gates import Gate, check
 from harness.pipeline import CLEAN, RANDOM, UNDEFENDED
 from harness.plugin import attack_scenarios, parametrize_grid, require_implanted, session_of
+from harness.profiles import USABLE_MARGIN
 
 SUITE = "effectiveness"
 CONTROL_ASR_AT_MOST = 15.0  # ASR(non-target): a trigger alone moves few clean-encoder predictions to the target
-USABLE_MARGIN = 5.0  # points of ACC by which the clean encoder must beat a random one
 
 pytestmark = [pytest.mark.suite(SUITE), pytest.mark.effectiveness]
 

@@ -1,0 +1,100 @@
+"""The two criteria a profile's fields are fixed by, measured for any setting (harness/profiles.py, the rule).
+
+    python benchmarks/calibrate.py usability [--set ssl_batch=64] [--seeds 3] [--threads 1]
+    python benchmarks/calibrate.py implant bassl [--attack-set inserted_share=1.0] [--downstream fmnist] [--seeds 3]
+
+`usability`: per downstream task and seed, the clean encoder's ACC against a randomly
+initialised encoder's under the same probe, and whether it clears the effectiveness
+suite's margin. `implant`: per task, scenario and seed, the undefended suspect's ACC and
+ASR(all), and whether it reaches the profile's implant bound. Neither looks at a defense.
+
+Encoders and evaluations come from the artifact cache (built when missing), the ones the
+suites use. Rows depend on the thread count (float reductions change order): the
+profile's recorded figures were measured at `--threads 1`, as each of two xdist workers
+computes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+
+from harness.artifacts import ArtifactStore
+from harness.options import load_methods
+from harness.pipeline import Workbench, brings_own_trigger
+from harness.profiles import USABLE_MARGIN, get_profile, typed_assignments, with_overrides
+from harness.registry import ATTACKS
+from harness.training import resolve_device
+
+
+def usability(bench: Workbench, downstream: list[str], seeds: list[int]) -> list[bool]:
+    passed = []
+    for seed in seeds:
+        clean, random = bench.clean_encoder(seed), bench.random_encoder(seed)
+        trigger = bench.trigger()  # ACC does not depend on it
+        for task in downstream:
+            c = bench.evaluate(clean, task, trigger, 0, seed)["acc"]
+            r = bench.evaluate(random, task, trigger, 0, seed)["acc"]
+            passed.append(c - r >= USABLE_MARGIN)
+            print(f"seed {seed} {task}: clean {c:.2f} random {r:.2f} margin {c - r:.2f} "
+                  f"({'usable' if passed[-1] else 'NOT usable'}: margin >= {USABLE_MARGIN:g})", flush=True)
+    return passed
+
+
+def implant(bench: Workbench, attack: str, overrides: dict, downstream: list[str], seeds: list[int]) -> list[bool]:
+    passed = []
+    bound = bench.profile.implant_asr_all
+    scenarios = ("",) if brings_own_trigger(attack) else bench.profile.scenarios
+    for seed, task, scenario in itertools.product(seeds, downstream, scenarios):
+        suspect = bench.suspect(attack, task, seed, overrides, scenario=scenario)
+        m = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)
+        passed.append(m["asr_all"] >= bound)
+        print(f"seed {seed} {task} {suspect.trigger.name}: ACC {m['acc']:.2f} ASR(all) {m['asr_all']:.2f} "
+              f"({'implanted' if passed[-1] else 'did NOT implant'}: ASR(all) >= {bound:g})", flush=True)
+    return passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("criterion", choices=("usability", "implant"))
+    parser.add_argument("attack", nargs="?", help="for implant: a registered attack")
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a profile field (repeatable)")
+    parser.add_argument("--attack-set", action="append", default=[], metavar="SETTING=VALUE", help="an attack setting (repeatable)")
+    parser.add_argument("--downstream", default="all", help="comma list or 'all' for the profile's (default: all)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    load_methods()
+    if (args.criterion == "implant") != (args.attack is not None):
+        parser.error("implant takes one attack; usability takes none")
+    try:
+        profile = with_overrides(get_profile(args.profile), args.set)
+        overrides = {}
+        if args.attack:
+            config = ATTACKS.get(args.attack).default_config()
+            overrides = typed_assignments(type(config), args.attack_set, flag="--attack-set") if config is not None and args.attack_set else {}
+            if args.attack_set and config is None:
+                raise ValueError(f"attack {args.attack!r} takes no settings")
+    except (ValueError, KeyError) as e:
+        parser.error(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root)
+    downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
+    seeds = list(range(args.seeds))
+    passed = usability(bench, downstream, seeds) if args.criterion == "usability" else implant(bench, args.attack, overrides, downstream, seeds)
+    what = "usable" if args.criterion == "usability" else "implanted"
+    print(f"{what} on {sum(passed)} of {len(passed)}"
+          + (f" ({', '.join(args.set + args.attack_set)})" if args.set or args.attack_set else " (the registered profile and settings)"))
+    return 0 if all(passed) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""benchmarks/calibrate.py: the profile rule's two criteria, measured for a setting, on a micro profile."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from harness.profiles import USABLE_MARGIN
+
+MICRO = ["width=4", "pretrain_size=256", "ssl_epochs=1", "attack_epochs=1", "shadow_size=128", "downstream_train_size=256",
+         "downstream_test_size=128", "probe_epochs=30", "ssl_batch=64", "attack_batch=64"]
+
+
+def _calibrate():
+    spec = importlib.util.spec_from_file_location("calibrate", Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _micro(tmp_path):
+    return [arg for field in MICRO for arg in ("--set", field)] + ["--seeds", "1", "--downstream", "digits", "--cache-dir", str(tmp_path)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["implant"], "implant takes one attack"),
+    (["usability", "bassl"], "implant takes one attack"),
+    (["implant", "bassl", "--attack-set", "inserted_sharee=1"], "unknown setting 'inserted_sharee'"),
+    (["implant", "bassl", "--attack-set", "inserted_share=x"], "inserted_share takes a float"),
+    (["implant", "bassl", "--attack-set", "inserted_share"], "--attack-set takes field=value"),
+    (["usability", "--set", "width=0"], "width must be positive"),
+])
+def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        _calibrate()(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_usability_prints_every_pair_and_exits_by_the_criterion(tmp_path, capsys):
+    code = _calibrate()(["usability", *_micro(tmp_path)])
+    out = capsys.readouterr().out.splitlines()
+    pair, summary = out[0], out[-1]
+    assert pair.startswith("seed 0 digits: clean ") and f"margin >= {USABLE_MARGIN:g}" in pair
+    margin = float(pair.split("margin ")[1].split()[0])
+    assert (code == 0) == (margin >= USABLE_MARGIN) == ("NOT usable" not in pair)
+    assert summary == f"usable on {int(code == 0)} of 1 ({', '.join(MICRO)})"
+
+
+def test_implant_reads_the_attack_setting_and_the_profile_bound(tmp_path, capsys):
+    code = _calibrate()(["implant", "bassl", "--attack-set", "inserted_share=1.0", *_micro(tmp_path), "--set", "implant_asr_all=0"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("seed 0 digits patch10-ff0000: ACC ") and "(implanted: ASR(all) >= 0)" in out[0]
+    assert code == 0 and out[-1].startswith("implanted on 1 of 1 (") and "inserted_share=1.0" in out[-1]
