@@ -31,7 +31,7 @@ from harness.artifacts import ArtifactStore, atomic_write_text
 from harness.pipeline import Workbench, brings_own_trigger
 from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
-from harness.profiles import get_profile, with_overrides
+from harness.profiles import fields_digest, get_profile, with_overrides
 from harness.training import resolve_device
 
 
@@ -126,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         **summarise(records, implanted_asr),
         "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "
                     f"on the profile's clean subset",
-        "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain}",
+        "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain_size} {profile.pretrain} images, "
+                   f"{profile.ssl_epochs} epochs at batch {profile.ssl_batch}",
         "steps": steps,
         "flag_below": decree.flag_below,
         "attacks": attacks,
         "downstream": downstream,
         "seeds": list(range(args.seeds)),
         "overrides": args.set,
+        "profile_digest": fields_digest(profile),
         "measured": datetime.date.today().isoformat(),
     }
     print(render(profile.name, entry))

@@ -102,6 +102,7 @@ def _scan(args: argparse.Namespace) -> int:
     from harness.api import scan_encoder
     from harness.external import load_image_folder
     from harness.power import power_lines
+    from harness.profiles import fields_digest, get_profile
     from harness.training import resolve_device
 
     if args.json is not None:
@@ -110,7 +111,7 @@ def _scan(args: argparse.Namespace) -> int:
     checkpoint, encoder, geometry = _user_encoder(args)
     images = load_image_folder(args.data)
     config = DecreeConfig(inversion_steps=args.steps)
-    power = power_lines(args.profile, config.inversion_steps)
+    power = power_lines(args.profile, config.inversion_steps, digest=fields_digest(get_profile(args.profile)))
     found = scan_encoder(encoder, images, config, args.seed, device)
     rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
     verdict = "BACKDOOR SUSPECTED in" if found.flagged else "the detector found no trigger in"

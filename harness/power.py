@@ -54,8 +54,12 @@ def _rate(counts: dict) -> str:
     return f"{k} of {n}" + (f" ({100 * k / n:.0f} %)" if n else "")
 
 
-def power_lines(profile: str, steps: int, table: dict | None = None) -> list[str]:
-    """What the scan's verdict is worth, as lines to print beside its evidence."""
+def power_lines(profile: str, steps: int, table: dict | None = None, digest: str | None = None) -> list[str]:
+    """What the scan's verdict is worth, as lines to print beside its evidence.
+
+    `digest` is the profile's `fields_digest` as defined now; an entry measured on another definition of
+    the profile says so instead of passing for a measurement of this one.
+    """
     table = read_table() if table is None else table
     entry = table["profiles"].get(profile)
     if entry is None:
@@ -66,6 +70,9 @@ def power_lines(profile: str, steps: int, table: dict | None = None) -> list[str
     lines = [f"power: on the harness's own {profile}-profile encoders ({entry.get('encoder', 'its profile encoders')}) this detector "
              f"flagged {_rate(b)} backdoored and {_rate(c)} clean encoders",
              "  measured there, not on encoders like yours; a scan that flags nothing has not shown an encoder is clean"]
+    if digest is not None and entry.get("profile_digest") != digest:
+        lines.append(f"  (measured {entry.get('measured', 'at an unknown date')} on an earlier definition of the {profile} profile; "
+                     f"its fields have changed since, so these rates may not hold for it)")
     if entry.get("steps") not in (None, steps):
         lines.append(f"  (measured at {entry['steps']} inversion steps; this scan ran {steps})")
     return lines

@@ -1,5 +1,6 @@
 """What a scan verdict is worth: the shipped power table, its wording, and the script that measures it."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from harness import power
 from harness.artifacts import save_encoder
 from harness.cli import main
 from harness.models import build_encoder
+from harness.profiles import fields_digest, get_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,7 @@ def test_the_shipped_table_holds_the_measured_tiny_profile_and_its_scope():
     assert entry["backdoored"] == {"encoders": len(backdoored), "flagged": sum(r["flagged"] for r in backdoored)}
     assert all(r["asr_all"] >= entry["implanted_asr"] for r in backdoored) and entry["backdoored"]["encoders"] >= 6
     assert entry["clean"]["encoders"] >= 3
+    assert entry["profile_digest"] == fields_digest(get_profile("tiny")), "tiny changed since its power was measured: re-measure"
     lines = power.power_lines("tiny", entry["steps"], table)
     assert "backdoored" in lines[0] and "not on encoders like yours" in lines[1]
 
@@ -50,6 +53,18 @@ def test_a_measured_row_is_printed_with_its_scope():
     assert "flagged 1 of 2 (50 %) backdoored and 1 of 2 (50 %) clean encoders" in lines[0]
     assert "not on encoders like yours" in lines[1] and "this scan ran 50" in lines[2]
     assert "not yet measured for profile small" in power.power_lines("small", 400, table)[0]
+
+
+def test_an_entry_measured_on_another_definition_of_the_profile_says_so():
+    entry = {**power.summarise(_records(), 50), "steps": 400, "measured": "2026-01-01", "profile_digest": fields_digest(get_profile("tiny"))}
+    table = {"profiles": {"tiny": entry}}
+    assert not any("earlier definition" in line for line in power.power_lines("tiny", 400, table, digest=entry["profile_digest"]))
+    changed = fields_digest(dataclasses.replace(get_profile("tiny"), ssl_epochs=9))
+    assert changed != entry["profile_digest"]
+    stale = power.power_lines("tiny", 400, table, digest=changed)
+    assert "measured 2026-01-01 on an earlier definition of the tiny profile" in stale[-1]
+    legacy = {"profiles": {"tiny": {k: v for k, v in entry.items() if k != "profile_digest"}}}  # a table written before digests
+    assert "earlier definition" in power.power_lines("tiny", 400, legacy, digest=changed)[-1]
 
 
 def test_an_unreadable_table_is_an_error_not_an_empty_one(tmp_path):
