@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from harness.artifacts import ArtifactStore
+from harness.data import DATASETS
 from harness.options import load_methods
 from harness.pipeline import Workbench, brings_own_trigger
 from harness.profiles import USABLE_MARGIN, get_profile, typed_assignments, with_overrides
@@ -74,20 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     load_methods()
     if (args.criterion == "implant") != (args.attack is not None):
         parser.error("implant takes one attack; usability takes none")
+    if args.attack_set and args.criterion != "implant":
+        parser.error("--attack-set is an attack's setting: it goes with implant")
+    if args.seeds < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--seeds and --threads take a positive whole number")
     try:
         profile = with_overrides(get_profile(args.profile), args.set)
+        downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
+        unknown = sorted(set(downstream) - set(DATASETS.names()))
+        if unknown:
+            raise ValueError(f"unknown downstream task {unknown}; known: {', '.join(DATASETS.names())}")
         overrides = {}
         if args.attack:
             config = ATTACKS.get(args.attack).default_config()
-            overrides = typed_assignments(type(config), args.attack_set, flag="--attack-set") if config is not None and args.attack_set else {}
             if args.attack_set and config is None:
                 raise ValueError(f"attack {args.attack!r} takes no settings")
-    except (ValueError, KeyError) as e:
+            if args.attack_set:
+                overrides = typed_assignments(type(config), args.attack_set, flag="--attack-set")
+                ATTACKS.create(args.attack, **overrides)  # the setting's own checks, before anything is built
+    except (ValueError, KeyError, TypeError) as e:
         parser.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root)
-    downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
     seeds = list(range(args.seeds))
     passed = usability(bench, downstream, seeds) if args.criterion == "usability" else implant(bench, args.attack, overrides, downstream, seeds)
     what = "usable" if args.criterion == "usability" else "implanted"

@@ -71,8 +71,8 @@ def power_lines(profile: str, steps: int, table: dict | None = None, digest: str
              f"flagged {_rate(b)} backdoored and {_rate(c)} clean encoders",
              "  measured there, not on encoders like yours; a scan that flags nothing has not shown an encoder is clean"]
     if digest is not None and entry.get("profile_digest") != digest:
-        lines.append(f"  (measured {entry.get('measured', 'at an unknown date')} on an earlier definition of the {profile} profile; "
-                     f"its fields have changed since, so these rates may not hold for it)")
+        lines.append(f"  (measured {entry.get('measured', 'at an unknown date')} on another definition of the {profile} profile; "
+                     f"its fields differ from this one's, so these rates may not hold for it)")
     if entry.get("steps") not in (None, steps):
         lines.append(f"  (measured at {entry['steps']} inversion steps; this scan ran {steps})")
     return lines

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.pipeline import Workbench
 from harness.profiles import USABLE_MARGIN
 
 MICRO = ["width=4", "pretrain_size=256", "ssl_epochs=1", "attack_epochs=1", "shadow_size=128", "downstream_train_size=256",
@@ -29,6 +30,11 @@ def _micro(tmp_path):
     (["implant", "bassl", "--attack-set", "inserted_share=x"], "inserted_share takes a float"),
     (["implant", "bassl", "--attack-set", "inserted_share"], "--attack-set takes field=value"),
     (["usability", "--set", "width=0"], "width must be positive"),
+    (["usability", "--attack-set", "inserted_share=1"], "--attack-set is an attack's setting"),
+    (["implant", "bassl", "--attack-set", "inserted_share=1.5"], "inserted_share and poison_rate must be in [0, 1]"),
+    (["usability", "--downstream", "fminst"], "unknown downstream task ['fminst']"),
+    (["usability", "--seeds", "0"], "--seeds and --threads take a positive whole number"),
+    (["usability", "--threads", "0"], "--seeds and --threads take a positive whole number"),
 ])
 def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -41,13 +47,22 @@ def test_usability_prints_every_pair_and_exits_by_the_criterion(tmp_path, capsys
     out = capsys.readouterr().out.splitlines()
     pair, summary = out[0], out[-1]
     assert pair.startswith("seed 0 digits: clean ") and f"margin >= {USABLE_MARGIN:g}" in pair
-    margin = float(pair.split("margin ")[1].split()[0])
-    assert (code == 0) == (margin >= USABLE_MARGIN) == ("NOT usable" not in pair)
+    clean, random = (float(pair.split(f"{name} ")[1].split()[0]) for name in ("clean", "random"))
+    assert abs(float(pair.split("margin ")[1].split()[0]) - (clean - random)) < 0.02
+    assert (code == 0) == ("NOT usable" not in pair)
     assert summary == f"usable on {int(code == 0)} of 1 ({', '.join(MICRO)})"
 
 
-def test_implant_reads_the_attack_setting_and_the_profile_bound(tmp_path, capsys):
+def test_implant_reads_the_attack_setting_and_the_profile_bound(tmp_path, capsys, monkeypatch):
+    seen = []
+    suspect = Workbench.suspect
+
+    def recording(self, attack, downstream, seed, overrides=None, scenario=""):
+        seen.append((attack, overrides))
+        return suspect(self, attack, downstream, seed, overrides, scenario=scenario)
+
+    monkeypatch.setattr(Workbench, "suspect", recording)
     code = _calibrate()(["implant", "bassl", "--attack-set", "inserted_share=1.0", *_micro(tmp_path), "--set", "implant_asr_all=0"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("seed 0 digits patch10-ff0000: ACC ") and "(implanted: ASR(all) >= 0)" in out[0]
-    assert code == 0 and out[-1].startswith("implanted on 1 of 1 (") and "inserted_share=1.0" in out[-1]
+    assert code == 0 and out[-1].startswith("implanted on 1 of 1 (") and seen == [("bassl", {"inserted_share": 1.0})]

@@ -58,13 +58,13 @@ def test_a_measured_row_is_printed_with_its_scope():
 def test_an_entry_measured_on_another_definition_of_the_profile_says_so():
     entry = {**power.summarise(_records(), 50), "steps": 400, "measured": "2026-01-01", "profile_digest": fields_digest(get_profile("tiny"))}
     table = {"profiles": {"tiny": entry}}
-    assert not any("earlier definition" in line for line in power.power_lines("tiny", 400, table, digest=entry["profile_digest"]))
+    assert not any("another definition" in line for line in power.power_lines("tiny", 400, table, digest=entry["profile_digest"]))
     changed = fields_digest(dataclasses.replace(get_profile("tiny"), ssl_epochs=9))
     assert changed != entry["profile_digest"]
     stale = power.power_lines("tiny", 400, table, digest=changed)
-    assert "measured 2026-01-01 on an earlier definition of the tiny profile" in stale[-1]
+    assert "measured 2026-01-01 on another definition of the tiny profile" in stale[-1]
     legacy = {"profiles": {"tiny": {k: v for k, v in entry.items() if k != "profile_digest"}}}  # a table written before digests
-    assert "earlier definition" in power.power_lines("tiny", 400, legacy, digest=changed)[-1]
+    assert "another definition" in power.power_lines("tiny", 400, legacy, digest=changed)[-1]
 
 
 def test_an_unreadable_table_is_an_error_not_an_empty_one(tmp_path):
