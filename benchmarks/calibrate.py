@@ -25,7 +25,7 @@ import torch
 from harness.artifacts import ArtifactStore
 from harness.data import DATASETS
 from harness.options import load_methods
-from harness.pipeline import Workbench, brings_own_trigger
+from harness.pipeline import Workbench, scenarios_of
 from harness.profiles import USABLE_MARGIN, get_profile, typed_assignments, with_overrides
 from harness.registry import ATTACKS
 from harness.training import resolve_device
@@ -48,8 +48,7 @@ def usability(bench: Workbench, downstream: list[str], seeds: list[int]) -> list
 def implant(bench: Workbench, attack: str, overrides: dict, downstream: list[str], seeds: list[int]) -> list[bool]:
     passed = []
     bound = bench.profile.implant_asr_all
-    scenarios = ("",) if brings_own_trigger(attack) else bench.profile.scenarios
-    for seed, task, scenario in itertools.product(seeds, downstream, scenarios):
+    for seed, task, scenario in itertools.product(seeds, downstream, scenarios_of(attack, bench.profile.scenarios)):
         suspect = bench.suspect(attack, task, seed, overrides, scenario=scenario)
         m = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)
         passed.append(m["asr_all"] >= bound)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from defenses.decree import DecreeConfig
 from harness.artifacts import ArtifactStore, atomic_write_text
-from harness.pipeline import Workbench, brings_own_trigger
+from harness.pipeline import Workbench, scenarios_of
 from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
@@ -64,7 +64,7 @@ def measure(bench: Workbench, attacks: list[str], downstream: list[str], seeds: 
         except Missing as e:
             missing.append(f"clean seed {seed} ({e})")
         for attack in attacks:
-            for task, scenario in itertools.product(downstream, ("",) if brings_own_trigger(attack) else bench.profile.scenarios):
+            for task, scenario in itertools.product(downstream, scenarios_of(attack, bench.profile.scenarios)):
                 try:
                     suspect = bench.suspect(attack, task, seed, scenario=scenario)
                     metrics = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)

@@ -84,7 +84,7 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
     from harness.artifacts import ArtifactStore
     from harness.contract import AttackNotApplicable
     from harness.options import chosen_attacks, chosen_defenses, chosen_downstream
-    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench, brings_own_trigger
+    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench, brings_own_trigger, scenarios_of
     from harness.rowspec import RowSpec
     from harness.training import resolve_device
 
@@ -103,10 +103,8 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
             for attack in attacks:
                 if brings_own_trigger(attack):
                     plan += [RowSpec(suite, c, UNDEFENDED, task, seed, trigger_of=attack) for c in (CLEAN, RANDOM)]
-                    scenarios = ("",)
-                else:
-                    scenarios = profile.scenarios
-                plan += [RowSpec(suite, attack, d, task, seed, scenario=sc) for sc in scenarios for d in (UNDEFENDED, *defenses)]
+                plan += [RowSpec(suite, attack, d, task, seed, scenario=sc)
+                         for sc in scenarios_of(attack, profile.scenarios) for d in (UNDEFENDED, *defenses)]
             for spec in plan:
                 try:
                     row = bench.row(spec)

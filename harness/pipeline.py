@@ -40,7 +40,7 @@ from harness.triggers import Trigger, make_trigger
 from harness.user_encoders import SUSPECT_FILE, UserEncoders
 
 __all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "SUSPECT_FILE", "Built", "Suspect", "Workbench", "brings_own_trigger",
-           "backdoors_a_classifier"]
+           "backdoors_a_classifier", "scenarios_of"]
 
 SUPERVISED = "supervised"  # the registry tag of attacks that backdoor a classifier (its backbone is the encoder)
 OWN_TRIGGER = "own_trigger"  # the registry tag of attacks that bring their own trigger (scenarios do not apply)
@@ -50,6 +50,11 @@ _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
 def brings_own_trigger(attack: str) -> bool:
     """Whether an attack's rows use its own trigger (the profile's scenarios do not apply): BASSL's, a suspect file's."""
     return attack == SUSPECT_FILE or ATTACKS.has_tag(attack, OWN_TRIGGER)
+
+
+def scenarios_of(attack: str, scenarios: tuple[str, ...]) -> tuple[str, ...]:
+    """The trigger scenarios an attack's rows run with: the profile's `scenarios`, or ("",) when it brings its own trigger."""
+    return ("",) if brings_own_trigger(attack) else scenarios
 
 
 def backdoors_a_classifier(attack: str) -> bool:

@@ -444,10 +444,9 @@ def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> No
 
 def attack_scenarios(session: "HarnessSession", attacks: list[str]) -> list[tuple[str, str]]:
     """Each chosen attack with the profile's scenarios (triggers), or with "" if it brings its own trigger."""
-    from harness.pipeline import brings_own_trigger
+    from harness.pipeline import scenarios_of
 
-    scenarios = session.profile.scenarios
-    return [(a, s) for a in attacks for s in (("",) if brings_own_trigger(a) else scenarios)]
+    return [(a, s) for a in attacks for s in scenarios_of(a, session.profile.scenarios)]
 
 
 def require_implanted(row: "Row") -> None:

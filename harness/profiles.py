@@ -202,7 +202,8 @@ def _parse_value(name: str, tp: typing.Any, text: str) -> typing.Any:
 
 def typed_assignments(cls: type, assignments: typing.Iterable[str], kind: str = "setting", flag: str = "--set") -> dict[str, typing.Any]:
     """``field=value`` texts as {field: value}, each value parsed by the field's type in dataclass `cls`."""
-    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls) if f.name != "name"}
+    types = typing.get_type_hints(cls)
+    hints = {f.name: types[f.name] for f in dataclasses.fields(cls) if f.name != "name"}
     changes: dict[str, typing.Any] = {}
     for item in assignments:
         key, sep, text = item.partition("=")

@@ -10,7 +10,7 @@ from harness.artifacts import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.options import load_methods
-from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench
+from harness.pipeline import CLEAN, RANDOM, SUSPECT_FILE, UNDEFENDED, Workbench, scenarios_of
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
 from harness.rowspec import RowSpec
@@ -18,6 +18,14 @@ from tests.test_plugin import MICRO_FIELDS
 
 load_methods()
 FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
+
+
+def test_scenarios_apply_to_attacks_on_the_profiles_trigger_only():
+    scenarios = ("patch", "checkerboard")
+    assert scenarios_of("badencoder", scenarios) == scenarios
+    assert scenarios_of("adaptive", scenarios) == scenarios
+    assert scenarios_of("bassl", scenarios) == ("",)  # BASSL pastes its own colour patch
+    assert scenarios_of(SUSPECT_FILE, scenarios) == ("",)  # a user's suspect comes with its trigger
 
 
 @pytest.fixture(scope="module")
