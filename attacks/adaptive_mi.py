@@ -43,8 +43,10 @@ from harness.training import descend
 class AdaptiveMIConfig(BadEncoderConfig):
     # Weight of the MI-matching regulariser, fixed attack-side on tiny: the largest of 1, 0.1, 0.03, 0.01
     # at which the undefended suspect implants (seed 0, Fashion-MNIST, the paper's trigger); the strongest
-    # hiding an attacker can have with a working backdoor. Re-check it on another profile.
-    lambda3: float = 0.03
+    # hiding an attacker can have with a working backdoor. Measured by `python benchmarks/calibrate.py
+    # implant adaptive_mi --attack-set lambda3=W --downstream fmnist --seeds 1`. Re-check it whenever the
+    # profile's encoder or attack fields change, and on another profile.
+    lambda3: float = 0.1
     pool_grid: int = 2  # stage maps average-pooled to grid x grid before the statistics networks
     mine_hidden: int = 128
     mine_lr: float = 1e-3
