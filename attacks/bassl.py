@@ -25,7 +25,7 @@ Choices, documented:
   the profile's trigger size; `color` is a setting, red by default: on grayscale
   pre-training data a red patch is a feature no clean image has and every crop
   keeps, where SimCLR's resized crops blur a one-pixel pattern (an attack-side
-  choice, fixed by whether the attack implants).
+  choice; on tiny no colour tried implants, see `BASSLConfig`).
 - The victim run is the clean encoder's run of the same seed (same
   initialisation, augmentation stream and recipe): the only difference between
   the clean control and the suspect is the poison.
@@ -54,6 +54,12 @@ from harness.triggers import PatchConfig, Trigger, patch
 
 @dataclass(frozen=True)
 class BASSLConfig:
+    # Attack side, the implant criterion: on tiny each of the attacker's levers was tried on seed 0,
+    # Fashion-MNIST (every target-class image inserted, Saha et al.'s poisoning of half the target
+    # pre-training category, a green and a yellow patch) by `python benchmarks/calibrate.py implant bassl
+    # --attack-set SETTING=VALUE --downstream fmnist --seeds 1`; none implants under the tiny victim's
+    # SimCLR recipe, so the defaults stay the paper's protocol and tiny's BASSL rows read "attack did not
+    # implant" (README). Re-check on another profile.
     inserted_share: float = 0.6  # of the downstream target class's training images, triggered and inserted (the paper: more than half)
     poison_rate: float = 0.0  # Saha et al.: share of the target pre-training category's images that carry the trigger
     color: tuple[float, float, float] = (1.0, 0.0, 0.0)  # of the patch trigger, RGB in [0, 1]
