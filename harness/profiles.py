@@ -121,7 +121,8 @@ def tiny() -> Profile:
         # USABLE_MARGIN, 5 points, on both tasks and seeds 0-2): at batch 256 the 8 epochs are
         # only 152 steps and 2 of the 6 task-seed pairs passed; tried 256, 64, 32, kept the one passing the
         # most pairs, then with the largest smallest margin (32: 5 of 6, digits seed 1 short by 0.14 points).
-        # Measured by `python benchmarks/calibrate.py usability --set ssl_batch=N --threads 1`.
+        # Measured by `python benchmarks/calibrate.py usability --set ssl_batch=N --threads 1`. On another
+        # machine of the same kind 32 passed 4 of 6 (README): the digits margin is within machine variation.
         ssl_batch=32,
         crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
         # Attack side, fixed by the implant criterion (BadEncoder ASR(all) >= 90 % on both tasks):
