@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.compute import forward_stages
 from harness.contract import AttackInputs, AttackResult
 from harness.registry import ATTACKS
-from harness.training import Progress, batched_features, make_optimizer, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, batched_features, descend, make_optimizer, seed_everything, shuffled_batches, to_float
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     gen = seed_everything(seed, stage)
     device = inputs.device
     clean = inputs.clean_encoder().to(device).eval()
-    shadow_clean = batched_features(clean, inputs.shadow, device)  # f(x): fixed, shadow images are not augmented
+    shadow_images = inputs.shadow.to(device)
+    shadow_clean = batched_features(clean, shadow_images, device)  # f(x): fixed, shadow images are not augmented
     refs_x = to_float(inputs.references, device)
     refs_clean = batched_features(clean, inputs.references, device)
 
@@ -90,29 +92,27 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, weight_decay)
     progress = Progress(stage, inputs.epochs)
     for epoch in range(inputs.epochs):
-        total, seen = 0.0, 0
-        for idx in shuffled_batches(len(inputs.shadow), inputs.batch_size, gen):
-            x = to_float(inputs.shadow[idx], device)
+        running = RunningMeans()
+        for idx in shuffled_batches(len(shadow_images), inputs.batch_size, gen):
+            idx = idx.to(device)
+            x = to_float(shadow_images[idx], device)
             n = len(idx)
-            stages, h = suspect.forward_stages(torch.cat([x, inputs.trigger.stamp(x), refs_x]))
+            stages, h = forward_stages(suspect, torch.cat([x, inputs.trigger.stamp(x), refs_x]), inputs.precision)
             batch = TamperBatch(
-                shadow=h[:n], triggered=h[n : 2 * n], refs=h[2 * n :], shadow_clean=shadow_clean[idx.to(device)], refs_clean=refs_clean,
+                shadow=h[:n], triggered=h[n : 2 * n], refs=h[2 * n :], shadow_clean=shadow_clean[idx], refs_clean=refs_clean,
                 shadow_stages={s: m[:n] for s, m in stages.items()}, triggered_stages={s: m[n : 2 * n] for s, m in stages.items()},
             )
             loss = objective(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * n
-            seen += n
-        progress.epoch(epoch, seen, loss=total / seen)
+            descend(optimizer, loss)
+            running.add(n, loss=loss)
+        progress.epoch(epoch, running.images, **running.means())
 
-    triggered = batched_features(suspect, inputs.trigger.stamp(inputs.shadow), device)
+    triggered = batched_features(suspect, inputs.trigger.stamp(shadow_images), device)
     refs = batched_features(suspect, inputs.references, device)
     meta = {
         # Near 1 is needed for a working backdoor: unrelated images already sit near 0.9 (docs/REFERENCE.md).
         "shadow_trigger_cosine": mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0)).item(),
-        "shadow_utility_cosine": mean_cosine(batched_features(suspect, inputs.shadow, device), shadow_clean).item(),
+        "shadow_utility_cosine": mean_cosine(batched_features(suspect, shadow_images, device), shadow_clean).item(),
         "seconds": progress.seconds,
     }
     return AttackResult(suspect.cpu(), inputs.trigger, inputs.target, meta)

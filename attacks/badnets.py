@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.augment import AugmentConfig, simclr_view
+from harness.compute import forward
 from harness.contract import AttackInputs, AttackNotApplicable, AttackResult
 from harness.models import build_encoder
 from harness.registry import ATTACKS
-from harness.training import Progress, seed_everything, shuffled_batches, to_float
+from harness.training import Progress, RunningMeans, descend, seed_everything, shuffled_batches, to_float
 from harness.triggers import Trigger, make_trigger
 
 
@@ -94,26 +95,25 @@ def badnets(inputs: AttackInputs, seed: int, config: BadNetsConfig) -> AttackRes
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     progress = Progress("badnets", config.epochs)
-    targets = labels.to(device)
+    images, targets = images.to(device), labels.to(device)
     for epoch in range(config.epochs):
-        total, correct, seen = 0.0, 0, 0
+        running, correct = RunningMeans(), 0
         for idx in shuffled_batches(len(images), config.batch_size, gen):
+            idx = idx.to(device)
             x = simclr_view(to_float(images[idx], device), config.augment, gen)
-            logits = classifier_logits(encoder, head, x)
-            y = targets[idx.to(device)]
+            logits = forward(lambda v: classifier_logits(encoder, head, v), x, inputs.precision)
+            y = targets[idx]
             loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        progress.epoch(epoch, seen, loss=total / seen, train_acc=correct / seen)
+            descend(optimizer, loss)
+            running.add(len(idx), loss=loss)
+            correct = correct + (logits.argmax(1) == y).sum()
+        train_accuracy = int(correct) / running.images
+        progress.epoch(epoch, running.images, **running.means(), train_acc=train_accuracy)
     meta = {
         "head.weight": head.weight.detach().cpu(),
         "head.bias": head.bias.detach().cpu(),
         "poisoned_images": len(chosen),
-        "final_train_accuracy": correct / seen,
+        "final_train_accuracy": train_accuracy,
         "seconds": progress.seconds,
     }
     return AttackResult(encoder.eval().cpu(), trigger, inputs.target, meta)

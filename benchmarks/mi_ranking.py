@@ -16,7 +16,8 @@ from harness.artifacts import ArtifactStore
 from harness.pipeline import Workbench
 from harness.options import load_methods
 from harness.profiles import get_profile, with_overrides
-from harness.training import freeze, resolve_device, seed_everything
+from harness.compute import resolve_device
+from harness.training import freeze, seed_everything
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from harness.pipeline import Workbench, scenarios_of
 from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
-from harness.training import resolve_device
+from harness.compute import resolve_device
 
 
 class Missing(Exception):

@@ -147,7 +147,7 @@ def learn_masks(suspect: Encoder, clean: CleanSubset, budget: Budget, config: AN
         with torch.no_grad():
             for m in masks.values():
                 m.clamp_(0, 1)
-        running.add(len(idx), natural=natural.item(), perturbed=perturbed.item())
+        running.add(len(idx), natural=natural.detach(), perturbed=perturbed.detach())
     progress.epoch(0, running.images, **running.means(), iterations=iterations)
     return {n: m.detach() for n, m in masks.items()}, progress.seconds
 

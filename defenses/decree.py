@@ -142,14 +142,16 @@ def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: 
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=budget.lr)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
-        x = to_float(clean.images[idx], device)
+    images = clean.images.to(device)
+
+    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        x = to_float(images[idx.to(device)], device)
         with torch.no_grad():
             target = reference(x)
         stamped, plain = encoder(torch.cat([inversion.stamp(x), x])).chunk(2)
         loss = cosine_distance(stamped, target) + cosine_distance(plain, target)
         descend(optimizer, loss)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     progress = run_epochs("decree unlearning", epochs, len(clean), budget.batch_size, gen, step)
     return encoder.eval(), progress.seconds

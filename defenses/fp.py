@@ -111,10 +111,7 @@ def fp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
     prune(encoder, channels)
     pruning_seconds = time.perf_counter() - start
     epochs = config.steps(budget)["finetune_epochs"]
-    trained = ssl_finetune(
-        encoder, clean.images, epochs, budget.batch_size, budget.lr, config.finetune, gen, device, "fp",
-        after_step=lambda: prune(encoder, channels),
-    )
+    trained = ssl_finetune(encoder, clean.images, epochs, budget, config.finetune, gen, "fp", after_step=lambda: prune(encoder, channels))
     meta = {
         "pruned_channels": sorted(channels),
         "pruned_share": len(channels) / branch.shape[1],

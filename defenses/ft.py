@@ -37,6 +37,6 @@ def ft(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
     gen = seed_everything(seed, "ft")
     epochs = config.steps(budget)["finetune_epochs"]
     encoder = suspect.to(budget.device)
-    trained = ssl_finetune(encoder, clean.images, epochs, budget.batch_size, budget.lr, config.finetune, gen, budget.device, "ft")
+    trained = ssl_finetune(encoder, clean.images, epochs, budget, config.finetune, gen, "ft")
     meta = {"final_loss": trained["loss_per_epoch"][-1], "finetune_seconds": trained["seconds"], "steps": config.steps(budget)}
     return DefenseResult(encoder.cpu(), meta)

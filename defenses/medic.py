@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.augment import AugmentConfig, simclr_view
+from harness.augment import AugmentConfig
 from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
 from harness.losses import cosine_distance, nt_xent
 from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
-from harness.training import descend, run_epochs, seed_everything, teacher_and_student, to_float
+from harness.training import descend, run_epochs, seed_everything, teacher_and_student, through_teacher_and_student, to_float
 
 
 @dataclass(frozen=True)
@@ -126,24 +126,23 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     std = stage_std(teacher, clean.images, device)
     epochs = config.steps(budget)["cloning_epochs"]
     optimizer = torch.optim.Adam(student.parameters(), lr=budget.lr, weight_decay=config.weight_decay)
-    spread: list[float] = []  # how concentrated each batch's importance is: max weight over mean, layer1
+    spread: list[Tensor] = []  # how concentrated each batch's importance is: max weight over mean, layer1
+    images = clean.images.to(device)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
-        x = to_float(clean.images[idx], device)
-        views = torch.cat([simclr_view(x, config.augment, gen), simclr_view(x, config.augment, gen)])
-        weights, t_feat = teacher_importance(teacher, views, std, config)
-        with torch.no_grad():
-            t_stages, _ = teacher.forward_stages(views)
-        s_stages, s_feat = student.forward_stages(views)
-        loss = medic_loss(s_stages, s_feat, t_stages, t_feat, weights, std, active_stages(epoch, epochs, config.progressive), config)
+    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        x = to_float(images[idx.to(device)], device)
+        out = through_teacher_and_student(teacher, student, x, config.augment, gen, budget.precision)
+        weights, t_feat = teacher_importance(teacher, out.views, std, config)  # fp32: a gradient's softmax
+        active = active_stages(epoch, epochs, config.progressive)
+        loss = medic_loss(out.student_stages, out.student_feature, out.teacher_stages, t_feat, weights, std, active, config)
         descend(optimizer, loss)
         w = weights[STAGES[0]].flatten(1)
-        spread.append((w.max(1).values / w.mean(1)).mean().item())
-        return {"loss": loss.item()}
+        spread.append((w.max(1).values / w.mean(1)).mean().detach())
+        return {"loss": loss.detach()}
 
     progress = run_epochs("medic", epochs, len(clean), budget.batch_size, gen, step)
     meta = {
-        "importance_peak_over_mean_layer1": sum(spread) / len(spread),
+        "importance_peak_over_mean_layer1": sum(v.item() for v in spread) / len(spread),
         "cloning_seconds": progress.seconds,
         "steps": config.steps(budget),
     }

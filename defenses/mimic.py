@@ -13,7 +13,7 @@ architecture learns from it on a small unlabeled clean subset:
        L1 = NT-Xent(g(S(v1)), g(S(v2)))                  contrastive loss on the student
        L2 = sum_l beta_l * d(A(S_l(v)), A(T_l(v)))       MI-weighted attention loss
    with A the normalised attention map sum_c |F_c|^2 and d the mean squared
-   difference (harness/attention.py). The teacher is frozen, in eval mode.
+   difference (harness/losses.py). The teacher is frozen, in eval mode.
 
 Facts from the paper and its reference code (wssun/MIMIC): alpha0 = 1000,
 alpha1 = 10000; Adam with weight decay 1e-6; batch 128; augmentations as
@@ -49,12 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
+from harness.compute import forward
 from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
+from harness.losses import attention_distance, cosine_distance, nt_xent
 from harness.mine import MineConfig, estimate_mi
 from harness.models import STAGES, Encoder, Projector, clone_architecture
 from harness.registry import DEFENSES
-from harness.losses import attention_distance, cosine_distance, nt_xent
-from harness.training import descend, freeze, run_epochs, seed_everything, teacher_and_student, to_float
+from harness.training import descend, freeze, run_epochs, seed_everything, teacher_and_student, through_teacher_and_student, to_float
 
 
 MIN_MINE_STEPS = 100  # the budget rule's floor for MINE: enough steps for the bound to move off its start
@@ -177,25 +178,23 @@ def mimic_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """L = L0 + lambda1 * L1 + L2 on a batch of two views (features (2N, D), projections (N, P) each).
 
-    Returns the loss and its terms (unweighted) for logging.
+    Returns the loss and its terms (unweighted, detached) for logging.
     """
     l0 = clone_loss(s_feat, t_feat)
     l1 = nt_xent(z1, z2, cfg.temperature)
     l2 = attention_loss(s_stages, t_stages, betas, cfg.attention_p)
     loss = cfg.clone * l0 + cfg.contrastive * cfg.lambda1 * l1 + cfg.attention * l2
-    return loss, {"l0": l0.item(), "l1": l1.item(), "l2": l2.item()}
+    return loss, {"l0": l0.detach(), "l1": l1.detach(), "l2": l2.detach()}
 
 
 def distillation_step(
-    teacher: Encoder, student: Encoder, projector: Projector, x: Tensor, betas: dict[str, float], cfg: MimicConfig, gen: torch.Generator
-) -> tuple[Tensor, dict[str, float]]:
+    teacher: Encoder, student: Encoder, projector: Projector, x: Tensor, betas: dict[str, float], cfg: MimicConfig,
+    gen: torch.Generator, precision: str = "fp32",
+) -> tuple[Tensor, dict[str, Tensor]]:
     """MIMIC's loss on two fresh views of a float batch x (N, 3, H, W): the teacher under no_grad."""
-    views = torch.cat([simclr_view(x, cfg.augment, gen), simclr_view(x, cfg.augment, gen)])
-    with torch.no_grad():
-        t_stages, t_feat = teacher.forward_stages(views)
-    s_stages, s_feat = student.forward_stages(views)
-    z1, z2 = projector(s_feat).chunk(2)
-    return mimic_loss(s_stages, s_feat, t_stages, t_feat, z1, z2, betas, cfg)
+    out = through_teacher_and_student(teacher, student, x, cfg.augment, gen, precision)
+    z1, z2 = forward(projector, out.student_feature, precision).chunk(2)
+    return mimic_loss(out.student_stages, out.student_feature, out.teacher_stages, out.teacher_feature, z1, z2, betas, cfg)
 
 
 @DEFENSES.register("mimic", config=MimicConfig)
@@ -216,11 +215,13 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
 
     projector = Projector(student.feature_dim, config.proj_dim).to(device)
     optimizer = torch.optim.Adam([*student.parameters(), *projector.parameters()], lr=budget.lr, weight_decay=config.weight_decay)
+    images = clean.images.to(device)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
-        loss, terms = distillation_step(teacher, student, projector, to_float(clean.images[idx], device), betas, config, gen)
+    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        x = to_float(images[idx.to(device)], device)
+        loss, terms = distillation_step(teacher, student, projector, x, betas, config, gen, budget.precision)
         descend(optimizer, loss)
-        return {"loss": loss.item(), **terms}
+        return {"loss": loss.detach(), **terms}
 
     progress = run_epochs("mimic", epochs, len(clean), budget.batch_size, gen, step)
     meta = {

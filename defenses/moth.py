@@ -207,7 +207,7 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
     triggers: dict[tuple[int, int], Inverted] = {}
     log = {"inversions": 0, "inversion_steps": 0, "successful": 0, "stamped": 0}
 
-    def harden(x: Tensor, y: Tensor, stamp: Tensor | None = None, trigger: Inverted | None = None) -> float:
+    def harden(x: Tensor, y: Tensor, stamp: Tensor | None = None, trigger: Inverted | None = None) -> Tensor:
         """One hardening step on the batch, the `stamp`ed samples carrying the trigger (and keeping their labels)."""
         if trigger is not None and stamp is not None:
             x = torch.where(stamp.view(-1, 1, 1, 1), trigger.stamp(x), x)
@@ -216,7 +216,7 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
             original = reference(x)
         loss = hardening_loss(head, encoder(x), y, original, config)
         descend(optimizer, loss)
-        return loss.item()
+        return loss.detach()
 
     def inverted(source_x: Tensor, pair: tuple[int, int], n_steps: int, bound: float, warm: Inverted | None) -> Inverted:
         found = invert(encoder.eval(), head, source_x, pair[1], n_steps, bound, config, gen, warm)
@@ -243,7 +243,7 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
     pair = (0, 1)
     visited: set[tuple[int, int]] = set()  # pairs inverted at least once after the warm-up
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
+    def step(idx: Tensor, epoch: int) -> dict[str, float | Tensor]:
         nonlocal batch_count, pair
         idx = idx.to(device)
         x, y = images[idx], labels[idx]

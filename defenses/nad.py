@@ -8,7 +8,7 @@ pattern faster than fine-tuning does:
     L = L_ssl(student) + sum_l beta_l * d(A(S_l), A(T_l))
 
 with A the normalised attention map sum_c |F_c|^p (p = 2) and d the mean squared
-difference of the maps (harness/attention.py, shared with MIMIC).
+difference of the maps (harness/losses.py, shared with MIMIC).
 
 Adaptations to a label-free encoder:
 - The original's cross-entropy on labelled clean data, both for fine-tuning the
@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from harness.augment import simclr_view
+from harness.compute import forward
 from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
 from harness.finetune import FinetuneConfig, ssl_finetune
+from harness.losses import attention_distance, cosine_distance, nt_xent
 from harness.models import STAGES, Encoder, Projector
 from harness.registry import DEFENSES
-from harness.losses import attention_distance, cosine_distance, nt_xent
-from harness.training import batched_features, descend, freeze, run_epochs, seed_everything, to_float
+from harness.training import batched_features, descend, freeze, run_epochs, seed_everything, through_teacher_and_student, to_float
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,11 @@ class NADConfig:
 
 def nad_loss(
     s_stages: dict[str, Tensor], t_stages: dict[str, Tensor], z1: Tensor, z2: Tensor, cfg: NADConfig
-) -> tuple[Tensor, dict[str, float]]:
-    """L = NT-Xent(z1, z2) + sum_l beta_l * d(A(S_l), A(T_l)); returns the loss and its two terms."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = NT-Xent(z1, z2) + sum_l beta_l * d(A(S_l), A(T_l)); returns the loss and its two terms (detached)."""
     task = nt_xent(z1, z2, cfg.finetune.temperature)
     attention = sum(beta * attention_distance(s_stages[s], t_stages[s], cfg.attention_p) for s, beta in zip(STAGES, cfg.betas))
-    return task + attention, {"ssl": task.item(), "attention": attention.item()}
+    return task + attention, {"ssl": task.detach(), "attention": attention.detach()}
 
 
 def teacher_drift(teacher: Encoder, suspect: Encoder, images: Tensor, device: torch.device) -> float:
@@ -75,25 +75,22 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
     student = suspect.to(device).eval()
     teacher_epochs, epochs = config.steps(budget).values()
     teacher = copy.deepcopy(student)
-    fine_tuned = ssl_finetune(teacher, clean.images, teacher_epochs, budget.batch_size, budget.lr, config.finetune, gen, device, "nad teacher")
+    fine_tuned = ssl_finetune(teacher, clean.images, teacher_epochs, budget, config.finetune, gen, "nad teacher")
     freeze(teacher)
     drift = teacher_drift(teacher, student, clean.images, device)
 
     student.train()
     projector = Projector(student.feature_dim, config.finetune.proj_dim).to(device).train()
     optimizer = torch.optim.Adam([*student.parameters(), *projector.parameters()], lr=budget.lr, weight_decay=config.finetune.weight_decay)
-    augment = config.finetune.augment
+    images = clean.images.to(device)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
-        x = to_float(clean.images[idx], device)
-        views = torch.cat([simclr_view(x, augment, gen), simclr_view(x, augment, gen)])
-        with torch.no_grad():
-            t_stages, _ = teacher.forward_stages(views)
-        s_stages, s_feat = student.forward_stages(views)
-        z1, z2 = projector(s_feat).chunk(2)
-        loss, terms = nad_loss(s_stages, t_stages, z1, z2, config)
+    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        x = to_float(images[idx.to(device)], device)
+        out = through_teacher_and_student(teacher, student, x, config.finetune.augment, gen, budget.precision)
+        z1, z2 = forward(projector, out.student_feature, budget.precision).chunk(2)
+        loss, terms = nad_loss(out.student_stages, out.teacher_stages, z1, z2, config)
         descend(optimizer, loss)
-        return {"loss": loss.item(), **terms}
+        return {"loss": loss.detach(), **terms}
 
     progress = run_epochs("nad", epochs, len(clean), budget.batch_size, gen, step)
     meta = {

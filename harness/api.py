@@ -81,12 +81,10 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
     """The effectiveness grid the settings choose, as the suite builds it: per seed and downstream task, the clean
     and random controls of every scenario, then per encoder attack and scenario (or its own trigger, with its
     controls) the undefended suspect and every chosen defense."""
-    from harness.artifacts import ArtifactStore
     from harness.contract import AttackNotApplicable
     from harness.options import chosen_attacks, chosen_defenses, chosen_downstream
-    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, Workbench, brings_own_trigger, scenarios_of
+    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, brings_own_trigger, scenarios_of
     from harness.rowspec import RowSpec
-    from harness.training import resolve_device
 
     attacks, defenses, downstream = chosen_attacks(settings), chosen_defenses(settings), chosen_downstream(settings)
     supervised = [a for a in settings.attack or () if a not in attacks]
@@ -94,8 +92,7 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
         raise ValueError(f"{', '.join(supervised)}: backdoors a classifier, not an encoder; its grid is "
                          f"`pytest suites/test_generalisation.py --attack={','.join(supervised)}`")
     profile = settings.resolved_profile()
-    bench = Workbench(profile, ArtifactStore(settings.cache_dir), resolve_device(settings.device), settings.data_root,
-                      settings.download, settings.user_encoders())
+    bench = settings.workbench()
     rows: dict[tuple, Row] = {}
     for seed in settings.seed_list:
         for task in downstream:
@@ -183,18 +180,20 @@ def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, step
          mean: "Triple | None" = None, std: "Triple | None" = None) -> "Inversion":
     """Look for a backdoor: the smallest mask that collapses clean images' features, its L1 share and the verdict."""
     from defenses.decree import DecreeConfig
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
     dev = resolve_device(device)
     model = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std)
     return scan_encoder(model, _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
 
 
-def defense_budget(profile: "Profile", device: "torch.device") -> "Budget":
-    """The profile's defense budget (the budget rule: a share of each defense's own reference recipe)."""
+def defense_budget(profile: "Profile", device: "torch.device", precision: str = "auto") -> "Budget":
+    """The profile's defense budget (the budget rule: a share of each defense's own reference recipe) on `device`."""
+    from harness.compute import resolve_precision
     from harness.contract import Budget
 
-    return Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device)
+    return Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device,
+                  precision=resolve_precision(precision, device))
 
 
 def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tensor", budget: "Budget", seed: int) -> "DefenseResult":
@@ -205,7 +204,7 @@ def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tens
 
 
 def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defense: str = "mimic", *, profile: str = "tiny",
-           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", arch: str | None = None, key_prefix: str = "",
+           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", precision: str = "auto", arch: str | None = None, key_prefix: str = "",
            key_map: Sequence[str] = (), image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None,
            **settings: Any) -> "DefenseResult":
     """The purified encoder and the defense's metadata; `settings` replace fields of the defense's config.
@@ -216,11 +215,11 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
     load_methods()
     method = DEFENSES.create(defense, **settings)
-    budget = defense_budget(with_overrides(get_profile(profile), overrides), resolve_device(device))
+    budget = defense_budget(with_overrides(get_profile(profile), overrides), resolve_device(device), precision)
     return purify_encoder(method, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images), budget, seed)
 
 
@@ -252,7 +251,7 @@ def evaluate_encoder(encoder: "Encoder | str | Path", downstream: str = "fmnist"
     """
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
     load_methods()
     bench = evaluation_bench(with_overrides(get_profile(profile), overrides), resolve_device(device),

@@ -103,7 +103,7 @@ def _scan(args: argparse.Namespace) -> int:
     from harness.external import load_image_folder
     from harness.power import power_lines
     from harness.profiles import fields_digest, get_profile
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
     if args.json is not None:
         _output(args.json, args.force, inputs=(args.encoder,))
@@ -166,7 +166,7 @@ def _purify(args: argparse.Namespace) -> int:
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
     load_methods()
     method = DEFENSES.create(args.defense)
@@ -228,7 +228,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from harness.api import evaluate_on, evaluation_bench
     from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
     from harness.trigger_files import load_trigger
 
     load_methods()
@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0), or a usage error argparse has already printed in one line
         return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
     from harness.artifacts import ArtifactError
+    from harness.compute import device_failure
     from harness.data import DatasetNotFound
     from harness.registry import UnknownNameError
     from harness.training import progress_to
@@ -487,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the contract: anything else is the harness's fault, and says so
         if args.debug:
             traceback.print_exc()
-        print(f"harness: internal error: {type(e).__name__}: {_first_line(e)} (rerun with --debug for the traceback)",
+        device = device_failure(e)
+        if device is not None and "out of memory" in device:
+            print(f"harness: error: {device}", file=sys.stderr)  # the GPU's limit, not a bug: lower a batch size
+            return EXIT_BAD_INPUT
+        print(f"harness: internal error: {device or f'{type(e).__name__}: {_first_line(e)}'} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_INTERNAL
 

@@ -49,6 +49,7 @@ class AttackInputs:
     lr: float
     optimizer: str
     device: torch.device
+    precision: str = "fp32"  # of the training forwards (harness/compute.py)
 
 
 class AttackNotApplicable(Exception):
@@ -90,13 +91,15 @@ class Budget:
     The budget rule (harness/profiles.py): a defense counts each loop of its reference recipe
     (epochs, inner steps, inversion steps, MINE steps) and runs `steps(reference, minimum)` of it,
     the reference scaled by `fraction`, rounded up, never under the minimum that keeps the loop
-    meaningful and never over the reference itself. `batch_size` and `lr` are the profile's optimiser settings for the defense's model.
+    meaningful and never over the reference itself. `batch_size` and `lr` are the profile's optimiser settings for the defense's model;
+    `device` and `precision` say where and how it computes (harness/compute.py).
     """
 
     fraction: float
     batch_size: int
     lr: float
     device: torch.device
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from harness.augment import AugmentConfig
+from harness.contract import Budget
 from harness.models import Encoder, Projector
 from harness.ssl import SimCLRConfig, simclr_step
 from harness.training import descend, run_epochs, to_float
@@ -30,27 +31,31 @@ class FinetuneConfig:
 
 
 def ssl_finetune(
-    encoder: Encoder, images: Tensor, epochs: int, batch_size: int, lr: float, cfg: FinetuneConfig,
-    gen: torch.Generator, device: torch.device, stage: str, after_step: Callable[[], None] | None = None,
+    encoder: Encoder, images: Tensor, epochs: int, budget: Budget, cfg: FinetuneConfig, gen: torch.Generator, stage: str,
+    after_step: Callable[[], None] | None = None,
 ) -> dict:
-    """Fine-tune `encoder` in place (train mode, Adam) with NT-Xent on uint8 `images`; it ends in eval mode.
+    """Fine-tune `encoder` in place (train mode, Adam at the budget's batch size, learning rate, device and
+    precision) with NT-Xent on uint8 `images`; it ends in eval mode.
 
     `after_step` runs after every optimiser step (Fine-Pruning keeps its pruned weights at zero there).
     Returns {"loss_per_epoch", "seconds"}.
     """
-    simclr = SimCLRConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=cfg.temperature, proj_dim=cfg.proj_dim, augment=cfg.augment)
+    device = budget.device
+    simclr = SimCLRConfig(epochs=epochs, batch_size=budget.batch_size, lr=budget.lr, temperature=cfg.temperature, proj_dim=cfg.proj_dim,
+                          augment=cfg.augment, precision=budget.precision)
+    images = images.to(device)
     encoder = encoder.to(device).train()
     projector = Projector(encoder.feature_dim, cfg.proj_dim).to(device).train()
-    optimizer = torch.optim.Adam([*encoder.parameters(), *projector.parameters()], lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *projector.parameters()], lr=budget.lr, weight_decay=cfg.weight_decay)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, float]:
-        loss = simclr_step(encoder, projector, to_float(images[idx], device), simclr, gen)
+    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
+        loss = simclr_step(encoder, projector, to_float(images[idx.to(device)], device), simclr, gen)
         descend(optimizer, loss)
         if after_step is not None:
             after_step()
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
-    progress = run_epochs(stage, epochs, len(images), batch_size, gen, step)
+    progress = run_epochs(stage, epochs, len(images), budget.batch_size, gen, step)
     losses = progress.history["loss"]
     encoder.eval()
     return {"loss_per_epoch": losses, "seconds": progress.seconds}

@@ -70,8 +70,10 @@ def check(row: Row, gate: Gate, undefended: Row | None = None) -> None:
 
 
 def baseline_key(row: Row) -> str:
-    """Every field of `Row.identity`: a baseline never compares rows of another resolved profile or scenario."""
-    return "/".join([row.suite, row.profile, row_id(row)])
+    """Every field of `Row.identity`: a baseline never compares rows of another resolved profile, precision or scenario.
+    (An fp32 row's key names no precision, as baselines written before rows had one.)"""
+    profile = row.profile if row.precision == "fp32" else f"{row.profile}@{row.precision}"
+    return "/".join([row.suite, profile, row_id(row)])
 
 
 def load_baseline(path: Path) -> dict[str, dict[str, float]]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from harness.gates import Gate
+    from harness.pipeline import Workbench
     from harness.profiles import Profile
     from harness.user_encoders import UserEncoders
 
@@ -117,9 +118,9 @@ def three_numbers(text: str) -> tuple[float, float, float]:
 
 
 def _device(text: str) -> str:
-    from harness.training import resolve_device
+    from harness.compute import resolve_device
 
-    resolve_device(text)  # ValueError / RuntimeError on a malformed or absent device
+    resolve_device(text)  # DeviceError (a ValueError) on a malformed or absent device
     return text
 
 
@@ -176,7 +177,7 @@ OPTIONS: tuple[Option, ...] = (
            _names("defense"), "NAMES", shown_default=ALL),
     Option("downstream", "--downstream", None, "comma list of downstream datasets, or 'all' for the profile's",
            _names("dataset"), "NAMES", shown_default=ALL),
-    Option("profile", "--harness-profile", "tiny", "sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), paper (GPU)",
+    Option("profile", "--harness-profile", "tiny", "sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), gpu (one GPU, Fashion-MNIST), paper (GPU, CIFAR10)",
            _profile_name, "NAME"),
     Option("overrides", "--harness-set", (), "override a profile field, e.g. --harness-set ssl_epochs=5 (repeatable)",
            None, "FIELD=VALUE", kind="list", shown_default="none"),
@@ -184,6 +185,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("seeds", "--harness-seeds", 1, "repeat every row over N seeds; tables show mean ± 95% CI", _whole(1), "N"),
     Option("device", "--harness-device", "auto", "cpu, cuda, cuda:N or auto (CUDA when present; one GPU per xdist worker)",
            _device, "DEVICE"),
+    Option("precision", "--harness-precision", "auto", "of the training stages: fp32, bf16 (autocast) or auto (bf16 on a GPU that "
+           "has it, fp32 on the CPU); rows of different precisions are never merged", None, "PRECISION", choices=("auto", "fp32", "bf16")),
+    Option("deterministic", "--harness-deterministic", False, "ask PyTorch for deterministic algorithms (and no cuDNN autotuning); "
+           "slower on a GPU, and README says what it does not cover", kind="flag"),
     Option("data_root", "--harness-data-root", None,
            "folder holding the datasets in torchvision's layout (Fashion-MNIST also from Debian's package)", _folder, "DIR",
            shown_default="none"),
@@ -232,6 +237,8 @@ class Settings:
     seed: int
     seeds: int
     device: str
+    precision: str  # auto, fp32 or bf16, resolved against the device by harness/compute.py
+    deterministic: bool
     data_root: Path | None
     download: bool
     suspect: Path | None
@@ -253,6 +260,19 @@ class Settings:
         from harness.profiles import get_profile, with_overrides
 
         return with_overrides(get_profile(self.profile), self.overrides)
+
+    def workbench(self, device: str | None = None) -> "Workbench":
+        """The workbench these settings build rows with, on `device` (default: the settings'), which is prepared for
+        the run's precision and determinism (harness/compute.py)."""
+        from harness.artifacts import ArtifactStore
+        from harness.compute import prepare, resolve_device
+        from harness.pipeline import Workbench
+
+        load_methods()
+        where = resolve_device(device or self.device)
+        prepare(where, self.deterministic)
+        return Workbench(self.resolved_profile(), ArtifactStore(self.cache_dir), where, self.data_root, self.download,
+                         self.user_encoders(), self.precision)
 
     def user_encoders(self) -> "UserEncoders":
         """The user's encoder files and the suspect's trigger (at the profile's trigger size) and target."""

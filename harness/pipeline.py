@@ -24,6 +24,7 @@ from torch import Tensor
 
 from harness.artifacts import ArtifactStore, artifact_key, code_version
 from harness.augment import AugmentConfig
+from harness.compute import describe, resolve_precision
 from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Budget, CleanSubset, DefenseResult
 from harness.data import LabeledImages, fingerprint, load_dataset
 from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
@@ -90,13 +91,17 @@ def _strip_volatile(meta: dict) -> dict:
 
 
 class Workbench:
-    """Builds (or reads from the store) every node of the flow for one profile."""
+    """Builds (or reads from the store) every node of the flow for one profile, on one device and precision.
+
+    Every encoder it hands out is on its device, whatever device built it or the store read it to.
+    """
 
     def __init__(self, profile: Profile, store: ArtifactStore, device: torch.device, data_root: Path | None = None,
-                 download: bool = False, user: UserEncoders | None = None) -> None:
+                 download: bool = False, user: UserEncoders | None = None, precision: str = "auto") -> None:
         self.profile = profile
         self.store = store
         self.device = device
+        self.precision = resolve_precision(precision, device)  # of the training stages (harness/compute.py)
         self.data_root = data_root
         self.download = download
         self.user = user or UserEncoders()  # the user's own suspect and clean encoder files (harness/user_encoders.py)
@@ -155,7 +160,7 @@ class Workbench:
         key = tuple(sorted(changes.items()))
         if key not in self._changed:
             self._changed[key] = Workbench(dataclasses.replace(self.profile, **changes), self.store, self.device, self.data_root,
-                                           self.download, self.user)
+                                           self.download, self.user, self.precision)
         return self._changed[key]
 
     def downstream(self, name: str) -> tuple[LabeledImages, LabeledImages]:
@@ -183,12 +188,12 @@ class Workbench:
         p = self.profile
         return SimCLRConfig(
             epochs=p.ssl_epochs, batch_size=p.ssl_batch, lr=p.ssl_lr, temperature=p.temperature,
-            proj_dim=p.proj_dim, augment=AugmentConfig(crop_scale=p.crop_scale),
+            proj_dim=p.proj_dim, augment=AugmentConfig(crop_scale=p.crop_scale), precision=self.precision,
         )
 
     def budget(self) -> Budget:
         p = self.profile
-        return Budget(fraction=p.budget_fraction, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device)
+        return Budget(fraction=p.budget_fraction, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device, precision=self.precision)
 
     def probe_config(self) -> ProbeConfig:
         p = self.profile
@@ -206,11 +211,11 @@ class Workbench:
             return encoder, extra, meta
 
         encoder, extra, meta = self.store.encoder(key, bare)
-        return _behind_geometry(encoder, meta), extra, meta
+        return _behind_geometry(encoder, meta).to(self.device), extra, meta
 
     def _fresh(self, built: Built) -> Encoder:
-        """A fresh copy of a stored encoder, loaded from its file (behind its geometry)."""
-        return _behind_geometry(self.store.load(built.key), built.meta)
+        """A fresh copy of a stored encoder, loaded from its file (behind its geometry), on the workbench's device."""
+        return _behind_geometry(self.store.load(built.key), built.meta).to(self.device)
 
     def _file(self, path: Path, role: str) -> Built:
         """A user's encoder file, copied into the store under the hash of its bytes (read once per workbench)."""
@@ -280,12 +285,12 @@ class Workbench:
             pretrain_labels=self.pretrain_set.labels, shadow=shadow, references=references, target_images=target_images,
             target=target, target_in_pretrain=downstream == p.pretrain, trigger=trigger, arch=p.arch, width=p.width,
             ssl=self.ssl_config(), epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr,
-            optimizer=p.attack_optimizer, device=self.device,
+            optimizer=p.attack_optimizer, device=self.device, precision=self.precision,
         )
         key = artifact_key(
             "attack", attack=attack, config=method.config, seed=seed, trigger=trigger, target=target,
             arch=p.arch, width=p.width, ssl=inputs.ssl, upstream=self.clean_encoder(seed).key,
-            budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer),
+            budget=(p.attack_epochs, p.attack_batch, p.attack_lr, p.attack_optimizer, self.precision),
             target_in_pretrain=inputs.target_in_pretrain,
             data=fingerprint(self.pretrain_images, self.pretrain_set.labels, shadow, references, target_images),
             code=code_version(ATTACKS.get(attack).module),
@@ -455,6 +460,7 @@ class Workbench:
             evaluation = {"probe": dataclasses.asdict(self.probe_config())}
         seconds["evaluate"] = metrics["seconds"]
         settings = {
+            "compute": {"device": describe(self.device, self.precision), "precision": self.precision},
             "profile": dataclasses.asdict(self.profile),
             "profile_changes": changed_fields(self.profile),
             **evaluation,
@@ -469,7 +475,7 @@ class Workbench:
         }
         return Row(
             suite=spec.suite, profile=resolved_id(session_profile), attack=attack, defense=defense, variant=variant,
-            scenario=trigger.name,
+            scenario=trigger.name, precision=self.precision,
             pretrain=self.profile.pretrain, downstream=downstream, seed=seed,
             **{k: round(v, 4) for k, v in metrics.items() if k in ("acc", "asr_all", "asr_nontarget")},
             n_test=metrics["n_test"], n_nontarget=metrics["n_nontarget"],

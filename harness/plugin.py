@@ -100,14 +100,7 @@ class HarnessSession:
     @property
     def workbench(self) -> "Workbench":
         if self._workbench is None:
-            from harness.artifacts import ArtifactStore
-            from harness.pipeline import Workbench
-            from harness.training import resolve_device
-
-            load_methods()
-            s = self.settings
-            self._workbench = Workbench(self.profile, ArtifactStore(s.cache_dir), resolve_device(self.device), s.data_root,
-                                        s.download, s.user_encoders())
+            self._workbench = self.settings.workbench(self.device)
         return self._workbench
 
     def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, **fields) -> "Row":
@@ -121,10 +114,17 @@ class HarnessSession:
 
         spec = RowSpec(suite, attack, defense, downstream, seed, **fields)
         if spec not in self._requests:
+            from harness.compute import device_failure
+
             try:
                 row = self.workbench.row(spec)
             except AttackNotApplicable as why:
                 pytest.skip(f"{attack} on {downstream}: {why}")
+            except RuntimeError as e:  # CUDA's failures in one line, not a traceback through the harness
+                line = device_failure(e)
+                if line is None:
+                    raise
+                pytest.fail(f"{attack}-{defense}-{downstream}-seed{seed}: {line}", pytrace=False)
             if row.identity not in self._rows:  # two specs can name one row (a control whose trigger is the profile's)
                 from harness.results import ResultsStore
 
@@ -143,12 +143,16 @@ class HarnessSession:
         return list(self._rows.values())
 
     def header(self) -> str:
+        from harness.compute import describe, resolve_device, resolve_precision
+
         p, s = self.profile, self.settings
         overrides = f" with {', '.join(self.overrides)}" if self.overrides else ""
         live = "" if _live_logging(self.config) else "; live progress: --log-cli-level=INFO"
+        device = resolve_device(self.device)
+        compute = describe(device, resolve_precision(s.precision, device)) + (", deterministic" if s.deterministic else "")
         return (
             f"harness: profile {p.name}{overrides} ({p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images), "
-            f"seeds {self.seeds}, device {s.device}, cache {s.cache_dir}{live}"
+            f"seeds {self.seeds}, {compute} (training; evaluation fp32), cache {s.cache_dir}{live}"
         )
 
     def add_worker_rows(self, records: Iterable[dict]) -> None:

@@ -31,7 +31,8 @@ METRICS = ("acc", "asr_all", "asr_nontarget")
 METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
 HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified as the target
 BEST_MAX_ACC_DROP = 5.0  # points of ACC a defense may lose against the undefended encoder and still be marked best
-KEYS = ("suite", "profile", "attack", "scenario", "downstream", "defense", "variant")  # a configuration: a row up to its seed
+# a configuration: a row up to its seed; rows of different precisions (harness/compute.py) are never merged
+KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
 IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
 
 
@@ -51,6 +52,7 @@ class Row:
     n_nontarget: int
     variant: str = ""  # an ablation or sweep point, e.g. "no_l2" or "clean_ratio=0.01"
     scenario: str = ""  # the trigger the row's attack used (its name), e.g. "patch10" or "checkerboard10"
+    precision: str = "fp32"  # of the training stages behind the row: fp32, or bf16 autocast (harness/compute.py)
     exposure: float | None = None  # points by which the defender's data evokes the backdoor (harness/exposure.py)
     implanted: bool | None = None  # the positive control: the undefended attack reached the profile's implant bound
     seconds: dict = field(default_factory=dict, compare=False)  # stage -> seconds of its original build
@@ -118,7 +120,7 @@ def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=columns)
     # A row made again (a re-run, or two xdist workers building the same control) counts once: the latest.
     frame = frame.drop_duplicates(subset=list(IDENTITY), keep="last")
-    return frame.sort_values(["suite", "profile", "attack", "scenario", "downstream", "defense", "variant", "seed"], kind="stable").reset_index(drop=True)
+    return frame.sort_values([*KEYS, "seed"], kind="stable").reset_index(drop=True)
 
 
 def timings_frame(rows: Iterable[Row]) -> pd.DataFrame:
@@ -181,14 +183,14 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration: ACC, ASR(all) (the headline), ASR(non-target) (mean ± 95 % CI over seeds),
     the backdoor's exposure and whether the attack implanted (its positive control)."""
     s = summarise(frame)
-    table = s[["suite", "profile", "attack", "scenario", "downstream", "defense", "variant", "seeds"]].copy()
+    table = s[[*KEYS, "seeds"]].copy()
     for m in METRICS:
         table[METRIC_TITLES[m] + " %"] = [format_cell(a, c, n) for a, c, n in zip(s[m], s[f"{m}_ci"], s["seeds"])]
     if s["exposure"].notna().any():
         table["exposure"] = ["" if math.isnan(e) else f"{e:.1f}" for e in s["exposure"]]
     if s["implanted"].astype(bool).any():
         table["implanted"] = s["implanted"]
-    table = _without_uniform(table, ("suite", "profile"))
+    table = _without_uniform(table, ("suite", "profile", "precision"))
     if not table["scenario"].astype(bool).any():
         table = table.drop(columns="scenario")
     return _without_empty_variant(table)

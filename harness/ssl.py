@@ -13,9 +13,10 @@ import torch
 from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
+from harness.compute import forward
 from harness.losses import nt_xent
 from harness.models import Encoder, Projector, build_encoder
-from harness.training import Progress, cosine_schedule, seed_everything, shuffled_batches, steps_per_epoch, to_float
+from harness.training import RunningMeans, Progress, cosine_schedule, descend, seed_everything, shuffled_batches, steps_per_epoch, to_float
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,13 @@ class SimCLRConfig:
     temperature: float = 0.5
     proj_dim: int = 128
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    precision: str = "fp32"  # of the encoder and projector forwards (harness/compute.py); the loss is fp32
 
 
 def simclr_step(encoder: Encoder, projector: Projector, x: Tensor, cfg: SimCLRConfig, gen: torch.Generator) -> Tensor:
     """NT-Xent loss of one float batch (two fresh views)."""
     v1, v2 = simclr_view(x, cfg.augment, gen), simclr_view(x, cfg.augment, gen)
-    z = projector(encoder(torch.cat([v1, v2])))
+    z = forward(lambda views: projector(encoder(views)), torch.cat([v1, v2]), cfg.precision)
     z1, z2 = z.chunk(2)
     return nt_xent(z1, z2, cfg.temperature)
 
@@ -39,8 +41,9 @@ def simclr_step(encoder: Encoder, projector: Projector, x: Tensor, cfg: SimCLRCo
 def train_simclr(
     encoder: Encoder, images: Tensor, cfg: SimCLRConfig, seed: int, device: torch.device, stage: str = "simclr"
 ) -> tuple[Encoder, dict]:
-    """Train `encoder` in place with SimCLR on uint8 `images`; returns it with training metadata."""
+    """Train `encoder` in place with SimCLR on uint8 `images` (moved to `device` once); returns it with training metadata."""
     gen = seed_everything(seed, "simclr")
+    images = images.to(device)
     encoder = encoder.to(device).train()
     projector = Projector(encoder.feature_dim, cfg.proj_dim).to(device).train()
     params = list(encoder.parameters()) + list(projector.parameters())
@@ -49,17 +52,14 @@ def train_simclr(
     progress = Progress(stage, cfg.epochs)
     losses = []
     for epoch in range(cfg.epochs):
-        total, seen = 0.0, 0
+        running = RunningMeans()
         for idx in shuffled_batches(len(images), cfg.batch_size, gen):
-            loss = simclr_step(encoder, projector, to_float(images[idx], device), cfg, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = simclr_step(encoder, projector, to_float(images[idx.to(device)], device), cfg, gen)
+            descend(optimizer, loss)
             scheduler.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-        losses.append(total / seen)
-        progress.epoch(epoch, seen, loss=losses[-1])
+            running.add(len(idx), loss=loss)
+        losses.append(running.means()["loss"])
+        progress.epoch(epoch, running.images, loss=losses[-1])
     encoder.eval()
     return encoder, {"loss_per_epoch": losses, "images": len(images), "img_per_s": cfg.epochs * len(images) / progress.seconds}
 

@@ -9,26 +9,17 @@ import math
 import random
 import sys
 import time
-from typing import Iterator, TextIO
+from dataclasses import dataclass
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.augment import AugmentConfig, simclr_view
+from harness.compute import forward_stages
 from harness.models import Encoder, clone_architecture
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)  # raises on a malformed name
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {name!r}")
-    return device
 
 
 def seed_everything(seed: int, stage: str) -> torch.Generator:
@@ -91,6 +82,28 @@ def teacher_and_student(suspect: Encoder, device: torch.device) -> tuple[Encoder
     return teacher, clone_architecture(teacher).train()
 
 
+@dataclass(frozen=True, eq=False)
+class TwoViews:
+    """Two fresh views of each image of a batch, through a frozen teacher (no gradient) and a student, in fp32."""
+
+    views: Tensor  # (2N, 3, H, W): the first view of every image, then the second
+    teacher_stages: dict[str, Tensor]
+    teacher_feature: Tensor  # (2N, D)
+    student_stages: dict[str, Tensor]
+    student_feature: Tensor  # (2N, D)
+
+
+def through_teacher_and_student(teacher: Encoder, student: Encoder, x: Tensor, augment: AugmentConfig, gen: torch.Generator,
+                                precision: str) -> TwoViews:
+    """The step distillation defenses share (MIMIC, NAD, MEDIC): draw two views of the float batch `x`, run the
+    teacher on them without gradients and the student with, each under the run's precision."""
+    views = torch.cat([simclr_view(x, augment, gen), simclr_view(x, augment, gen)])
+    with torch.no_grad():
+        t_stages, t_feat = forward_stages(teacher, views, precision)
+    s_stages, s_feat = forward_stages(student, views, precision)
+    return TwoViews(views, t_stages, t_feat, s_stages, s_feat)
+
+
 def descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
     """One optimiser step on `loss`."""
     optimizer.zero_grad(set_to_none=True)
@@ -100,11 +113,12 @@ def descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
 
 def run_epochs(
     stage: str, epochs: int, n: int, batch_size: int, gen: torch.Generator,
-    step: Callable[[Tensor, int], dict[str, float]], note: Callable[[int], dict[str, float]] | None = None,
+    step: Callable[[Tensor, int], dict[str, float | Tensor]], note: Callable[[int], dict[str, float]] | None = None,
 ) -> "Progress":
     """The loop every method shares: `epochs` passes over shuffled index batches of range(n).
 
-    `step(idx, epoch)` trains on one batch and returns its loss terms (floats); each epoch's
+    `step(idx, epoch)` trains on one batch and returns its loss terms (floats or 0-d tensors, read once an
+    epoch); each epoch's
     progress line shows their means over the epoch's images, plus what `note(epoch)` adds.
     Returns the finished `Progress` (its `seconds` is the loop's time).
     """
@@ -125,6 +139,7 @@ def batched_features(encoder: nn.Module, images: Tensor, device: torch.device, b
                      to_cpu: bool = False) -> Tensor:
     """Features of images (N, 3, H, W), uint8 or float in [0, 1], in batches and without gradients, in the encoder's
     current mode; L2-normalised when asked; on `device`, or gathered on the CPU (`to_cpu`) for large sets."""
+    encoder = encoder.to(device)  # wherever the store, a cache hit or a user's file left it
     out = []
     for i in range(0, len(images), batch_size):
         batch = images[i : i + batch_size]
@@ -157,19 +172,25 @@ def progress_to(stream: TextIO | None = None) -> Iterator[None]:
 
 
 class RunningMeans:
-    """An epoch's loss terms averaged over its images (each batch weighted by its size)."""
+    """An epoch's loss terms averaged over its images (each batch weighted by its size).
+
+    Terms may be floats or 0-d tensors: tensors are summed where they are, in float64 (what Python floats
+    would give), and read once, by `means`, so a training loop on a GPU waits for it once an epoch, not
+    once a step.
+    """
 
     def __init__(self) -> None:
         self.images = 0
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, float | Tensor] = {}
 
-    def add(self, batch_size: int, **values: float) -> None:
+    def add(self, batch_size: int, **values: float | Tensor) -> None:
         self.images += batch_size
         for k, v in values.items():
+            v = v.detach().double() if isinstance(v, Tensor) else v
             self._sums[k] = self._sums.get(k, 0.0) + v * batch_size
 
     def means(self) -> dict[str, float]:
-        return {k: total / self.images for k, total in self._sums.items()}
+        return {k: float(total / self.images) for k, total in self._sums.items()}
 
 
 class Progress:

@@ -44,8 +44,8 @@ def test_loss_terms_switch_off():
     betas = {s: 1.0 for s in STAGES}
     full, terms = mimic_loss(stages, feat, other, -feat, z[:1], z[1:], betas, MimicConfig())
     only_clone, _ = mimic_loss(stages, feat, other, -feat, z[:1], z[1:], betas, MimicConfig(contrastive=False, attention=False))
-    assert only_clone.item() == pytest.approx(terms["l0"])
-    assert full.item() == pytest.approx(terms["l0"] + terms["l1"] + attention_loss(stages, other, betas, 2).item(), rel=1e-5)
+    assert only_clone.item() == pytest.approx(terms["l0"].item())
+    assert full.item() == pytest.approx((terms["l0"] + terms["l1"]).item() + attention_loss(stages, other, betas, 2).item(), rel=1e-5)
 
 
 def test_loss_falls_under_gradient_steps():

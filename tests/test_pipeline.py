@@ -58,7 +58,7 @@ def test_defense_receives_only_a_fresh_suspect_clean_images_and_budget(bench, sp
     assert isinstance(call["suspect"], Encoder) and call["suspect"] is not suspect.built.encoder
     assert not hasattr(call["suspect"], "trigger") and not hasattr(call["suspect"], "target")
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}
-    assert set(vars(call["budget"])) == {"fraction", "batch_size", "lr", "device"}
+    assert set(vars(call["budget"])) == {"fraction", "batch_size", "lr", "device", "precision"}
     # The clean subset is a share of the pre-training images: no triggered or downstream image reaches it.
     n = len(call["clean"])
     assert n == bench.profile.clean_size and torch.equal(call["clean"].images, bench.pretrain_images[:n])

@@ -71,7 +71,7 @@ def test_a_suspect_file_is_evaluated_as_the_attack_it_came_from_and_a_defense_se
     (call,) = spy
     assert isinstance(call["suspect"], Encoder) and not hasattr(call["suspect"], "trigger") and not hasattr(call["suspect"], "target")
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}
-    assert set(vars(call["budget"])) == {"fraction", "batch_size", "lr", "device"}
+    assert set(vars(call["budget"])) == {"fraction", "batch_size", "lr", "device", "precision"}
     n = len(call["clean"])
     assert torch.equal(call["clean"].images, bench.pretrain_images[:n])  # the defender's clean share, nothing of the trigger
     for name, weight in suspect.built.encoder.state_dict().items():
