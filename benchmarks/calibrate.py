@@ -1,12 +1,14 @@
 """The two criteria a profile's fields are fixed by, measured for any setting (harness/profiles.py, the rule).
 
-    python benchmarks/calibrate.py usability [--set ssl_batch=64] [--seeds 3] [--threads 1]
+    python benchmarks/calibrate.py usability [--profile gpu] [--set ssl_batch=64] [--seeds 3] [--threads 1]
     python benchmarks/calibrate.py implant bassl [--attack-set inserted_share=1.0] [--downstream fmnist] [--seeds 3]
 
 `usability`: per downstream task and seed, the clean encoder's ACC against a randomly
 initialised encoder's under the same probe, and whether it clears the effectiveness
-suite's margin. `implant`: per task, scenario and seed, the undefended suspect's ACC and
-ASR(all), and whether it reaches the profile's implant bound. Neither looks at a defense.
+suite's margin; beside it, what a linear probe on the raw pixels reaches (the `gpu`
+profile's criterion asks the clean encoder to beat it too). `implant`: per task,
+scenario and seed, the undefended suspect's ACC and ASR(all), and whether it reaches
+the profile's implant bound. Neither looks at a defense.
 
 Encoders and evaluations come from the artifact cache (built when missing), the ones the
 suites use. Rows depend on the thread count (float reductions change order): the
@@ -17,18 +19,20 @@ computes them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
 import torch
 
 from harness.artifacts import ArtifactStore
+from harness.compute import describe, prepare, resolve_device
 from harness.data import DATASETS
+from harness.evaluate import RawPixels, evaluate
 from harness.options import load_methods
 from harness.pipeline import Workbench, scenarios_of
 from harness.profiles import USABLE_MARGIN, get_profile, typed_assignments, with_overrides
 from harness.registry import ATTACKS
-from harness.training import resolve_device
 
 
 def usability(bench: Workbench, downstream: list[str], seeds: list[int]) -> list[bool]:
@@ -39,10 +43,19 @@ def usability(bench: Workbench, downstream: list[str], seeds: list[int]) -> list
         for task in downstream:
             c = bench.evaluate(clean, task, trigger, 0, seed)["acc"]
             r = bench.evaluate(random, task, trigger, 0, seed)["acc"]
+            pixels = raw_pixels_acc(bench, task, seed)
             passed.append(c - r >= USABLE_MARGIN)
             print(f"seed {seed} {task}: clean {c:.2f} random {r:.2f} margin {c - r:.2f} "
-                  f"({'usable' if passed[-1] else 'NOT usable'}: margin >= {USABLE_MARGIN:g})", flush=True)
+                  f"({'usable' if passed[-1] else 'NOT usable'}: margin >= {USABLE_MARGIN:g}); "
+                  f"raw pixels, linear probe {pixels:.2f} ({'beaten' if c > pixels else 'NOT beaten'})", flush=True)
     return passed
+
+
+def raw_pixels_acc(bench: Workbench, task: str, seed: int) -> float:
+    """ACC of a linear probe, trained as the profile trains its probe, on the task's flattened pixels."""
+    train, test = bench.downstream(task)
+    probe = dataclasses.replace(bench.probe_config(), kind="linear")
+    return evaluate(RawPixels(), train, test, bench.trigger(), 0, probe, seed, bench.device).acc
 
 
 def implant(bench: Workbench, attack: str, overrides: dict, downstream: list[str], seeds: list[int]) -> list[bool]:
@@ -70,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="of the training stages (default: auto)")
     args = parser.parse_args(argv)
     load_methods()
     if (args.criterion == "implant") != (args.attack is not None):
@@ -79,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--seeds and --threads take a positive whole number")
     try:
+        device = resolve_device(args.device)
         profile = with_overrides(get_profile(args.profile), args.set)
         downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
         unknown = sorted(set(downstream) - set(DATASETS.names()))
@@ -96,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root)
+    prepare(device)
+    bench = Workbench(profile, ArtifactStore(args.cache_dir), device, args.data_root, precision=args.precision)
+    print(f"calibrate: profile {profile.name} on {describe(device, bench.precision)}", flush=True)
     seeds = list(range(args.seeds))
     passed = usability(bench, downstream, seeds) if args.criterion == "usability" else implant(bench, args.attack, overrides, downstream, seeds)
     what = "usable" if args.criterion == "usability" else "implanted"

@@ -53,6 +53,13 @@ def extract_features(encoder: Encoder, images: Tensor, device: torch.device, bat
     return features
 
 
+class RawPixels(nn.Module):
+    """The image itself as its feature, flattened: what a probe reaches with no encoder at all (a usability control)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
 def build_probe(in_dim: int, num_classes: int, cfg: ProbeConfig) -> nn.Module:
     if cfg.kind == "linear":
         return nn.Linear(in_dim, num_classes)

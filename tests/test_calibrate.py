@@ -45,8 +45,11 @@ def test_bad_arguments_are_one_line_usage_errors(argv, message, capsys):
 def test_usability_prints_every_pair_and_exits_by_the_criterion(tmp_path, capsys):
     code = _calibrate()(["usability", *_micro(tmp_path)])
     out = capsys.readouterr().out.splitlines()
-    pair, summary = out[0], out[-1]
+    header, pair, summary = out[0], out[1], out[-1]
+    assert header == "calibrate: profile tiny on cpu, fp32"
     assert pair.startswith("seed 0 digits: clean ") and f"margin >= {USABLE_MARGIN:g}" in pair
+    pixels = float(pair.split("raw pixels, linear probe ")[1].split()[0])
+    assert 50 < pixels <= 100 and ("NOT beaten" in pair) == (float(pair.split("clean ")[1].split()[0]) <= pixels)
     clean, random = (float(pair.split(f"{name} ")[1].split()[0]) for name in ("clean", "random"))
     assert abs(float(pair.split("margin ")[1].split()[0]) - (clean - random)) < 0.02
     assert (code == 0) == ("NOT usable" not in pair)
@@ -64,5 +67,5 @@ def test_implant_reads_the_attack_setting_and_the_profile_bound(tmp_path, capsys
     monkeypatch.setattr(Workbench, "suspect", recording)
     code = _calibrate()(["implant", "bassl", "--attack-set", "inserted_share=1.0", *_micro(tmp_path), "--set", "implant_asr_all=0"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("seed 0 digits patch10-ff0000: ACC ") and "(implanted: ASR(all) >= 0)" in out[0]
+    assert out[1].startswith("seed 0 digits patch10-ff0000: ACC ") and "(implanted: ASR(all) >= 0)" in out[1]
     assert code == 0 and out[-1].startswith("implanted on 1 of 1 (") and seen == [("bassl", {"inserted_share": 1.0})]

@@ -161,7 +161,7 @@ def test_harness_run_plans_the_suites_rows(monkeypatch):
 
 
 def test_harness_list_names_what_a_command_line_can_use(capsys):
-    for what, names in (("attacks", ATTACKS.names()), ("defenses", DEFENSES.names()), ("profiles", ["paper", "small", "tiny"]),
+    for what, names in (("attacks", ATTACKS.names()), ("defenses", DEFENSES.names()), ("profiles", ["gpu", "paper", "small", "tiny"]),
                         ("fields", [f.name for f in dataclasses.fields(Profile) if f.name != "name"])):
         assert main(["list", what]) == 0
         lines = capsys.readouterr().out.splitlines()

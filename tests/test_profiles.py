@@ -52,3 +52,10 @@ def test_any_set_assignment_is_a_profile_or_a_value_error(field, text):
     except ValueError:
         return  # the plugin turns it into a usage error naming the field
     assert isinstance(profile, Profile) and 0 < profile.clean_ratio <= 1 and 1 <= profile.trigger_size <= 32
+
+
+def test_gpu_profile_is_the_papers_encoder_and_defender_on_data_that_needs_no_download():
+    p = get_profile("gpu")
+    assert (p.width, p.pretrain, p.clean_size, p.probe, p.downstream) == (64, "fmnist", 2000, "mlp", ("fmnist", "digits"))
+    assert p.pretrain_size + p.downstream_train_size <= 60_000  # Fashion-MNIST's train split holds both, disjoint
+    assert p.budget_fraction >= 0.25
