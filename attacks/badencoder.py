@@ -93,8 +93,7 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     progress = Progress(stage, inputs.epochs)
     for epoch in range(inputs.epochs):
         running = RunningMeans()
-        for idx in shuffled_batches(len(shadow_images), inputs.batch_size, gen):
-            idx = idx.to(device)
+        for idx in shuffled_batches(len(shadow_images), inputs.batch_size, gen, device=device):
             x = to_float(shadow_images[idx], device)
             n = len(idx)
             stages, h = forward_stages(suspect, torch.cat([x, inputs.trigger.stamp(x), refs_x]), inputs.precision)

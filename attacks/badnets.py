@@ -98,8 +98,7 @@ def badnets(inputs: AttackInputs, seed: int, config: BadNetsConfig) -> AttackRes
     images, targets = images.to(device), labels.to(device)
     for epoch in range(config.epochs):
         running, correct = RunningMeans(), 0
-        for idx in shuffled_batches(len(images), config.batch_size, gen):
-            idx = idx.to(device)
+        for idx in shuffled_batches(len(images), config.batch_size, gen, device=device):
             x = simclr_view(to_float(images[idx], device), config.augment, gen)
             logits = forward(lambda v: classifier_logits(encoder, head, v), x, inputs.precision)
             y = targets[idx]

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (default: both)")
     parser.add_argument("--recipe-fraction", type=float, default=0.0, help="run the mimic defense at this budget fraction (0: skip)")
+    parser.add_argument("--recipe-precision", default="fp32", choices=("fp32", "bf16"), help="of that run (default: fp32)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     prepare(device)
@@ -113,7 +114,7 @@ def main() -> None:
           f"{time.perf_counter() - start:.1f} s", flush=True)
 
     if args.recipe_fraction > 0:
-        precision = resolve_precision("auto", device)
+        precision = resolve_precision(args.recipe_precision, device)
         images = torch.randint(0, 256, (2000, 3, 32, 32), dtype=torch.uint8)
         suspect = build_encoder("resnet18", args.width)
         budget = Budget(fraction=args.recipe_fraction, batch_size=128, lr=1e-3, device=device, precision=precision)

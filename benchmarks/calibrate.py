@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="of the training stages (default: auto)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of the training stages (default: fp32)")
     args = parser.parse_args(argv)
     load_methods()
     if (args.criterion == "implant") != (args.attack is not None):

@@ -145,7 +145,7 @@ def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: 
     images = clean.images.to(device)
 
     def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx.to(device)], device)
+        x = to_float(images[idx], device)
         with torch.no_grad():
             target = reference(x)
         stamped, plain = encoder(torch.cat([inversion.stamp(x), x])).chunk(2)
@@ -153,7 +153,7 @@ def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: 
         descend(optimizer, loss)
         return {"loss": loss.detach()}
 
-    progress = run_epochs("decree unlearning", epochs, len(clean), budget.batch_size, gen, step)
+    progress = run_epochs("decree unlearning", epochs, len(clean), budget.batch_size, gen, step, device=device)
     return encoder.eval(), progress.seconds
 
 

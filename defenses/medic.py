@@ -130,7 +130,7 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     images = clean.images.to(device)
 
     def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx.to(device)], device)
+        x = to_float(images[idx], device)
         out = through_teacher_and_student(teacher, student, x, config.augment, gen, budget.precision)
         weights, t_feat = teacher_importance(teacher, out.views, std, config)  # fp32: a gradient's softmax
         active = active_stages(epoch, epochs, config.progressive)
@@ -140,7 +140,7 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
         spread.append((w.max(1).values / w.mean(1)).mean().detach())
         return {"loss": loss.detach()}
 
-    progress = run_epochs("medic", epochs, len(clean), budget.batch_size, gen, step)
+    progress = run_epochs("medic", epochs, len(clean), budget.batch_size, gen, step, device=device)
     meta = {
         "importance_peak_over_mean_layer1": sum(v.item() for v in spread) / len(spread),
         "cloning_seconds": progress.seconds,

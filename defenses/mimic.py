@@ -218,12 +218,12 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     images = clean.images.to(device)
 
     def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx.to(device)], device)
+        x = to_float(images[idx], device)
         loss, terms = distillation_step(teacher, student, projector, x, betas, config, gen, budget.precision)
         descend(optimizer, loss)
         return {"loss": loss.detach(), **terms}
 
-    progress = run_epochs("mimic", epochs, len(clean), budget.batch_size, gen, step)
+    progress = run_epochs("mimic", epochs, len(clean), budget.batch_size, gen, step, device=device)
     meta = {
         "mi_per_stage": located.mi,
         "beta_per_stage": betas,

@@ -268,7 +268,7 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
             stamp[chosen] = True
         return {"loss": harden(x, y, stamp, trigger), "mask": trigger.share}
 
-    progress = run_epochs("moth", steps.hardening_epochs, len(clean), budget.batch_size, gen, step)
+    progress = run_epochs("moth", steps.hardening_epochs, len(clean), budget.batch_size, gen, step, device=device)
     meta = {
         "pseudo_classes": classes,
         "head_accuracy_on_pseudo_labels": head_accuracy,

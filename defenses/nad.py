@@ -85,14 +85,14 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
     images = clean.images.to(device)
 
     def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx.to(device)], device)
+        x = to_float(images[idx], device)
         out = through_teacher_and_student(teacher, student, x, config.finetune.augment, gen, budget.precision)
         z1, z2 = forward(projector, out.student_feature, budget.precision).chunk(2)
         loss, terms = nad_loss(out.student_stages, out.teacher_stages, z1, z2, config)
         descend(optimizer, loss)
         return {"loss": loss.detach(), **terms}
 
-    progress = run_epochs("nad", epochs, len(clean), budget.batch_size, gen, step)
+    progress = run_epochs("nad", epochs, len(clean), budget.batch_size, gen, step, device=device)
     meta = {
         "teacher_drift": drift,
         "teacher_seconds": fine_tuned["seconds"],

@@ -187,7 +187,7 @@ def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, step
     return scan_encoder(model, _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
 
 
-def defense_budget(profile: "Profile", device: "torch.device", precision: str = "auto") -> "Budget":
+def defense_budget(profile: "Profile", device: "torch.device", precision: str = "fp32") -> "Budget":
     """The profile's defense budget (the budget rule: a share of each defense's own reference recipe) on `device`."""
     from harness.compute import resolve_precision
     from harness.contract import Budget
@@ -204,7 +204,7 @@ def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tens
 
 
 def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defense: str = "mimic", *, profile: str = "tiny",
-           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", precision: str = "auto", arch: str | None = None, key_prefix: str = "",
+           overrides: Sequence[str] = (), seed: int = 0, device: str = "auto", precision: str = "fp32", arch: str | None = None, key_prefix: str = "",
            key_map: Sequence[str] = (), image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None,
            **settings: Any) -> "DefenseResult":
     """The purified encoder and the defense's metadata; `settings` replace fields of the defense's config.

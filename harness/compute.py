@@ -1,10 +1,16 @@
 """Where a run computes and in what precision: the device, bf16 autocast, and what CUDA is told.
 
-A run resolves its device and precision once, from `--harness-device` and
-`--harness-precision` (`auto`: CUDA when present; bf16 on a GPU that has it,
-fp32 on the CPU), and hands them to every stage. Precision changes numbers, so
+A run resolves its device once, from `--harness-device` (`auto`: CUDA when
+present), and takes its precision from `--harness-precision` (fp32 by default,
+or bf16 autocast), and hands both to every stage. Precision changes numbers, so
 it is part of every cache key and of every row's identity: tables never merge
 rows computed in different precisions.
+
+fp32 is the default on a GPU too because bf16 did not pay where it was
+measured: on one H200 at the paper's width and MIMIC's batch of 128, a SimCLR
+step ran at 0.73x and a MIMIC distillation step at 0.93x of fp32's throughput
+(README, "On a GPU"). At these sizes a step is bound by launching kernels, not
+by arithmetic, and autocast adds casts.
 
 bf16 autocast covers the encoder and projector forwards of the training loops
 (SimCLR pre-training, BadEncoder and the attacks built on it, BadNets,
@@ -57,11 +63,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto` is bf16 on a CUDA device that supports it and fp32 elsewhere; fp32 and bf16 are taken as given."""
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    """`name` checked: fp32, or bf16 (on the CPU, or on a GPU that has bf16)."""
     if name not in PRECISIONS:
-        raise ValueError(f"precision must be auto, {' or '.join(PRECISIONS)}, got {name!r}")
+        raise ValueError(f"precision must be {' or '.join(PRECISIONS)}, got {name!r}")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16")
     return name
 
 

@@ -77,8 +77,8 @@ def train_probe(features: Tensor, labels: Tensor, num_classes: int, cfg: ProbeCo
     optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     features, labels = features.to(device), labels.to(device)
     for _ in range(cfg.epochs):
-        for idx in shuffled_batches(len(features), cfg.batch_size, gen, drop_last=False):
-            loss = F.cross_entropy(probe(features[idx.to(device)]), labels[idx.to(device)])
+        for idx in shuffled_batches(len(features), cfg.batch_size, gen, drop_last=False, device=device):
+            loss = F.cross_entropy(probe(features[idx]), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

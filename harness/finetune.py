@@ -49,13 +49,13 @@ def ssl_finetune(
     optimizer = torch.optim.Adam([*encoder.parameters(), *projector.parameters()], lr=budget.lr, weight_decay=cfg.weight_decay)
 
     def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        loss = simclr_step(encoder, projector, to_float(images[idx.to(device)], device), simclr, gen)
+        loss = simclr_step(encoder, projector, to_float(images[idx], device), simclr, gen)
         descend(optimizer, loss)
         if after_step is not None:
             after_step()
         return {"loss": loss.detach()}
 
-    progress = run_epochs(stage, epochs, len(images), budget.batch_size, gen, step)
+    progress = run_epochs(stage, epochs, len(images), budget.batch_size, gen, step, device=device)
     losses = progress.history["loss"]
     encoder.eval()
     return {"loss_per_epoch": losses, "seconds": progress.seconds}

@@ -185,8 +185,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("seeds", "--harness-seeds", 1, "repeat every row over N seeds; tables show mean ± 95% CI", _whole(1), "N"),
     Option("device", "--harness-device", "auto", "cpu, cuda, cuda:N or auto (CUDA when present; one GPU per xdist worker)",
            _device, "DEVICE"),
-    Option("precision", "--harness-precision", "auto", "of the training stages: fp32, bf16 (autocast) or auto (bf16 on a GPU that "
-           "has it, fp32 on the CPU); rows of different precisions are never merged", None, "PRECISION", choices=("auto", "fp32", "bf16")),
+    Option("precision", "--harness-precision", "fp32", "of the training stages: fp32, or bf16 (autocast of the forwards); rows of "
+           "different precisions are never merged", None, "PRECISION", choices=("fp32", "bf16")),
     Option("deterministic", "--harness-deterministic", False, "ask PyTorch for deterministic algorithms (and no cuDNN autotuning); "
            "slower on a GPU, and README says what it does not cover", kind="flag"),
     Option("data_root", "--harness-data-root", None,
@@ -237,7 +237,7 @@ class Settings:
     seed: int
     seeds: int
     device: str
-    precision: str  # auto, fp32 or bf16, resolved against the device by harness/compute.py
+    precision: str  # fp32 or bf16 (harness/compute.py)
     deterministic: bool
     data_root: Path | None
     download: bool

@@ -97,7 +97,7 @@ class Workbench:
     """
 
     def __init__(self, profile: Profile, store: ArtifactStore, device: torch.device, data_root: Path | None = None,
-                 download: bool = False, user: UserEncoders | None = None, precision: str = "auto") -> None:
+                 download: bool = False, user: UserEncoders | None = None, precision: str = "fp32") -> None:
         self.profile = profile
         self.store = store
         self.device = device

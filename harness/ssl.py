@@ -53,8 +53,8 @@ def train_simclr(
     losses = []
     for epoch in range(cfg.epochs):
         running = RunningMeans()
-        for idx in shuffled_batches(len(images), cfg.batch_size, gen):
-            loss = simclr_step(encoder, projector, to_float(images[idx.to(device)], device), cfg, gen)
+        for idx in shuffled_batches(len(images), cfg.batch_size, gen, device=device):
+            loss = simclr_step(encoder, projector, to_float(images[idx], device), cfg, gen)
             descend(optimizer, loss)
             scheduler.step()
             running.add(len(idx), loss=loss)

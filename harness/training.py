@@ -41,9 +41,12 @@ def to_float(images: Tensor, device: torch.device) -> Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 
 
-def shuffled_batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True) -> Iterator[Tensor]:
-    """Index batches of a random permutation of range(n)."""
+def shuffled_batches(n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True,
+                     device: torch.device | None = None) -> Iterator[Tensor]:
+    """Index batches of a random permutation of range(n), drawn on the CPU (the same on every device) and moved to
+    `device` once an epoch rather than once a batch."""
     order = torch.randperm(n, generator=gen)
+    order = order if device is None else order.to(device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for i in range(0, stop, batch_size):
         yield order[i : i + batch_size]
@@ -114,18 +117,19 @@ def descend(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
 def run_epochs(
     stage: str, epochs: int, n: int, batch_size: int, gen: torch.Generator,
     step: Callable[[Tensor, int], dict[str, float | Tensor]], note: Callable[[int], dict[str, float]] | None = None,
+    device: torch.device | None = None,
 ) -> "Progress":
     """The loop every method shares: `epochs` passes over shuffled index batches of range(n).
 
     `step(idx, epoch)` trains on one batch and returns its loss terms (floats or 0-d tensors, read once an
     epoch); each epoch's
     progress line shows their means over the epoch's images, plus what `note(epoch)` adds.
-    Returns the finished `Progress` (its `seconds` is the loop's time).
+    Index batches are on `device` when given. Returns the finished `Progress` (its `seconds` is the loop's time).
     """
     progress = Progress(stage, epochs)
     for epoch in range(epochs):
         running = RunningMeans()
-        for idx in shuffled_batches(n, batch_size, gen):
+        for idx in shuffled_batches(n, batch_size, gen, device=device):
             running.add(len(idx), **step(idx, epoch))
         means = running.means()
         for k, v in means.items():

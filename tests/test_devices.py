@@ -99,8 +99,8 @@ def test_cuda_without_cuda_is_a_one_line_error(name):
         resolve_device(name)
 
 
-def test_precision_auto_is_fp32_on_the_cpu_and_names_are_checked():
-    assert resolve_precision("auto", CPU) == "fp32"
+def test_precision_names_are_checked():
+    assert resolve_precision("fp32", CPU) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", CPU)
