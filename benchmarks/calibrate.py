@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from harness.artifacts import ArtifactStore
+from harness.store import ArtifactStore
 from harness.compute import describe, prepare, resolve_device
 from harness.data import DATASETS
 from harness.evaluate import RawPixels, evaluate

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from defenses.mimic import MimicConfig, localise
-from harness.artifacts import ArtifactStore
+from harness.store import ArtifactStore
 from harness.pipeline import Workbench
 from harness.options import load_methods
 from harness.profiles import get_profile, with_overrides

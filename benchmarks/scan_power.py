@@ -27,7 +27,8 @@ import json
 from pathlib import Path
 
 from defenses.decree import DecreeConfig
-from harness.artifacts import ArtifactStore, atomic_write_text
+from harness.atomic import atomic_write_text
+from harness.store import ArtifactStore
 from harness.pipeline import Workbench, scenarios_of
 from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise

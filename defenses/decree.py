@@ -44,7 +44,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult

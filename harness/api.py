@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from harness.profiles import Profile
     from harness.pipeline import Workbench
     from harness.registry import Method
-    from harness.results import Row
+    from harness.rows import Row
     from harness.triggers import Trigger
 
 log = logging.getLogger("harness")
@@ -119,7 +119,7 @@ def run(attack: str | Sequence[str] = "all", defense: str | Sequence[str] = "all
     Options as `harness run` takes them, by setting name: profile="tiny", overrides=["width=8"], seed=0, seeds=1,
     device="auto", data_root=None, download=False, cache_dir=".harness-cache". Nothing is written but the cache.
     """
-    from harness.results import to_frame
+    from harness.rows import to_frame
 
     return to_frame(run_rows(settings_from(attack=attack, defense=defense, downstream=downstream, **options)))
 
@@ -161,7 +161,7 @@ def _encoder(encoder: "Encoder | str | Path", arch: str | None, key_prefix: str,
 
 
 def _images(images: "Tensor | str | Path") -> "Tensor":
-    from harness.external import load_image_folder
+    from harness.images import load_image_folder
 
     return load_image_folder(Path(images)) if isinstance(images, (str, Path)) else images
 
@@ -225,7 +225,7 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
 
 def evaluation_bench(profile: "Profile", device: "torch.device", data_root: Path | None = None, download: bool = False) -> "Workbench":
     """A workbench for the profile's downstream splits and probe only: it builds nothing, so its store stays empty."""
-    from harness.artifacts import ArtifactStore
+    from harness.store import ArtifactStore
     from harness.pipeline import Workbench
 
     return Workbench(profile, ArtifactStore(Path(".harness-cache")), device, data_root, download)

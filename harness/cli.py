@@ -39,7 +39,8 @@ EXIT_CLEAN, EXIT_SUSPECTED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 def _run(args: argparse.Namespace) -> int:
     from harness.api import run_rows
     from harness.options import resolve, values_of
-    from harness.results import ResultsStore, write_reports
+    from harness.rows import ResultsStore
+    from harness.tables import write_reports
 
     settings = resolve(values_of(args))  # OptionError (a ValueError) is a one-line usage error
     rows = run_rows(settings)
@@ -86,7 +87,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from harness.results import ResultsStore, write_reports
+    from harness.rows import ResultsStore
+    from harness.tables import write_reports
 
     rows = ResultsStore(args.results_dir).rows()
     if not rows:
@@ -100,7 +102,7 @@ def _table(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from defenses.decree import DecreeConfig
     from harness.api import scan_encoder
-    from harness.external import load_image_folder
+    from harness.images import load_image_folder
     from harness.power import power_lines
     from harness.profiles import fields_digest, get_profile
     from harness.compute import resolve_device
@@ -125,7 +127,7 @@ def _scan(args: argparse.Namespace) -> int:
     for line in power:
         print(f"  {line}")
     if args.json:
-        from harness.artifacts import atomic_write_text
+        from harness.atomic import atomic_write_text
 
         report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "flagged": found.flagged,
                   "l1_share": found.l1_share, "cosine": found.cosine, "flag_below": config.flag_below,
@@ -159,8 +161,9 @@ def _purify(args: argparse.Namespace) -> int:
     import time
 
     from harness.api import defense_budget, purify_encoder
-    from harness.artifacts import atomic_write_text, save_encoder
-    from harness.external import load_image_folder
+    from harness.atomic import atomic_write_text
+    from harness.encoder_files import save_encoder
+    from harness.images import load_image_folder
     from harness.geometry import unwrap
     from harness.layouts import layout_path, write_in_layout
     from harness.options import load_methods
@@ -254,7 +257,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["ACC %", "ASR(all) %", "ASR(non-target) %", "test images", "non-target"], tablefmt="simple",
                    disable_numparse=True))
     if args.json:
-        from harness.artifacts import atomic_write_text
+        from harness.atomic import atomic_write_text
 
         report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "downstream": args.downstream,
                   "target": args.target, "trigger": described, "probe": dataclasses.asdict(probe), "profile": profile.name,
@@ -283,7 +286,7 @@ def _export(args: argparse.Namespace) -> int:
     """Write images of a registered dataset as PNG files: a folder to try `scan` and `purify` on."""
     from PIL import Image
 
-    from harness.artifacts import _atomic_write
+    from harness.atomic import atomic_write
     from harness.data import load_dataset
 
     if args.out.exists() and not args.out.is_dir():
@@ -299,7 +302,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"{taken[0]}: exists ({len(taken)} of the {len(targets)} files to write do); pass --force to replace them")
     for i, target in zip(indices, targets):
         image = Image.fromarray(data.images[i].permute(1, 2, 0).numpy())
-        _atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
     print(f"written: {len(targets)} images of {args.dataset} ({args.split}) to {args.out}")
     return EXIT_CLEAN
 
@@ -366,8 +369,8 @@ def _non_negative(text: str) -> int:
 
 
 def print_tables(rows: list, fmt: str) -> None:
-    """The session's titled tables (harness/results.py `report_sections`)."""
-    from harness.results import render, report_sections
+    """The session's titled tables (harness/tables.py `report_sections`)."""
+    from harness.tables import render, report_sections
 
     for title, table in report_sections(rows):
         print(f"== {title}\n{render(table, fmt)}\n")
@@ -471,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0), or a usage error argparse has already printed in one line
         return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
-    from harness.artifacts import ArtifactError
+    from harness.encoder_files import ArtifactError
     from harness.compute import device_failure
     from harness.data import DatasetNotFound
     from harness.registry import UnknownNameError

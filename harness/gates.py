@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.results import Row
+from harness.rows import Row
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 METRICS = ("acc", "asr_all", "asr_nontarget", "acc_drop")
@@ -91,7 +91,7 @@ def load_baseline(path: Path) -> dict[str, dict[str, float]]:
 
 def save_baseline(rows: list[Row], path: Path, merge: bool = True) -> None:
     """Write the rows' metrics as the baseline (keeping other rows already in the file when `merge`)."""
-    from harness.artifacts import atomic_write_text
+    from harness.atomic import atomic_write_text
 
     data = load_baseline(path) if merge and Path(path).exists() else {}
     data.update({baseline_key(r): {"acc": r.acc, "asr_all": r.asr_all, "asr_nontarget": r.asr_nontarget} for r in rows})

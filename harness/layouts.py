@@ -18,11 +18,11 @@ unchanged. The architecture comes from the shapes: the stem's kernel (3x3 CIFAR,
 7x7 ImageNet), bottleneck blocks (a `conv3` in the blocks), blocks per stage and
 the width (the stem's output channels); `arch` overrides it. The file is read
 once, bounded and checked as every user's file is (harness/external.py), and the
-encoder is built as every encoder is (artifacts.arch_config, build_checked): its
+encoder is built as every encoder is (encoder_files.arch_config, build_checked): its
 width and depth bounded, built on the meta device, the tensors checked against it
 (a missing, unexpected, misshapen or non-finite tensor is a one-line error naming
 it as the file does) before any real memory is allocated. A harness file names
-its own architecture and goes through artifacts.load_encoder's checks.
+its own architecture and goes through encoder_files.load_encoder's checks.
 
 `--key-map REGEX=REPLACEMENT` rewrites the names first (`re.sub`, rules in order;
 a name rewritten to "" is left out of the encoder), for any layout not listed.
@@ -45,7 +45,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from harness.artifacts import MAX_BLOCKS, ArtifactError, _atomic_write, arch_config, build_checked, load_encoder, shown
+from harness.atomic import atomic_write
+from harness.encoder_files import ArtifactError, MAX_BLOCKS, arch_config, build_checked, load_encoder, shown
 from harness.external import EncoderFile, read_checkpoint, read_encoder_file, written_by_harness
 from harness.geometry import IMAGENET_MEAN, IMAGENET_STD, InputGeometry, unwrap
 from harness.models import STAGES, ArchConfig, Encoder
@@ -243,7 +244,7 @@ def _reference_names(layout: Layout) -> list[str]:
 
 def infer_config(state: dict[str, Tensor], path: Path, stem_padding: int) -> ResNetConfig:
     """The ResNet that harness-named `state` describes: stem kind, block kind, blocks per stage, width (bounded later,
-    by artifacts.arch_config)."""
+    by encoder_files.arch_config)."""
     stem = state["stem.0.weight"]
     if tuple(stem.shape[1:]) not in ((3, 3, 3), (3, 7, 7)):
         raise ArtifactError(f"{path}: the stem convolution has shape {tuple(stem.shape)}; a ResNet's is (width, 3, 3, 3) or (width, 3, 7, 7)")
@@ -279,7 +280,7 @@ def _describe(config: ArchConfig) -> str:
 
 def _build(path: Path, state: dict[str, Tensor], arch: str | None, layout: Layout, prefix: str, owner: dict[str, str]) -> Encoder:
     """The encoder `state` fits, its width and depth bounded and the tensors checked on the meta device first
-    (artifacts.build_checked): a file cannot make the harness allocate a model it does not hold."""
+    (encoder_files.build_checked): a file cannot make the harness allocate a model it does not hold."""
     stem = state["stem.0.weight"]
     if stem.dim() != 4:
         raise ArtifactError(f"{path}: {shown(owner['stem.0.weight'])} is not the 4-d weight of a convolution")
@@ -363,7 +364,7 @@ def layout_path(checkpoint: Checkpoint, out: Path) -> Path | None:
 def write_in_layout(checkpoint: Checkpoint, purified: Encoder, out: Path) -> None:
     """The input file with its encoder's tensors replaced by `purified`'s, under the file's names and in its format."""
     if checkpoint.layout == HARNESS_FILE:
-        raise ValueError("a harness file's layout is the harness's own: save it with artifacts.save_encoder")
+        raise ValueError("a harness file's layout is the harness's own: save it with encoder_files.save_encoder")
     if Path(out).resolve() == checkpoint.path.resolve():
         raise ArtifactError(f"{out}: refusing to overwrite the input encoder")
     state = unwrap(purified).state_dict()
@@ -373,9 +374,9 @@ def write_in_layout(checkpoint: Checkpoint, purified: Encoder, out: Path) -> Non
     for original, harness in checkpoint.names.items():
         tensors[original] = state[harness].detach().cpu().to(checkpoint.tensors[original].dtype).contiguous()
     if checkpoint.path.suffix == ".safetensors":
-        _atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp)))
     else:
-        _atomic_write(Path(out), lambda tmp: torch.save({"state_dict": tensors} if checkpoint.nested else tensors, tmp))
+        atomic_write(Path(out), lambda tmp: torch.save({"state_dict": tensors} if checkpoint.nested else tensors, tmp))
 
 
 def get_layout(name: str) -> Layout:
@@ -407,8 +408,15 @@ def save_in_layout(encoder: Encoder, name: str, out: Path) -> InputGeometry:
     tensors, nested = state_in_layout(encoder, name)
     out = Path(out)
     if out.suffix == ".safetensors":
-        _atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
     else:
-        _atomic_write(out, lambda tmp: torch.save({"state_dict": tensors} if nested else tensors, tmp))
+        atomic_write(out, lambda tmp: torch.save({"state_dict": tensors} if nested else tensors, tmp))
     layout = get_layout(name)
     return layout.imagenet if getattr(unwrap(encoder).config, "stem", "cifar") == "imagenet" else layout.cifar
+
+
+def load_external_encoder(source: Path | EncoderFile, arch: str | None = None, prefix: str = "",
+                          key_map: tuple[str, ...] = ()) -> Encoder:
+    """The encoder in `source` (a path, or a file already read), its layout and architecture recognised
+    (harness/layouts.py) and checked; `arch` overrides the recognised architecture."""
+    return load_checkpoint(source, arch, prefix, key_map).encoder

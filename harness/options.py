@@ -264,7 +264,7 @@ class Settings:
     def workbench(self, device: str | None = None) -> "Workbench":
         """The workbench these settings build rows with, on `device` (default: the settings'), which is prepared for
         the run's precision and determinism (harness/compute.py)."""
-        from harness.artifacts import ArtifactStore
+        from harness.store import ArtifactStore
         from harness.compute import prepare, resolve_device
         from harness.pipeline import Workbench
 

@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from harness.artifacts import ArtifactStore, artifact_key, code_version
+from harness.cache_keys import artifact_key, code_version
+from harness.store import ArtifactStore
 from harness.augment import AugmentConfig
 from harness.compute import describe, resolve_precision
 from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Budget, CleanSubset, DefenseResult
@@ -33,7 +34,7 @@ from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
 from harness.registry import ATTACKS, DEFENSES
-from harness.results import Row
+from harness.rows import Row
 from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
 from harness.training import seed_everything

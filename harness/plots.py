@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import ci95
+from harness.statistics import ci95
 
 _POINT = re.compile(r"^(?P<name>[a-z_0-9]+)=(?P<value>-?[0-9.]+(?:e-?[0-9]+)?)$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -49,7 +49,7 @@ def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    from harness.artifacts import _atomic_write
+    from harness.atomic import atomic_write
 
     paths = []
     for (suite, sweep), group in points.groupby(["suite", "sweep"], sort=True):
@@ -67,7 +67,7 @@ def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
         ax.legend(fontsize=6, loc="best")
         fig.tight_layout()
         path = Path(root) / f"plot-{file_part(suite)}-{file_part(sweep)}.png"
-        _atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         plt.close(fig)
         paths.append(path)
     return paths

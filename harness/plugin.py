@@ -36,7 +36,7 @@ from harness.options import (
 if TYPE_CHECKING:
     from harness.pipeline import Workbench
     from harness.profiles import Profile
-    from harness.results import Row
+    from harness.rows import Row
     from harness.rowspec import RowSpec
 
 LOG = logging.getLogger("harness")
@@ -126,7 +126,7 @@ class HarnessSession:
                     raise
                 pytest.fail(f"{attack}-{defense}-{downstream}-seed{seed}: {line}", pytrace=False)
             if row.identity not in self._rows:  # two specs can name one row (a control whose trigger is the profile's)
-                from harness.results import ResultsStore
+                from harness.rows import ResultsStore
 
                 ResultsStore(self.settings.results_dir).append(row)
                 self._rows[row.identity] = row
@@ -156,7 +156,7 @@ class HarnessSession:
         )
 
     def add_worker_rows(self, records: Iterable[dict]) -> None:
-        from harness.results import Row
+        from harness.rows import Row
 
         self._worker_rows.extend(Row(**r) for r in records)
 
@@ -165,7 +165,7 @@ class HarnessSession:
         return self.rows + self._worker_rows
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.results import render, report_sections, write_reports
+        from harness.tables import render, report_sections, write_reports
 
         rows = self.session_rows()
         if not rows:

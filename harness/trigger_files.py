@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from harness.artifacts import reason
+from harness.encoder_files import reason
 from harness.data import IMAGE_SIZE
-from harness.external import IMAGE_SUFFIXES
+from harness.images import IMAGE_SUFFIXES
 from harness.registry import TRIGGERS
 from harness.triggers import Trigger, make_trigger
 

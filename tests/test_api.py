@@ -11,7 +11,8 @@ import torch
 
 import harness
 from harness.api import settings_from
-from harness.artifacts import ArtifactStore, save_encoder
+from harness.encoder_files import save_encoder
+from harness.store import ArtifactStore
 from harness.models import build_encoder
 from harness.options import OptionError
 from harness.pipeline import Workbench

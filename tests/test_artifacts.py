@@ -4,7 +4,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from harness.artifacts import ArtifactError, ArtifactStore, artifact_key, canonical, code_version, load_encoder, save_encoder
+from harness.cache_keys import artifact_key, canonical, code_version
+from harness.encoder_files import ArtifactError, load_encoder, save_encoder
+from harness.store import ArtifactStore
 from harness.models import build_encoder
 from harness.triggers import make_trigger
 
@@ -36,7 +38,7 @@ def test_canonical_refuses_unhashable_values():
 
 
 def test_code_version_changes_with_the_source_in_a_new_process_only(tmp_path, monkeypatch):
-    from harness.artifacts import clear_source_caches
+    from harness.cache_keys import clear_source_caches
 
     (tmp_path / "mod_v.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -48,7 +50,7 @@ def test_code_version_changes_with_the_source_in_a_new_process_only(tmp_path, mo
 
 
 def test_code_version_follows_in_project_imports_transitively(tmp_path, monkeypatch):
-    from harness.artifacts import clear_source_caches
+    from harness.cache_keys import clear_source_caches
 
     pkg = tmp_path / "proj"
     pkg.mkdir()
@@ -69,7 +71,7 @@ def test_code_version_follows_in_project_imports_transitively(tmp_path, monkeypa
 
 
 def test_an_attack_key_hashes_the_loop_it_borrows():
-    from harness.artifacts import _closure
+    from harness.cache_keys import _closure
 
     import attacks  # noqa: F401 - fills the registry
     from harness.registry import ATTACKS

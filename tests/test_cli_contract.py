@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from harness import cli
-from harness.artifacts import load_encoder, save_encoder
+from harness.encoder_files import load_encoder, save_encoder
 from harness.cli import main
 from harness.models import ArchConfig, Encoder, build_encoder
 from tests.test_hostile_files import _harness_file, _png_header_only
@@ -133,12 +133,12 @@ def test_purify_out_must_be_a_safetensors_file_beside_its_own_sidecar(tmp_path, 
 
 
 def test_purify_checks_its_outputs_before_any_work(tmp_path, data, suspect, capsys, monkeypatch):
-    import harness.external
+    import harness.images
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the outputs were checked")
 
-    monkeypatch.setattr(harness.external, "load_image_folder", no_work)
+    monkeypatch.setattr(harness.images, "load_image_folder", no_work)
     (tmp_path / "afile").write_text("a file, not a folder")
     assert main(["purify", str(suspect), "--data", str(data), "--out", str(tmp_path / "afile" / "p.safetensors"), *PURIFY_FAST]) == 2
     assert "afile" in _one_error_line(capsys)
@@ -148,16 +148,16 @@ def test_purify_checks_its_outputs_before_any_work(tmp_path, data, suspect, caps
 
 
 def test_purify_with_force_replaces_and_hashes_the_bytes_it_loaded(tmp_path, data, suspect, capsys, monkeypatch):
-    import harness.external
+    import harness.images
 
     original = hashlib.sha256(suspect.read_bytes()).hexdigest()
-    real = harness.external.load_image_folder
+    real = harness.images.load_image_folder
 
     def meanwhile(*args, **kwargs):  # the encoder file changes on disk after it was read
         save_encoder(suspect, build_encoder("resnet18", 4))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(harness.external, "load_image_folder", meanwhile)
+    monkeypatch.setattr(harness.images, "load_image_folder", meanwhile)
     out = tmp_path / "p.safetensors"
     out.write_text("old")
     out.with_suffix(".json").write_text("old")

@@ -5,7 +5,8 @@ import json
 import torch
 import torchvision
 
-from harness.artifacts import ArtifactStore, save_encoder
+from harness.encoder_files import save_encoder
+from harness.store import ArtifactStore
 from harness.cli import main
 from harness.evaluate import evaluate
 from harness.geometry import InputGeometry, with_geometry

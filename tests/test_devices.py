@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 
-from harness.artifacts import ArtifactStore
+from harness.store import ArtifactStore
 from harness.compute import DeviceError, autocast, device_failure, forward_stages, resolve_device, resolve_precision
 from harness.contract import DefenseResult
 from harness.evaluate import extract_features

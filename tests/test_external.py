@@ -9,9 +9,10 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 
-from harness.artifacts import ArtifactError, load_encoder, save_encoder
+from harness.encoder_files import ArtifactError, load_encoder, save_encoder
 from harness.cli import main
-from harness.external import load_external_encoder, load_image_folder
+from harness.images import load_image_folder
+from harness.layouts import load_external_encoder
 from harness.models import build_encoder
 
 

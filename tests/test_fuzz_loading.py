@@ -23,8 +23,8 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from harness.artifacts import ArtifactError, encoder_bytes, load_encoder
-from harness.external import load_external_encoder
+from harness.encoder_files import ArtifactError, encoder_bytes, load_encoder
+from harness.layouts import load_external_encoder
 from harness.models import Encoder, build_encoder
 from tests.peak import peak_memory
 

@@ -31,7 +31,7 @@ def _gpu_check():
 
 
 def _row(attack, defense, acc, asr, scenario="patch10", implanted=None, seconds=None, settings="{}"):
-    from harness.results import Row
+    from harness.rows import Row
 
     return Row(suite="run", profile="tiny", attack=attack, defense=defense, pretrain="fmnist", downstream="fmnist", seed=0, acc=acc,
                asr_all=asr, asr_nontarget=asr, n_test=100, n_nontarget=90, scenario=scenario, implanted=implanted,

@@ -18,9 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.artifacts import ArtifactError, load_encoder, save_encoder
+from harness.encoder_files import ArtifactError, load_encoder, save_encoder
 from harness import external
-from harness.external import load_external_encoder, load_image_folder
+from harness.images import load_image_folder
+from harness.layouts import load_external_encoder
 from harness.models import ArchConfig, Encoder, build_encoder
 from tests.peak import peak_memory
 
@@ -116,7 +117,7 @@ def test_the_generic_resnet_states_its_depth_within_bounds(tmp_path, arch_config
 
 
 def test_the_generic_resnet_loads_the_depth_it_states(tmp_path):
-    from harness.artifacts import safetensors_metadata
+    from harness.encoder_files import safetensors_metadata
     from harness.resnets import ResNetConfig, build_resnet
 
     for config in (ResNetConfig(width=4, blocks=(3, 4, 6, 3)), ResNetConfig(width=4, blocks=(1, 1, 2, 1), block="bottleneck", stem_padding=2)):

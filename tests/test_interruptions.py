@@ -17,21 +17,22 @@ import threading
 
 import pytest
 
-from harness.artifacts import ArtifactStore, load_encoder
+from harness.encoder_files import load_encoder
+from harness.store import ArtifactStore
 from harness.models import build_encoder
-from harness.results import ResultsStore
+from harness.rows import ResultsStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-# Every write of an artifact file goes through `_atomic_write`, every results row through the file that
-# `harness.results` opens: the writer wraps both, counts the writes, and stalls half-way through the
+# Every write of an artifact file goes through `atomic.atomic_write`, every results row through the file that
+# `harness.rows` opens: the writer wraps both, counts the writes, and stalls half-way through the
 # `stall_at`-th one. It prints what it finished, so the test knows what must have survived.
 WRITER = textwrap.dedent("""
     import sys, time, torch
-    import harness.artifacts as artifacts, harness.results as results_module
-    from harness.artifacts import ArtifactStore
+    import harness.atomic as atomic, harness.rows as rows_module
+    from harness.store import ArtifactStore
     from harness.models import build_encoder
-    from harness.results import ResultsStore
+    from harness.rows import ResultsStore
     from tests.test_results import row
 
     cache, out, run, stall_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -46,7 +47,7 @@ WRITER = textwrap.dedent("""
         print(f"stalled {what}", flush=True)
         time.sleep(3600)  # the test kills the writer here
 
-    real_atomic_write = artifacts._atomic_write
+    real_atomic_write = atomic.atomic_write
 
     def slow_atomic_write(path, write):
         def half(tmp):
@@ -73,8 +74,8 @@ WRITER = textwrap.dedent("""
         def __exit__(self, *exc):
             return self.f.__exit__(*exc)
 
-    artifacts._atomic_write = slow_atomic_write
-    results_module.open = lambda *args, **kwargs: SlowRows(open(*args, **kwargs))
+    atomic.atomic_write = slow_atomic_write
+    rows_module.open = lambda *args, **kwargs: SlowRows(open(*args, **kwargs))
     store, results = ArtifactStore(cache), ResultsStore(out)
     torch.manual_seed(run)
     for i in range(50):
@@ -91,7 +92,7 @@ WRITER = textwrap.dedent("""
 
 BUILDER = textwrap.dedent("""
     import sys, time
-    from harness.artifacts import ArtifactStore
+    from harness.store import ArtifactStore
     from harness.models import build_encoder
     def build():
         with open(sys.argv[2], "a") as f:

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from harness.artifacts import ArtifactError, load_encoder, save_encoder
+from harness.encoder_files import ArtifactError, load_encoder, save_encoder
 from harness.cli import main
 from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.layouts import LAYOUTS, apply_key_map, load_checkpoint, parse_key_map, save_in_layout, state_in_layout

@@ -135,7 +135,7 @@ def test_harness_run_plans_the_suites_rows(monkeypatch):
     each defense; an attack that brings its own trigger (BASSL) runs once, with controls of its trigger."""
     from harness import api
     from harness.pipeline import Workbench
-    from harness.results import Row
+    from harness.rows import Row
 
     asked = []
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from harness.artifacts import ArtifactStore
+from harness.store import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
 from harness.options import load_methods

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from harness import power
-from harness.artifacts import save_encoder
+from harness.encoder_files import save_encoder
 from harness.cli import main
 from harness.models import build_encoder
 from harness.profiles import fields_digest, get_profile

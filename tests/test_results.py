@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.results import BEST_MAX_ACC_DROP, ResultsStore, Row, ci95, comparison_table, cost_table, long_table, render, to_frame, verdict_table, write_reports
+from harness.rows import ResultsStore, Row, to_frame
+from harness.statistics import ci95
+from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, verdict_table, write_reports
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -127,7 +129,7 @@ def test_best_is_marked_only_when_its_paired_ci_against_the_runner_up_excludes_z
 
 
 def test_paired_table_gives_each_defense_against_mimic_per_seed():
-    from harness.results import paired_table
+    from harness.tables import paired_table
 
     rows = [row(s, acc=79.0, asr=a, defense="mimic") for s, a in enumerate((2.0, 3.0, 4.0))]
     rows += [row(s, acc=81.0, asr=a, defense="ft") for s, a in enumerate((20.0, 22.0, 24.0))]
@@ -137,7 +139,7 @@ def test_paired_table_gives_each_defense_against_mimic_per_seed():
 
 
 def test_ablation_is_informative_only_when_clone_loss_alone_inherits():
-    from harness.results import ablation_verdict
+    from harness.tables import ablation_verdict
 
     def ablation(r, variant="", implanted=True):
         return dataclasses.replace(r, suite="ablation", variant=variant, implanted=None if r.attack == "clean" else implanted)

@@ -20,10 +20,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.artifacts import ArtifactError, ArtifactStore, atomic_write_text, save_encoder
+from harness.atomic import atomic_write_text
+from harness.encoder_files import ArtifactError, save_encoder
+from harness.store import ArtifactStore
 from harness.models import build_encoder
 from harness.plots import sweep_plots
-from harness.results import ResultsStore, to_frame
+from harness.rows import ResultsStore, to_frame
 from tests.test_results import row
 
 
@@ -44,7 +46,7 @@ def test_an_edited_record_is_a_logged_miss_and_rebuilt(tmp_path, caplog):
     store.record("eval-1", lambda: {"acc": 61.5, "asr_nontarget": 97.0})
     (path,) = (tmp_path / "eval").glob("eval-1.json")
     path.write_text(json.dumps({"acc": 99.9, "asr_nontarget": 0, "seconds": 1.0}))
-    with caplog.at_level(logging.WARNING, logger="harness.artifacts"):
+    with caplog.at_level(logging.WARNING, logger="harness.store"):
         again = ArtifactStore(tmp_path).record("eval-1", lambda: {"acc": 61.5, "asr_nontarget": 97.0})
     assert again["acc"] == 61.5 and again["cached"] is False
     assert "eval-1" in caplog.text and "rebuil" in caplog.text
@@ -57,7 +59,7 @@ def test_a_swapped_encoder_of_the_same_architecture_is_not_served(tmp_path, capl
     b, _, _ = store.encoder("defense-b", _encoder_build(calls))
     folder = tmp_path / "defense"
     (folder / "defense-a.safetensors").write_bytes((folder / "defense-b.safetensors").read_bytes())
-    with caplog.at_level(logging.WARNING, logger="harness.artifacts"):
+    with caplog.at_level(logging.WARNING, logger="harness.store"):
         served, _, meta = ArtifactStore(tmp_path).encoder("defense-a", _encoder_build(calls))
     assert meta["cached"] is False and len(calls) == 3
     assert not torch.equal(served.stem[0].weight, b.stem[0].weight)
@@ -97,7 +99,7 @@ def test_an_unusable_stored_encoder_is_a_logged_miss_and_rebuilt(tmp_path, caplo
     else:
         digest.write_text("0" * 64)
     calls = []
-    with caplog.at_level(logging.WARNING, logger="harness.artifacts"):
+    with caplog.at_level(logging.WARNING, logger="harness.store"):
         _, _, meta = ArtifactStore(tmp_path).encoder("pretrain-x", _encoder_build(calls))
     assert calls == [1] and meta["cached"] is False and "pretrain-x" in caplog.text
     _, _, meta = ArtifactStore(tmp_path).encoder("pretrain-x", _encoder_build(calls))

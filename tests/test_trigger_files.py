@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from harness.artifacts import save_encoder
+from harness.encoder_files import save_encoder
 from harness.models import build_encoder
 from harness.trigger_files import load_trigger
 from harness.triggers import make_trigger

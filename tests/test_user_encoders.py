@@ -5,7 +5,8 @@ import torch
 import torchvision
 from torch import nn
 
-from harness.artifacts import ArtifactStore, save_encoder
+from harness.encoder_files import save_encoder
+from harness.store import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.geometry import GeometryEncoder, unwrap
 from harness.models import Encoder

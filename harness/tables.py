@@ -1,164 +1,34 @@
-"""Tidy result rows -> pandas -> comparison tables.
+"""Rows -> comparison tables, rendered and written.
 
-Rows are appended to `rows.jsonl` in the results directory as they are made (one
-complete line per row, flushed and synced, so an interrupted run loses nothing it
-finished and a partial last line is never read as a row; see ResultsStore for
-what keeps that partial line from costing the row after it). At the end of a session
-the rows become `results.csv` (deterministic: metrics and settings only, so the
-same seed gives the same bytes), `timings.csv` (seconds per stage and whether it
-came from the cache), `results.json` (the same rows), `table.md`, `comparison.md` and
-`comparison.tex` (the paper's Table I shape, with the controls, exposure and the
-positive control), `paired.md` (each defense against MIMIC, paired over seeds),
-`ablation.md` (the ablation's positive control), `cost.md` (seconds per defense and
-phase), `verdicts.md` (detectors' verdicts and evidence) and a PNG per sweep
-(harness/plots.py). Rows of different resolved profiles or scenarios are never merged.
+At the end of a session the rows become `results.csv` (deterministic: metrics and
+settings only, so the same seed gives the same bytes), `timings.csv` (seconds per
+stage and whether it came from the cache), `results.json` (the same rows),
+`table.md`, `comparison.md` and `comparison.tex` (the paper's Table I shape, with
+the controls, exposure and the positive control), `paired.md` (each defense
+against MIMIC, paired over seeds), `ablation.md` (the ablation's positive
+control), `cost.md` (seconds per defense and phase), `verdicts.md` (detectors'
+verdicts and evidence) and a PNG per sweep (harness/plots.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 from tabulate import tabulate
 
-METRICS = ("acc", "asr_all", "asr_nontarget")
-METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
-HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified as the target
+from harness.rows import HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
+from harness.statistics import ci95, implant_label, paired_difference, summarise
+
 BEST_MAX_ACC_DROP = 5.0  # points of ACC a defense may lose against the undefended encoder and still be marked best
-# a configuration: a row up to its seed; rows of different precisions (harness/compute.py) are never merged
-KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
-IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
-
-
-@dataclass(frozen=True)
-class Row:
-    suite: str
-    profile: str
-    attack: str  # "clean" for the clean-encoder control
-    defense: str  # "none" when undefended
-    pretrain: str
-    downstream: str
-    seed: int
-    acc: float  # clean test accuracy, %
-    asr_all: float  # triggered test images classified as the target, %, over all test images
-    asr_nontarget: float  # the same over test images whose class is not the target, %
-    n_test: int
-    n_nontarget: int
-    variant: str = ""  # an ablation or sweep point, e.g. "no_l2" or "clean_ratio=0.01"
-    scenario: str = ""  # the trigger the row's attack used (its name), e.g. "patch10" or "checkerboard10"
-    precision: str = "fp32"  # of the training stages behind the row: fp32, or bf16 autocast (harness/compute.py)
-    exposure: float | None = None  # points by which the defender's data evokes the backdoor (harness/exposure.py)
-    implanted: bool | None = None  # the positive control: the undefended attack reached the profile's implant bound
-    seconds: dict = field(default_factory=dict, compare=False)  # stage -> seconds of its original build
-    settings: str = "{}"  # JSON: resolved profile, probe, trigger, target, metadata, exposure and control evidence
-
-    @property
-    def identity(self) -> tuple:
-        return tuple(getattr(self, k) for k in IDENTITY)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-class ResultsStore:
-    """Append-only rows of one results directory.
-
-    A run killed mid-append leaves part of a line. Appends therefore hold a lock (`.rows.jsonl.lock`, so
-    xdist workers take turns) and begin on a new line when the file does not end with one, and the reader
-    also finds a complete row glued to such a part (files written before appends began on a new line).
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        self.path = self.root / "rows.jsonl"
-
-    def append(self, row: Row) -> None:
-        from filelock import FileLock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = (row.to_json() + "\n").encode("utf-8")
-        with FileLock(str(self.root / ".rows.jsonl.lock")), open(self.path, "a+b") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end:
-                f.seek(end - 1)
-                if f.read(1) != b"\n":
-                    line = b"\n" + line  # after a killed writer's part of a line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def rows(self, since: int = 0) -> list[Row]:
-        """Every complete row in the file, or those appended after byte offset `since`."""
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", errors="replace")
-        return [r for r in map(_parse_row, text.split("\n")) if r is not None]
-
-
-def _parse_row(line: str) -> Row | None:
-    """The row on `line`, or the complete row after a killed run's part of one; None when there is neither."""
-    start = 0
-    while start != -1:
-        try:
-            return Row(**json.loads(line[start:]))
-        except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
-            start = line.find("{", start + 1)
-    return None
-
-
-def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
-    records = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rows]
-    columns = [f.name for f in dataclasses.fields(Row) if f.name != "seconds"]
-    frame = pd.DataFrame.from_records(records, columns=columns)
-    # A row made again (a re-run, or two xdist workers building the same control) counts once: the latest.
-    frame = frame.drop_duplicates(subset=list(IDENTITY), keep="last")
-    return frame.sort_values([*KEYS, "seed"], kind="stable").reset_index(drop=True)
 
 
 def timings_frame(rows: Iterable[Row]) -> pd.DataFrame:
     records = [{**{k: getattr(r, k) for k in (*KEYS, "seed")}, **{f"{s}_s": round(v, 2) for s, v in r.seconds.items()}} for r in rows]
     return pd.DataFrame.from_records(records)
-
-
-def ci95(values: pd.Series) -> float:
-    """Half-width of the 95 % confidence interval of the mean (Student t); 0 for a single value."""
-    n = values.count()
-    if n < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
-
-
-def summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95 % CI of each metric over seeds, one line per configuration (`KEYS`).
-
-    Also the mean exposure and the positive control: "yes" when every seed's attack implanted,
-    "no" when none did, "k/n" in between, "" for the controls.
-    """
-    grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
-    out = grouped[list(METRICS)].mean()
-    for m in METRICS:
-        out[f"{m}_ci"] = grouped[m].apply(ci95)
-    out["seeds"] = grouped["seed"].nunique()
-    out["exposure"] = grouped["exposure"].apply(lambda v: v.dropna().mean() if v.notna().any() else math.nan)
-    out["implanted"] = grouped["implanted"].apply(implant_label)
-    return out.reset_index()
-
-
-def implant_label(values: pd.Series) -> str:
-    known = values.dropna().astype(bool)
-    if known.empty:
-        return ""
-    return "yes" if known.all() else "no" if not known.any() else f"{int(known.sum())}/{len(known)}"
 
 
 def format_cell(mean: float, ci: float, seeds: int) -> str:
@@ -194,20 +64,6 @@ def long_table(frame: pd.DataFrame) -> pd.DataFrame:
     if not table["scenario"].astype(bool).any():
         table = table.drop(columns="scenario")
     return _without_empty_variant(table)
-
-
-def paired_difference(frame: pd.DataFrame, defense: str, reference: str, metric: str) -> tuple[float, float, int]:
-    """Mean and 95 % CI half-width of (defense - reference) on `metric` over the seeds both have; and their number.
-
-    Rows pair by seed: the same suspect, the same clean data, two defenses. `frame` holds one configuration
-    (see `_one_row_per_encoder`), so each seed appears once per defense.
-    """
-    a = frame[frame["defense"] == defense].set_index("seed")[metric]
-    b = frame[frame["defense"] == reference].set_index("seed")[metric]
-    if not (a.index.is_unique and b.index.is_unique):
-        raise ValueError(f"paired_difference needs one row per seed; {defense} or {reference} has several")
-    diff = (a - b).dropna()
-    return (float(diff.mean()), ci95(diff), len(diff)) if len(diff) else (math.nan, math.nan, 0)
 
 
 def _marks(group: pd.DataFrame, means: dict[str, tuple[float, float]], asr: str, max_acc_drop: float) -> dict[str, str]:
@@ -413,7 +269,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
 
 def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
     """Every table and plot of the rows in `root`, each written atomically (see the module docstring)."""
-    from harness.artifacts import atomic_write_text
+    from harness.atomic import atomic_write_text
 
     frame = to_frame(rows)
     outputs = {

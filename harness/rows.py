@@ -1,0 +1,116 @@
+"""A result row, and the append-only file a results directory keeps them in.
+
+Rows are appended to `rows.jsonl` in the results directory as they are made (one
+complete line per row, flushed and synced, so an interrupted run loses nothing it
+finished and a partial last line is never read as a row; see ResultsStore for
+what keeps that partial line from costing the row after it). Two rows are the
+same row exactly when `Row.identity` is equal: rows of different resolved
+profiles, precisions or scenarios are never merged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+METRICS = ("acc", "asr_all", "asr_nontarget")
+METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
+HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified as the target
+# a configuration: a row up to its seed; rows of different precisions (harness/compute.py) are never merged
+KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
+IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
+
+
+@dataclass(frozen=True)
+class Row:
+    suite: str
+    profile: str
+    attack: str  # "clean" for the clean-encoder control
+    defense: str  # "none" when undefended
+    pretrain: str
+    downstream: str
+    seed: int
+    acc: float  # clean test accuracy, %
+    asr_all: float  # triggered test images classified as the target, %, over all test images
+    asr_nontarget: float  # the same over test images whose class is not the target, %
+    n_test: int
+    n_nontarget: int
+    variant: str = ""  # an ablation or sweep point, e.g. "no_l2" or "clean_ratio=0.01"
+    scenario: str = ""  # the trigger the row's attack used (its name), e.g. "patch10" or "checkerboard10"
+    precision: str = "fp32"  # of the training stages behind the row: fp32, or bf16 autocast (harness/compute.py)
+    exposure: float | None = None  # points by which the defender's data evokes the backdoor (harness/exposure.py)
+    implanted: bool | None = None  # the positive control: the undefended attack reached the profile's implant bound
+    seconds: dict = field(default_factory=dict, compare=False)  # stage -> seconds of its original build
+    settings: str = "{}"  # JSON: resolved profile, probe, trigger, target, metadata, exposure and control evidence
+
+    @property
+    def identity(self) -> tuple:
+        return tuple(getattr(self, k) for k in IDENTITY)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+class ResultsStore:
+    """Append-only rows of one results directory.
+
+    A run killed mid-append leaves part of a line. Appends therefore hold a lock (`.rows.jsonl.lock`, so
+    xdist workers take turns) and begin on a new line when the file does not end with one, and the reader
+    also finds a complete row glued to such a part (files written before appends began on a new line).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / "rows.jsonl"
+
+    def append(self, row: Row) -> None:
+        from filelock import FileLock
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = (row.to_json() + "\n").encode("utf-8")
+        with FileLock(str(self.root / ".rows.jsonl.lock")), open(self.path, "a+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end:
+                f.seek(end - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line  # after a killed writer's part of a line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self, since: int = 0) -> list[Row]:
+        """Every complete row in the file, or those appended after byte offset `since`."""
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace")
+        return [r for r in map(_parse_row, text.split("\n")) if r is not None]
+
+
+def _parse_row(line: str) -> Row | None:
+    """The row on `line`, or the complete row after a killed run's part of one; None when there is neither."""
+    start = 0
+    while start != -1:
+        try:
+            return Row(**json.loads(line[start:]))
+        except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
+            start = line.find("{", start + 1)
+    return None
+
+
+def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
+    records = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rows]
+    columns = [f.name for f in dataclasses.fields(Row) if f.name != "seconds"]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    # A row made again (a re-run, or two xdist workers building the same control) counts once: the latest.
+    frame = frame.drop_duplicates(subset=list(IDENTITY), keep="last")
+    return frame.sort_values([*KEYS, "seed"], kind="stable").reset_index(drop=True)
+
+
