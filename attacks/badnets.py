@@ -40,7 +40,7 @@ from harness.augment import AugmentConfig, simclr_view
 from harness.compute import forward
 from harness.contract import AttackInputs, AttackNotApplicable, AttackResult
 from harness.models import build_encoder
-from harness.registry import ATTACKS
+from harness.registry import ATTACKS, OWN_TRIGGER, SUPERVISED
 from harness.training import Progress, RunningMeans, descend, seed_everything, shuffled_batches, to_float
 from harness.triggers import Trigger, make_trigger
 
@@ -82,7 +82,7 @@ def classifier_logits(encoder: nn.Module, head: nn.Linear, x: Tensor) -> Tensor:
     return head(F.normalize(encoder(x), dim=1))
 
 
-@ATTACKS.register("badnets", config=BadNetsConfig, tags=("supervised", "own_trigger"))
+@ATTACKS.register("badnets", config=BadNetsConfig, tags=(SUPERVISED, OWN_TRIGGER))
 def badnets(inputs: AttackInputs, seed: int, config: BadNetsConfig) -> AttackResult:
     if not inputs.target_in_pretrain:
         raise AttackNotApplicable("BadNets backdoors a classifier of the pre-training classes; evaluate it on that dataset")

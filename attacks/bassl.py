@@ -46,7 +46,7 @@ from torch import Tensor
 
 from harness.contract import AttackInputs, AttackNotApplicable, AttackResult
 from harness.models import build_encoder
-from harness.registry import ATTACKS
+from harness.registry import ATTACKS, OWN_TRIGGER
 from harness.ssl import train_simclr
 from harness.training import seed_everything
 from harness.triggers import PatchConfig, Trigger, patch
@@ -107,7 +107,7 @@ def insert(pretrain: Tensor, target_images: Tensor, trigger: Trigger, share: flo
     return torch.cat([pretrain, pasted]), Poisoning(torch.arange(len(pretrain), len(pretrain) + len(chosen)), tops, lefts)
 
 
-@ATTACKS.register("bassl", config=BASSLConfig, tags=("own_trigger",))
+@ATTACKS.register("bassl", config=BASSLConfig, tags=(OWN_TRIGGER,))
 def bassl(inputs: AttackInputs, seed: int, config: BASSLConfig) -> AttackResult:
     if config.poison_rate and not inputs.target_in_pretrain:
         raise AttackNotApplicable("poison_rate poisons a pre-training category, and this downstream task does not have the pre-training classes")

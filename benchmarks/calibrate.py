@@ -29,7 +29,6 @@ from harness.store import ArtifactStore
 from harness.compute import describe, prepare, resolve_device
 from harness.data import DATASETS
 from harness.evaluate import RawPixels, evaluate
-from harness.options import load_methods
 from harness.pipeline import Workbench, scenarios_of
 from harness.profiles import USABLE_MARGIN, get_profile, typed_assignments, with_overrides
 from harness.registry import ATTACKS
@@ -85,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="of the training stages (default: fp32)")
     args = parser.parse_args(argv)
-    load_methods()
     if (args.criterion == "implant") != (args.attack is not None):
         parser.error("implant takes one attack; usability takes none")
     if args.attack_set and args.criterion != "implant":

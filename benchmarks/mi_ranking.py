@@ -14,7 +14,6 @@ from pathlib import Path
 from defenses.mimic import MimicConfig, localise
 from harness.store import ArtifactStore
 from harness.pipeline import Workbench
-from harness.options import load_methods
 from harness.profiles import get_profile, with_overrides
 from harness.compute import resolve_device
 from harness.training import freeze, seed_everything
@@ -31,7 +30,6 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    load_methods()
     device = resolve_device(args.device)
     bench = Workbench(with_overrides(get_profile(args.profile), args.set), ArtifactStore(args.cache_dir), device)
     teacher = freeze(bench.suspect(args.attack, args.downstream, 0).built.encoder.to(device))

@@ -30,7 +30,6 @@ from defenses.decree import DecreeConfig
 from harness.atomic import atomic_write_text
 from harness.store import ArtifactStore
 from harness.pipeline import Workbench, scenarios_of
-from harness.options import load_methods
 from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
 from harness.compute import resolve_device
@@ -111,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.write and args.set:
         parser.error("--write records a registered profile's power; drop --set")
-    load_methods()
     profile = with_overrides(get_profile(args.profile), args.set)
     store = (ReadOnlyStore if args.no_build else ArtifactStore)(args.cache_dir)
     bench = Workbench(profile, store, resolve_device(args.device), args.data_root)

@@ -19,9 +19,6 @@ in `with harness.progress_to(): ...` to see it.
 
 The evaluation is called `evaluate_encoder` because `harness.evaluate` is the
 module that holds the probe.
-
-Like cli.py, this is an entry point: it fills the registries with the method
-packages.
 """
 
 from __future__ import annotations
@@ -91,7 +88,7 @@ def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
     if supervised:
         raise ValueError(f"{', '.join(supervised)}: backdoors a classifier, not an encoder; its grid is "
                          f"`pytest suites/test_generalisation.py --attack={','.join(supervised)}`")
-    profile = settings.resolved_profile()
+    profile = settings.resolved_profile
     bench = settings.workbench()
     rows: dict[tuple, Row] = {}
     for seed in settings.seed_list:
@@ -187,15 +184,6 @@ def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, step
     return scan_encoder(model, _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
 
 
-def defense_budget(profile: "Profile", device: "torch.device", precision: str = "fp32") -> "Budget":
-    """The profile's defense budget (the budget rule: a share of each defense's own reference recipe) on `device`."""
-    from harness.compute import resolve_precision
-    from harness.contract import Budget
-
-    return Budget(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device,
-                  precision=resolve_precision(precision, device))
-
-
 def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tensor", budget: "Budget", seed: int) -> "DefenseResult":
     """Run a defense on an encoder with clean images (what `harness purify` runs); the defense sees nothing else."""
     from harness.contract import CleanSubset
@@ -212,14 +200,14 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
     A file's encoder is purified behind its input geometry and returned so (harness.geometry.unwrap gives the
     bare weights); `harness purify` also writes them back in the file's own layout.
     """
-    from harness.options import load_methods
+    from harness.compute import resolve_device, resolve_precision
+    from harness.contract import Budget
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
-    from harness.compute import resolve_device
 
-    load_methods()
     method = DEFENSES.create(defense, **settings)
-    budget = defense_budget(with_overrides(get_profile(profile), overrides), resolve_device(device), precision)
+    dev = resolve_device(device)
+    budget = Budget.of(with_overrides(get_profile(profile), overrides), dev, resolve_precision(precision, dev))
     return purify_encoder(method, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images), budget, seed)
 
 
@@ -249,11 +237,9 @@ def evaluate_encoder(encoder: "Encoder | str | Path", downstream: str = "fmnist"
 
     The trigger defaults to the profile's and the target to the task's; a grid row's numbers are the same call.
     """
-    from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.compute import resolve_device
 
-    load_methods()
     bench = evaluation_bench(with_overrides(get_profile(profile), overrides), resolve_device(device),
                              None if data_root is None else Path(data_root), download)
     trigger = bench.trigger() if trigger is None else trigger

@@ -57,13 +57,10 @@ def _list(args: argparse.Namespace) -> int:
     import dataclasses
     import typing
 
-    from harness.options import load_methods
-    from harness.pipeline import SUPERVISED
     from harness.profiles import PROFILES, Profile, get_profile
-    from harness.registry import ATTACKS, DEFENSES
+    from harness.registry import ATTACKS, DEFENSES, SUPERVISED
 
     if args.what in ("attacks", "defenses"):
-        load_methods()
         registry = ATTACKS if args.what == "attacks" else DEFENSES
         for name in registry.names():
             entry = registry.get(name)
@@ -160,18 +157,17 @@ def _purify(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from harness.api import defense_budget, purify_encoder
+    from harness.api import purify_encoder
+    from harness.contract import Budget
     from harness.atomic import atomic_write_text
     from harness.encoder_files import save_encoder
     from harness.images import load_image_folder
     from harness.geometry import unwrap
     from harness.layouts import layout_path, write_in_layout
-    from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
     from harness.compute import resolve_device
 
-    load_methods()
     method = DEFENSES.create(args.defense)
     profile = with_overrides(get_profile(args.profile), args.set)
     if args.out.suffix != ".safetensors":
@@ -188,7 +184,7 @@ def _purify(args: argparse.Namespace) -> int:
     if args.defense == "fp" and "bottleneck" in checkpoint.architecture:  # defenses/fp.py prunes a basic block's conv2
         raise ValueError(f"fine-pruning (fp) handles basic blocks only; {checkpoint.architecture} has bottlenecks: choose another --defense")
     images = load_image_folder(args.data)
-    budget = defense_budget(profile, device)
+    budget = Budget.of(profile, device)
     print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
           f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
     print(f"  encoder: {checkpoint.describe()}\n  input: {geometry.describe()}", file=sys.stderr)
@@ -229,12 +225,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from harness.api import evaluate_on, evaluation_bench
-    from harness.options import load_methods
     from harness.profiles import get_profile, with_overrides
     from harness.compute import resolve_device
     from harness.trigger_files import load_trigger
 
-    load_methods()
     profile = with_overrides(get_profile(args.profile), args.set)
     if args.json is not None:
         trigger_files = [p for p in (Path(args.trigger), args.trigger_mask) if p is not None and p.is_file()]

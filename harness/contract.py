@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from harness.models import Encoder
+from harness.profiles import Profile
 from harness.ssl import SimCLRConfig
 from harness.triggers import Trigger
 
@@ -104,6 +105,12 @@ class Budget:
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
             raise ValueError(f"budget fraction must be in (0, 1], got {self.fraction}")
+
+    @classmethod
+    def of(cls, profile: Profile, device: torch.device, precision: str = "fp32") -> "Budget":
+        """The profile's defense budget on `device`: its budget fraction, defense batch size and learning rate."""
+        return cls(fraction=profile.budget_fraction, batch_size=profile.defense_batch, lr=profile.defense_lr, device=device,
+                   precision=precision)
 
     def steps(self, reference: int, minimum: int = 1) -> int:
         """`reference` scaled by the fraction, rounded up, at least `minimum`, never more than `reference`."""

@@ -16,9 +16,6 @@ they are.
 
 The grid selection lives here too: `harness run` and the suites choose the same
 attacks, defenses and downstream tasks from the same settings.
-
-Like plugin.py and cli.py, this module is an entry point: it imports the method
-packages to fill the registries it validates names against.
 """
 
 from __future__ import annotations
@@ -45,12 +42,6 @@ class OptionError(ValueError):
     """A bad option value; the message starts with the option's flag."""
 
 
-def load_methods() -> None:
-    """Import the attack and defense packages, which fills their registries."""
-    import attacks  # noqa: F401
-    import defenses  # noqa: F401
-
-
 # -- parsers: text -> value, ValueError naming the accepted form ------------------------
 
 
@@ -63,7 +54,6 @@ def _names(kind: str) -> Callable[[str], tuple[str, ...] | None]:
             raise ValueError(f"empty {kind} list; give names or '{ALL}'")
         if names == (ALL,):
             return None
-        load_methods()
         from harness import registry
 
         known = {"attack": registry.ATTACKS, "defense": registry.DEFENSES, "dataset": registry.DATASETS}[kind]
@@ -255,11 +245,7 @@ class Settings:
     baseline: Path | None
     update_baseline: bool
     baseline_tolerance: float
-
-    def resolved_profile(self) -> "Profile":
-        from harness.profiles import get_profile, with_overrides
-
-        return with_overrides(get_profile(self.profile), self.overrides)
+    resolved_profile: "Profile"  # the profile with its overrides, resolved once by `resolve`
 
     def workbench(self, device: str | None = None) -> "Workbench":
         """The workbench these settings build rows with, on `device` (default: the settings'), which is prepared for
@@ -268,10 +254,9 @@ class Settings:
         from harness.compute import prepare, resolve_device
         from harness.pipeline import Workbench
 
-        load_methods()
         where = resolve_device(device or self.device)
         prepare(where, self.deterministic)
-        return Workbench(self.resolved_profile(), ArtifactStore(self.cache_dir), where, self.data_root, self.download,
+        return Workbench(self.resolved_profile, ArtifactStore(self.cache_dir), where, self.data_root, self.download,
                          self.user_encoders(), self.precision)
 
     def user_encoders(self) -> "UserEncoders":
@@ -279,7 +264,7 @@ class Settings:
         from harness.trigger_files import load_trigger
         from harness.user_encoders import UserEncoders
 
-        trigger = None if self.trigger is None else load_trigger(self.trigger, self.resolved_profile().trigger_size)
+        trigger = None if self.trigger is None else load_trigger(self.trigger, self.resolved_profile.trigger_size)
         return UserEncoders(self.suspect, trigger, self.target, self.clean_encoder, self.image_size, self.mean, self.std)
 
     @property
@@ -313,18 +298,20 @@ def resolve(values: Mapping[str, Any]) -> Settings:
                 parsed[opt.name] = raw if opt.parse is None else opt.parse(raw)
             except (ValueError, KeyError, RuntimeError) as e:  # KeyError: the registries' UnknownNameError
                 raise OptionError(f"{opt.flag}: {e}") from None
+    from harness.profiles import get_profile, with_overrides
+
+    try:
+        parsed["resolved_profile"] = with_overrides(get_profile(parsed["profile"]), parsed["overrides"])
+    except (ValueError, TypeError) as e:
+        raise OptionError(f"{BY_NAME['overrides'].flag}: {e}") from None
     settings = Settings(**parsed)
     _check_together(settings)
     return settings
 
 
 def _check_together(s: Settings) -> None:
-    """What no single parser can see: the profile with its overrides, folders, option pairs."""
+    """What no single parser can see: folders, option pairs."""
     flag = {o.name: o.flag for o in OPTIONS}
-    try:
-        s.resolved_profile()
-    except (ValueError, TypeError) as e:
-        raise OptionError(f"{BY_NAME['overrides'].flag}: {e}") from None
     if s.data_root is not None and not s.data_root.is_dir():
         raise OptionError(f"{flag['data_root']} {s.data_root} is not a folder")
     for name in ("results_dir", "cache_dir"):
@@ -357,7 +344,7 @@ def _check_together(s: Settings) -> None:
         from harness.trigger_files import load_trigger
 
         try:
-            load_trigger(s.trigger, s.resolved_profile().trigger_size)
+            load_trigger(s.trigger, s.resolved_profile.trigger_size)
         except ValueError as e:
             raise OptionError(f"{flag['trigger']}: {e}") from None
     try:
@@ -401,12 +388,10 @@ RUN_OPTIONS = tuple(o for o in OPTIONS if o.run)
 
 def chosen_attacks(s: Settings, supervised: bool = False) -> list[str]:
     """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
-    from harness.pipeline import SUPERVISED
-    from harness.registry import ATTACKS
+    from harness.registry import ATTACKS, SUPERVISED
 
     from harness.user_encoders import SUSPECT_FILE
 
-    load_methods()
     if s.suspect is not None:
         return [] if supervised else [SUSPECT_FILE]
     names = ATTACKS.names() if s.attack is None else list(s.attack)
@@ -417,13 +402,12 @@ def chosen_defenses(s: Settings) -> list[str]:
     """Chosen registered defenses (the undefended baseline is not one of them)."""
     from harness.registry import DEFENSES
 
-    load_methods()
     names = DEFENSES.names() if s.defense is None else list(s.defense)
     return [d for d in names if d != "none"]
 
 
 def chosen_downstream(s: Settings) -> list[str]:
-    return list(s.resolved_profile().downstream) if s.downstream is None else list(s.downstream)
+    return list(s.resolved_profile.downstream) if s.downstream is None else list(s.downstream)
 
 
 def device_for_worker(requested: str, worker: int | None, cuda_devices: int) -> str:

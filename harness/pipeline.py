@@ -11,6 +11,7 @@ the budget: nothing else of the attack reaches it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -33,7 +34,7 @@ from harness.exposure import Exposure, ExposureConfig, exposure, measure
 from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
-from harness.registry import ATTACKS, DEFENSES
+from harness.registry import ATTACKS, DEFENSES, OWN_TRIGGER, SUPERVISED
 from harness.rows import Row
 from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
@@ -41,11 +42,9 @@ from harness.training import seed_everything
 from harness.triggers import Trigger, make_trigger
 from harness.user_encoders import SUSPECT_FILE, UserEncoders
 
-__all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUPERVISED", "SUSPECT_FILE", "Built", "Suspect", "Workbench", "brings_own_trigger",
+__all__ = ["CLEAN", "RANDOM", "UNDEFENDED", "SUSPECT_FILE", "Built", "Suspect", "Workbench", "brings_own_trigger",
            "backdoors_a_classifier", "scenarios_of"]
 
-SUPERVISED = "supervised"  # the registry tag of attacks that backdoor a classifier (its backbone is the encoder)
-OWN_TRIGGER = "own_trigger"  # the registry tag of attacks that bring their own trigger (scenarios do not apply)
 _DATA_SEED = 0  # fixed subsets: every run seed sees the same images
 
 
@@ -109,6 +108,7 @@ class Workbench:
         self._downstream: dict[str, tuple[LabeledImages, LabeledImages]] = {}
         self._changed: dict[tuple, Workbench] = {}
         self._files: dict[tuple[Path, str], Built] = {}
+        self._clean: dict[int, Built] = {}  # each seed's clean encoder, read once (it is never trained in place)
 
     # -- data -----------------------------------------------------------------------
 
@@ -193,8 +193,7 @@ class Workbench:
         )
 
     def budget(self) -> Budget:
-        p = self.profile
-        return Budget(fraction=p.budget_fraction, batch_size=p.defense_batch, lr=p.defense_lr, device=self.device, precision=self.precision)
+        return Budget.of(self.profile, self.device, self.precision)
 
     def probe_config(self) -> ProbeConfig:
         p = self.profile
@@ -229,9 +228,14 @@ class Workbench:
         return self._files[(path, role)]
 
     def clean_encoder(self, seed: int) -> Built:
-        """The pre-trained clean encoder of a seed, or the user's clean encoder file (every seed)."""
+        """The pre-trained clean encoder of a seed, or the user's clean encoder file (every seed); read once."""
         if self.user.clean is not None:
             return self._file(self.user.clean, CLEAN)
+        if seed not in self._clean:
+            self._clean[seed] = self._pretrained(seed)
+        return self._clean[seed]
+
+    def _pretrained(self, seed: int) -> Built:
         p = self.profile
         cfg = self.ssl_config()
         key = artifact_key(
@@ -282,7 +286,7 @@ class Workbench:
             shadow = torch.cat([shadow, train.images[: p.shadow_size]])
         trigger = self.trigger(scenario)
         inputs = AttackInputs(
-            clean_encoder=lambda: self.clean_encoder(seed).encoder, pretrain=self.pretrain_images,
+            clean_encoder=lambda: copy.deepcopy(self.clean_encoder(seed).encoder), pretrain=self.pretrain_images,
             pretrain_labels=self.pretrain_set.labels, shadow=shadow, references=references, target_images=target_images,
             target=target, target_in_pretrain=downstream == p.pretrain, trigger=trigger, arch=p.arch, width=p.width,
             ssl=self.ssl_config(), epochs=p.attack_epochs, batch_size=p.attack_batch, lr=p.attack_lr,

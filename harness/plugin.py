@@ -30,7 +30,7 @@ import pytest
 
 from harness.options import (
     OPTIONS, OptionError, Settings, argparse_kwargs, chosen_attacks, chosen_defenses, chosen_downstream, device_for_worker, given,
-    load_methods, resolve, values_of,
+    resolve, values_of,
 )
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class HarnessSession:
 
     @property
     def profile(self) -> "Profile":
-        return self.settings.resolved_profile()
+        return self.settings.resolved_profile
 
     def attacks(self, supervised: bool = False) -> list[str]:
         """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""

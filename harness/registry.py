@@ -9,9 +9,17 @@ dataclass holding its default configuration:
     method = DEFENSES.create("mimic", lambda1=0.5)   # config with one field replaced
     method(suspect, clean, budget, seed=0)
 
-Third-party packages add entries without touching this repository by declaring
-an entry point in the group named by the registry (e.g. ``harness.defenses``);
-the entry point's target module is imported the first time the registry is read.
+A registry fills itself the first time it is read: it imports the modules that
+hold the built-in entries (the `attacks` and `defenses` packages, harness/data.py
+...), then every entry point in its group, so third-party packages add entries
+without touching this repository by declaring an entry point in the group named
+by the registry (e.g. ``harness.defenses``). Nobody has to import a method
+package first; and `import harness` stays light, because nothing is imported
+until a registry is read.
+
+Tags are the registry's vocabulary for what callers must know of an entry:
+SUPERVISED (an attack that backdoors a classifier, not an encoder) and OWN_TRIGGER
+(an attack that brings its own trigger, so the profile's scenarios do not apply).
 """
 
 from __future__ import annotations
@@ -20,10 +28,14 @@ import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass
+import importlib
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+SUPERVISED = "supervised"  # an attack that backdoors a classifier (its backbone is the encoder)
+OWN_TRIGGER = "own_trigger"  # an attack that brings its own trigger (the profile's scenarios do not apply)
 
 
 class UnknownNameError(KeyError):
@@ -66,11 +78,12 @@ class Registry(Generic[F]):
     UnknownNameError naming the known entries and the closest match.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.builtins = builtins  # modules whose import registers the built-in entries
         self._entries: dict[str, Entry[F]] = {}
-        self._plugins_loaded = entry_point_group is None
+        self._loaded = False
 
     def register(self, name: str | None = None, *, config: type | None = None, tags: tuple[str, ...] = ()) -> Callable[[F], F]:
         """Decorator: add the function under ``name`` (default: its own name), with optional tags."""
@@ -86,15 +99,18 @@ class Registry(Generic[F]):
 
         return decorate
 
-    def _load_plugins(self) -> None:
-        if self._plugins_loaded:
+    def _load(self) -> None:
+        """Import the built-in modules, then the entry points' (importing a module runs its @register decorators)."""
+        if self._loaded:
             return
-        self._plugins_loaded = True
-        for ep in entry_points(group=self.entry_point_group):
-            ep.load()  # importing the module runs its @register decorators
+        self._loaded = True
+        for module in self.builtins:
+            importlib.import_module(module)
+        for ep in entry_points(group=self.entry_point_group) if self.entry_point_group else ():
+            ep.load()
 
     def get(self, name: str) -> Entry[F]:
-        self._load_plugins()
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -125,14 +141,14 @@ class Registry(Generic[F]):
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style pattern, sorted."""
-        self._load_plugins()
+        self._load()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def has_tag(self, name: str, tag: str) -> bool:
         return tag in self.get(name).tags
 
     def __contains__(self, name: object) -> bool:
-        self._load_plugins()
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -142,8 +158,8 @@ class Registry(Generic[F]):
         return len(self.names())
 
 
-ATTACKS: Registry = Registry("attack", "harness.attacks")
-DEFENSES: Registry = Registry("defense", "harness.defenses")
-DATASETS: Registry = Registry("dataset", "harness.datasets")
-ARCHS: Registry = Registry("architecture", "harness.archs")
-TRIGGERS: Registry = Registry("trigger", "harness.triggers")
+ATTACKS: Registry = Registry("attack", "harness.attacks", builtins=("attacks",))
+DEFENSES: Registry = Registry("defense", "harness.defenses", builtins=("defenses",))
+DATASETS: Registry = Registry("dataset", "harness.datasets", builtins=("harness.data",))
+ARCHS: Registry = Registry("architecture", "harness.archs", builtins=("harness.models", "harness.resnets"))
+TRIGGERS: Registry = Registry("trigger", "harness.triggers", builtins=("harness.triggers",))

@@ -62,7 +62,7 @@ def test_harness_run_needs_no_pytest_and_the_api_returns_its_rows(tmp_path):
 
     # Evaluating the clean encoder in one call gives the clean control's numbers: the same split, probe, trigger, target.
     settings = settings_from(overrides=[*MICRO_FIELDS, "budget_fraction=0.001"], device="cpu", cache_dir=cache)
-    bench = Workbench(settings.resolved_profile(), ArtifactStore(cache), torch.device("cpu"))
+    bench = Workbench(settings.resolved_profile, ArtifactStore(cache), torch.device("cpu"))
     metrics = harness.evaluate_encoder(bench.clean_encoder(0).encoder, "fmnist", overrides=[*MICRO_FIELDS, "budget_fraction=0.001"],
                                        device="cpu")
     clean = frame[(frame["attack"] == "clean") & (frame["scenario"] == bench.trigger().name)].iloc[0]  # the profile's trigger

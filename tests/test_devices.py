@@ -22,10 +22,8 @@ from harness.pipeline import UNDEFENDED, Workbench
 from harness.profiles import get_profile
 from harness.registry import DEFENSES, Entry
 from harness.rowspec import RowSpec
-from harness.options import load_methods
 from harness.training import batched_features
 
-load_methods()
 META = torch.device("meta")
 CPU = torch.device("cpu")
 

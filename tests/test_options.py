@@ -10,19 +10,20 @@ from hypothesis import strategies as st
 from harness.cli import build_parser, main
 from harness.options import (
     BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings, chosen_attacks, chosen_defenses, chosen_downstream,
-    device_for_worker, load_methods, resolve, values_of,
+    device_for_worker, resolve, values_of,
 )
 from harness.profiles import Profile, get_profile
 from harness.registry import ATTACKS, DEFENSES
 
+ATTACKS.names(), DEFENSES.names()  # the method packages imported before pytester's in-process runs, which drop what they import
 pytest_plugins = ["pytester"]
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-load_methods()  # before pytester's in-process runs, which drop the modules first imported inside them
 VALUE_OPTIONS = [o.name for o in OPTIONS if o.kind == "value"]
 
 
 def test_every_option_is_a_setting_and_every_setting_an_option():
-    assert [o.name for o in OPTIONS] == [f.name for f in dataclasses.fields(Settings)]
+    derived = ["resolved_profile"]  # what resolve computes from the options
+    assert [o.name for o in OPTIONS] + derived == [f.name for f in dataclasses.fields(Settings)]
 
 
 def test_nothing_given_means_the_tables_defaults():
@@ -54,7 +55,7 @@ def test_any_profile_override_is_settings_or_an_error_naming_the_option(assignme
     except OptionError as e:
         assert str(e).startswith("--harness-set: ")
     else:
-        assert isinstance(parsed.resolved_profile(), Profile)
+        assert isinstance(parsed.resolved_profile, Profile)
 
 
 @pytest.mark.parametrize("values, message", [

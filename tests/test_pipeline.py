@@ -9,14 +9,12 @@ import torch
 from harness.store import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.models import Encoder
-from harness.options import load_methods
 from harness.pipeline import CLEAN, RANDOM, SUSPECT_FILE, UNDEFENDED, Workbench, scenarios_of
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
 from harness.rowspec import RowSpec
 from tests.test_plugin import MICRO_FIELDS
 
-load_methods()
 FORBIDDEN = {"trigger", "target", "labels", "label", "poisoned", "attack", "downstream"}
 
 

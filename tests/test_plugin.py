@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.options import load_methods
 from harness.plugin import Eta, _dist_chosen, eta_line, suspect_group
+from harness.registry import ATTACKS, DEFENSES
 
 # pytester's in-process runs drop the modules first imported inside them; torch cannot be imported twice in a
-# process, nor can a method register twice. Imported here, they outlive every inner run.
-load_methods()
+# process. Registries read here import the method packages once, and they outlive every inner run.
+ATTACKS.names(), DEFENSES.names()
 
 pytest_plugins = ["pytester"]
 

@@ -1,3 +1,4 @@
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -83,7 +84,6 @@ def test_entry_points_are_loaded_on_first_read(monkeypatch):
 
 
 def test_project_registries_are_filled():
-    import attacks  # noqa: F401
     from harness.registry import ARCHS, ATTACKS, DATASETS, TRIGGERS
 
     assert "badencoder" in ATTACKS
@@ -98,3 +98,26 @@ def test_tags_say_what_kind_of_method_an_entry_is():
     assert reg.has_tag("poison", "supervised") and not reg.has_tag("tamper", "supervised")
     with pytest.raises(UnknownNameError):
         reg.has_tag("missing", "supervised")
+
+
+def test_a_registry_imports_its_built_in_modules_the_first_time_it_is_read(tmp_path, monkeypatch):
+    (tmp_path / "builtin_things.py").write_text(
+        "from tests.test_registry import BUILTIN\nBUILTIN.register('first')(lambda: 1)\nBUILTIN.register('second')(lambda: 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys.modules[__name__], "BUILTIN", Registry("thing", builtins=("builtin_things",)), raising=False)
+    assert "builtin_things" not in sys.modules
+    assert BUILTIN.names() == ["first", "second"] and "builtin_things" in sys.modules
+    monkeypatch.delitem(sys.modules, "builtin_things")
+
+
+def test_importing_the_method_packages_is_nobodys_chore():
+    """A fresh interpreter reads the registries and finds every built-in method, one per module named after it."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    code = "import json; from harness.registry import ATTACKS, DEFENSES; print(json.dumps([ATTACKS.names(), DEFENSES.names()]))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[1]
+    modules = [sorted(p.stem for p in (root / package).glob("*.py") if p.stem != "__init__") for package in ("attacks", "defenses")]
+    assert json.loads(done.stdout) == modules

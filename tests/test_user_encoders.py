@@ -10,7 +10,7 @@ from harness.store import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.geometry import GeometryEncoder, unwrap
 from harness.models import Encoder
-from harness.options import OptionError, chosen_attacks, load_methods, resolve
+from harness.options import OptionError, chosen_attacks, resolve
 from harness.pipeline import CLEAN, UNDEFENDED, Workbench, brings_own_trigger
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
@@ -19,7 +19,6 @@ from harness.triggers import make_trigger
 from harness.user_encoders import SUSPECT_FILE, UserEncoders
 from tests.test_plugin import MICRO_FIELDS
 
-load_methods()
 CPU = torch.device("cpu")
 
 
