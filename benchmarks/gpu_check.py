@@ -138,7 +138,7 @@ def throughput(rows: list, profile: Any) -> dict[str, float]:
             out["badencoder_s"] = s["attack"]
             out["badencoder_img_per_s"] = profile.attack_epochs * shadow / s["attack"]
         if row.defense == "mimic" and "defense_distillation" in s:
-            steps = json.loads(row.settings)["defense_meta"]["steps"]
+            steps = row.settings.defense_meta["steps"]
             out["mimic_distillation_s"] = s["defense_distillation"]
             out["mimic_distillation_img_per_s"] = steps["distillation_epochs"] * profile.clean_size / s["defense_distillation"]
             out["mine_steps_per_s"] = 4 * steps["mine_steps_per_stage"] / s["defense_localisation"]

@@ -74,38 +74,27 @@ def settings_from(**options: Any) -> "Settings":
     return resolve(values)
 
 
-def run_rows(settings: "Settings", suite: str = "run") -> list["Row"]:
-    """The effectiveness grid the settings choose, as the suite builds it: per seed and downstream task, the clean
-    and random controls of every scenario, then per encoder attack and scenario (or its own trigger, with its
-    controls) the undefended suspect and every chosen defense."""
+def run_rows(settings: "Settings") -> list["Row"]:
+    """The effectiveness grid the settings choose, as the suite plans it (harness/planner.py): per seed and downstream task,
+    the clean and random controls of every scenario, then per encoder attack and scenario (or its own trigger, with its
+    controls) the undefended suspect and every chosen defense. An attack that does not apply to a task is skipped, with a
+    warning that says why."""
     from harness.contract import AttackNotApplicable
-    from harness.options import chosen_attacks, chosen_defenses, chosen_downstream
-    from harness.pipeline import CLEAN, RANDOM, UNDEFENDED, brings_own_trigger, scenarios_of
-    from harness.rowspec import RowSpec
+    from harness.planner import chosen_attacks, plan, planned_rows
 
-    attacks, defenses, downstream = chosen_attacks(settings), chosen_defenses(settings), chosen_downstream(settings)
-    supervised = [a for a in settings.attack or () if a not in attacks]
+    supervised = [a for a in settings.attack or () if a not in chosen_attacks(settings)]
     if supervised:
         raise ValueError(f"{', '.join(supervised)}: backdoors a classifier, not an encoder; its grid is "
                          f"`pytest suites/test_generalisation.py --attack={','.join(supervised)}`")
-    profile = settings.resolved_profile
     bench = settings.workbench()
     rows: dict[tuple, Row] = {}
-    for seed in settings.seed_list:
-        for task in downstream:
-            plan = [RowSpec(suite, c, UNDEFENDED, task, seed, scenario=sc) for sc in profile.scenarios for c in (CLEAN, RANDOM)]
-            for attack in attacks:
-                if brings_own_trigger(attack):
-                    plan += [RowSpec(suite, c, UNDEFENDED, task, seed, trigger_of=attack) for c in (CLEAN, RANDOM)]
-                plan += [RowSpec(suite, attack, d, task, seed, scenario=sc)
-                         for sc in scenarios_of(attack, profile.scenarios) for d in (UNDEFENDED, *defenses)]
-            for spec in plan:
-                try:
-                    row = bench.row(spec)
-                except AttackNotApplicable as why:
-                    log.warning("harness: skipped %s on %s: %s", spec.trigger_of or spec.attack, task, why)
-                    continue
-                rows.setdefault(row.identity, row)  # a control whose trigger is the profile's is the plain control again
+    for spec in planned_rows(plan(settings, "effectiveness")):
+        try:
+            row = bench.row(spec)
+        except AttackNotApplicable as why:
+            log.warning("harness: skipped %s on %s: %s", spec.trigger_of or spec.attack, spec.downstream, why)
+            continue
+        rows.setdefault(row.identity, row)  # a control whose trigger is the profile's is the plain control again
     return list(rows.values())
 
 

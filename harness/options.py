@@ -13,9 +13,6 @@ because pytest's option namespace is shared with every installed plugin
 (pytest-profiling owns `--profile`). `harness run` accepts each prefixed name
 and its short form (`--profile`), so a pytest command line's options paste as
 they are.
-
-The grid selection lives here too: `harness run` and the suites choose the same
-attacks, defenses and downstream tasks from the same settings.
 """
 
 from __future__ import annotations
@@ -381,33 +378,6 @@ def values_of(namespace: Any) -> dict[str, Any]:
 
 
 RUN_OPTIONS = tuple(o for o in OPTIONS if o.run)
-
-
-# -- the grid ---------------------------------------------------------------------------
-
-
-def chosen_attacks(s: Settings, supervised: bool = False) -> list[str]:
-    """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
-    from harness.registry import ATTACKS, SUPERVISED
-
-    from harness.user_encoders import SUSPECT_FILE
-
-    if s.suspect is not None:
-        return [] if supervised else [SUSPECT_FILE]
-    names = ATTACKS.names() if s.attack is None else list(s.attack)
-    return [a for a in names if ATTACKS.has_tag(a, SUPERVISED) == supervised]
-
-
-def chosen_defenses(s: Settings) -> list[str]:
-    """Chosen registered defenses (the undefended baseline is not one of them)."""
-    from harness.registry import DEFENSES
-
-    names = DEFENSES.names() if s.defense is None else list(s.defense)
-    return [d for d in names if d != "none"]
-
-
-def chosen_downstream(s: Settings) -> list[str]:
-    return list(s.resolved_profile.downstream) if s.downstream is None else list(s.downstream)
 
 
 def device_for_worker(requested: str, worker: int | None, cuda_devices: int) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
 from harness.registry import ATTACKS, DEFENSES, OWN_TRIGGER, SUPERVISED
-from harness.rows import Row
+from harness.rows import Row, RowSettings
 from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
 from harness.training import seed_everything
@@ -464,7 +463,7 @@ class Workbench:
         else:
             evaluation = {"probe": dataclasses.asdict(self.probe_config())}
         seconds["evaluate"] = metrics["seconds"]
-        settings = {
+        settings = RowSettings.from_dict({
             "compute": {"device": describe(self.device, self.precision), "precision": self.precision},
             "profile": dataclasses.asdict(self.profile),
             "profile_changes": changed_fields(self.profile),
@@ -477,7 +476,7 @@ class Workbench:
             "defense_overrides": defense_overrides,
             "defender_data": {"clean_ratio": spec.clean_ratio or self.profile.clean_ratio, "poisoned_share": spec.clean_poison},
             **evidence,
-        }
+        })
         return Row(
             suite=spec.suite, profile=resolved_id(session_profile), attack=attack, defense=defense, variant=variant,
             scenario=trigger.name, precision=self.precision,
@@ -486,7 +485,7 @@ class Workbench:
             n_test=metrics["n_test"], n_nontarget=metrics["n_nontarget"],
             exposure=round(evidence["exposure"]["exposure"], 4) if "exposure" in evidence else None,
             implanted=evidence["control"]["implanted"] if "control" in evidence else None,
-            seconds=seconds, settings=json.dumps(settings, sort_keys=True, default=str),
+            seconds=seconds, settings=settings,
         )
 
     def _metrics(self, built: Built, suspect: Suspect | None, downstream: str, trigger: Trigger, target: int, seed: int,

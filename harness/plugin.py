@@ -17,8 +17,6 @@ workers, which have no terminal, write it to stderr prefixed with their id.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import shlex
@@ -28,21 +26,17 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import pytest
 
-from harness.options import (
-    OPTIONS, OptionError, Settings, argparse_kwargs, chosen_attacks, chosen_defenses, chosen_downstream, device_for_worker, given,
-    resolve, values_of,
-)
+from harness.options import OPTIONS, OptionError, Settings, argparse_kwargs, device_for_worker, given, resolve, values_of
 
 if TYPE_CHECKING:
     from harness.pipeline import Workbench
+    from harness.planner import Case
     from harness.profiles import Profile
     from harness.rows import Row
     from harness.rowspec import RowSpec
 
 LOG = logging.getLogger("harness")
 ETA_EVERY = 60.0  # seconds between the session's ETA lines (none in a shorter session)
-# Axes a defender's side varies: tests that differ only in these share a suspect, and so an xdist group.
-DEFENDER_AXES = ("defense", "variant", "clean_ratio", "clean_poison")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -79,17 +73,6 @@ class HarnessSession:
     def profile(self) -> "Profile":
         return self.settings.resolved_profile
 
-    def attacks(self, supervised: bool = False) -> list[str]:
-        """Chosen attacks on encoders, or (`supervised`) chosen attacks that backdoor a classifier."""
-        return chosen_attacks(self.settings, supervised)
-
-    def defenses(self) -> list[str]:
-        """Registered defenses chosen on the command line (the undefended baseline is not one of them)."""
-        return chosen_defenses(self.settings)
-
-    def downstream(self) -> list[str]:
-        return chosen_downstream(self.settings)
-
     @property
     def device(self) -> str:
         """The device this process builds on: under pytest-xdist with several GPUs, one per worker."""
@@ -103,16 +86,16 @@ class HarnessSession:
             self._workbench = self.settings.workbench(self.device)
         return self._workbench
 
-    def row(self, suite: str, attack: str, defense: str, downstream: str, seed: int, **fields) -> "Row":
-        """The row of this `RowSpec` (the arguments, and its other fields by keyword), built once per session.
+    def rows(self, case: "Case") -> list["Row"]:
+        """The rows a planned case reads (harness/planner.py), in its order: its claim is about the last."""
+        return [self.row(spec) for spec in case.rows]
 
-        `profile_changes` (e.g. {"trigger_size": 3}) build the row with a changed profile; name the change
-        in `variant`. A row whose attack does not apply to the task is a skip with the attack's reason.
-        """
+    def row(self, spec: "RowSpec") -> "Row":
+        """The row `spec` names, built once per session. A row whose attack does not apply to the task is a skip with
+        the attack's reason; a CUDA failure, one line."""
         from harness.contract import AttackNotApplicable
-        from harness.rowspec import RowSpec
 
-        spec = RowSpec(suite, attack, defense, downstream, seed, **fields)
+        attack, defense, downstream, seed = spec.attack, spec.defense, spec.downstream, spec.seed
         if spec not in self._requests:
             from harness.compute import device_failure
 
@@ -138,10 +121,6 @@ class HarnessSession:
             check_baseline(row, self.baseline, self.settings.baseline_tolerance)
         return row
 
-    @property
-    def rows(self) -> list["Row"]:
-        return list(self._rows.values())
-
     def header(self) -> str:
         from harness.compute import describe, resolve_device, resolve_precision
 
@@ -158,11 +137,11 @@ class HarnessSession:
     def add_worker_rows(self, records: Iterable[dict]) -> None:
         from harness.rows import Row
 
-        self._worker_rows.extend(Row(**r) for r in records)
+        self._worker_rows.extend(Row.from_record(r) for r in records)
 
     def session_rows(self) -> list["Row"]:
         """This session's rows: those its tests made and, as pytest-xdist's controller, those its workers sent."""
-        return self.rows + self._worker_rows
+        return list(self._rows.values()) + self._worker_rows
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
         from harness.tables import render, report_sections, write_reports
@@ -383,7 +362,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """A pytest-xdist worker sends its rows to the controller, which prints the tables."""
     harness = session.config.stash.get(harness_key, None)
     if harness is not None and hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["harness_rows"] = [dataclasses.asdict(r) for r in harness.rows]
+        session.config.workeroutput["harness_rows"] = [r.record() for r in harness.session_rows()]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -412,53 +391,19 @@ def harness(request: pytest.FixtureRequest) -> HarnessSession:
     return session_of(request.config)
 
 
-def suspect_group(params: dict[str, object]) -> str | None:
-    """The xdist group of a grid test: the values that make its suspect, so that one worker builds it and its
-    defended rows. Tests without an attack (clean-encoder rows) share only the clean encoder: no group."""
-    if "attack" not in params:
-        return None
-    return "-".join(f"seed{v}" if a == "seed" else str(v) for a, v in params.items() if a not in DEFENDER_AXES)
-
-
-def parametrize_grid(metafunc: pytest.Metafunc, axes: dict[str, Iterable]) -> None:
-    """Parametrise the test over the product of the axes it names, ids like `badencoder-patch10-fmnist-mimic-seed0`.
-
-    An axis named "a,b" takes tuples (joint values, e.g. each attack with its scenarios); empty parts
-    are left out of the id.
-    """
-    names = [a for a in axes if all(part in metafunc.fixturenames for part in a.split(","))]
-    if not names:
+def parametrize_cases(metafunc: pytest.Metafunc, cases: Iterable["Case"]) -> None:
+    """Parametrise a suite's test with its planned cases (harness/planner.py) as the fixture `case`, ids like
+    `badencoder-patch-fmnist-mimic-seed0`, each case marked with its pytest-xdist group."""
+    if "case" not in metafunc.fixturenames:
         return
-    values = [list(axes[a]) for a in names]
-
-    def label(axis: str, value) -> list[str]:
-        parts = zip(axis.split(","), value) if "," in axis else [(axis, value)]
-        return [f"seed{v}" if a == "seed" else str(v) for a, v in parts if v != ""]
-
-    params = []
-    for combo in itertools.product(*values):
-        named = {a: v for axis, value in zip(names, combo) for a, v in (zip(axis.split(","), value) if "," in axis else [(axis, value)])}
-        group = suspect_group({a: v for a, v in named.items() if v != ""})
-        params.append(pytest.param(
-            *named.values(), id="-".join(p for a, v in zip(names, combo) for p in label(a, v)),
-            marks=[pytest.mark.xdist_group(group)] if group is not None else [],
-        ))
-    metafunc.parametrize(",".join(names), params)
-
-
-def attack_scenarios(session: "HarnessSession", attacks: list[str]) -> list[tuple[str, str]]:
-    """Each chosen attack with the profile's scenarios (triggers), or with "" if it brings its own trigger."""
-    from harness.pipeline import scenarios_of
-
-    return [(a, s) for a in attacks for s in scenarios_of(a, session.profile.scenarios)]
+    mine = [c for c in cases if c.test == metafunc.function.__name__]
+    metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xdist_group(c.group)] if c.group else []) for c in mine])
 
 
 def require_implanted(row: "Row") -> None:
     """Skip the calling test, with the reason, when the row's attack did not implant: it can show no defense working."""
     __tracebackhide__ = True
     if row.implanted is False:
-        import json
-
-        control = json.loads(row.settings)["control"]
+        control = row.settings.control
         pytest.skip(f"attack did not implant: undefended ASR(all) {control['undefended_asr_all']:.2f} % "
                     f"< the profile's bound {control['implant_asr_all']:g} %")

@@ -74,7 +74,7 @@ class Entry(Generic[F]):
 class Registry(Generic[F]):
     """Name -> function table with typed configs.
 
-    Registering a name twice is refused; looking up an unknown name raises
+    Registering a name twice from two places is refused; looking up an unknown name raises
     UnknownNameError naming the known entries and the closest match.
     """
 
@@ -92,8 +92,10 @@ class Registry(Generic[F]):
 
         def decorate(fn: F) -> F:
             key = name or fn.__name__
-            if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is already registered (by {self._entries[key].module})")
+            known = self._entries.get(key)
+            if known is not None and (known.module, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+                raise ValueError(f"{self.kind} {key!r} is already registered (by {known.module})")
+            # the same definition again (its module imported a second time, as pytester's runs do) replaces itself
             self._entries[key] = Entry(key, fn, config, fn.__module__, frozenset(tags))
             return fn
 

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -25,6 +25,53 @@ HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified a
 # a configuration: a row up to its seed; rows of different precisions (harness/compute.py) are never merged
 KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
 IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
+SCHEMA = 2  # of a stored row: 1 held its settings as a JSON string, 2 as an object
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as JSON's own types (tuples as lists, keys as strings, anything else by its text): what a row holds,
+    so a row read back from its file equals the row that was written."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """What made a row and what backs it: the resolved profile, the evaluation, the trigger and target, the methods'
+    metadata and overrides, the defender's data, and the evaluation side's evidence (exposure, the positive control).
+
+    Each part holds JSON's own types (`jsonable`); the row is serialised once, when it is stored."""
+
+    compute: dict = field(default_factory=dict)  # device and precision of the training stages (harness/compute.py)
+    profile: dict = field(default_factory=dict)  # every field of the resolved profile
+    profile_changes: dict = field(default_factory=dict)  # the fields that differ from the registered profile
+    trigger: dict = field(default_factory=dict)  # the trigger's description (triggers.Trigger.describe)
+    target: int | None = None
+    attack_meta: dict = field(default_factory=dict)
+    attack_overrides: dict = field(default_factory=dict)
+    defense_meta: dict = field(default_factory=dict)
+    defense_overrides: dict = field(default_factory=dict)
+    defender_data: dict = field(default_factory=dict)  # the clean ratio and the poisoned share of the defender's subset
+    probe: dict | None = None  # an encoder's row: the downstream probe's config
+    classifier: str | None = None  # a supervised attack's row: which head the classifier was read with
+    exposure: dict | None = None  # harness/exposure.py's measurements, of the suspect and the clean encoder
+    control: dict | None = None  # the positive control: the undefended ASR(all), the bound, whether it implanted
+
+    def as_dict(self) -> dict:
+        """The parts that are present (a part of None is left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, parts: dict) -> "RowSettings":
+        unknown = sorted(set(parts) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"row settings have no part {unknown[0]!r}")
+        return cls(**jsonable(parts))
 
 
 @dataclass(frozen=True)
@@ -47,14 +94,33 @@ class Row:
     exposure: float | None = None  # points by which the defender's data evokes the backdoor (harness/exposure.py)
     implanted: bool | None = None  # the positive control: the undefended attack reached the profile's implant bound
     seconds: dict = field(default_factory=dict, compare=False)  # stage -> seconds of its original build
-    settings: str = "{}"  # JSON: resolved profile, probe, trigger, target, metadata, exposure and control evidence
+    settings: RowSettings = field(default_factory=RowSettings)
+
+    __hash__ = None  # type: ignore[assignment]  # its settings are dicts; a row is known by `identity`
 
     @property
     def identity(self) -> tuple:
         return tuple(getattr(self, k) for k in IDENTITY)
 
+    def record(self) -> dict:
+        """The row as JSON's types, with its schema version: what its file holds."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "settings": self.settings.as_dict(), "schema": SCHEMA}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Row":
+        """A row from `record()`'s form, or from a schema-1 record (settings as a JSON string)."""
+        record = dict(record)
+        schema = record.pop("schema", 1)
+        settings = record.pop("settings", {})
+        if schema == 1 and isinstance(settings, str):
+            settings = json.loads(settings)
+        if not isinstance(settings, dict):
+            raise TypeError(f"a row's settings are an object, got {type(settings).__name__}")
+        return cls(**record, settings=RowSettings.from_dict(settings))
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.record(), sort_keys=True)
 
 
 class ResultsStore:
@@ -99,14 +165,16 @@ def _parse_row(line: str) -> Row | None:
     start = 0
     while start != -1:
         try:
-            return Row(**json.loads(line[start:]))
+            return Row.from_record(json.loads(line[start:]))
         except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
             start = line.find("{", start + 1)
     return None
 
 
 def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
-    records = [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in rows]
+    """The rows as a frame, one column per field (settings as their JSON text), seconds left out."""
+    records = [{**{k: v for k, v in r.record().items() if k not in ("seconds", "schema")},
+                "settings": json.dumps(r.settings.as_dict(), sort_keys=True)} for r in rows]
     columns = [f.name for f in dataclasses.fields(Row) if f.name != "seconds"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     # A row made again (a re-run, or two xdist workers building the same control) counts once: the latest.

@@ -12,7 +12,6 @@ verdicts and evidence) and a PNG per sweep (harness/plots.py).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -188,14 +187,15 @@ def ablation_verdict(frame: pd.DataFrame, margin: float = ABLATION_MARGIN) -> pd
     return _without_uniform(pd.DataFrame(lines), ("profile",)) if lines else pd.DataFrame()
 
 
-def verdict_table(frame: pd.DataFrame) -> pd.DataFrame:
+def verdict_table(rows: Iterable[Row]) -> pd.DataFrame:
     """Detectors' verdicts: one line per encoder a defense that reports `flagged` (DECREE) judged, with its evidence.
 
     Suites that share an encoder (effectiveness and cost) record the same verdict; it is listed once.
     """
+    latest = {r.identity: r for r in rows}  # a row made again counts once: the latest, as in to_frame
     lines = []
-    for r in frame.itertuples():
-        meta = json.loads(r.settings).get("defense_meta", {})
+    for r in sorted(latest.values(), key=lambda r: r.identity):
+        meta = r.settings.defense_meta
         if "flagged" in meta:
             evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine") if k in meta}
             lines.append({"attack": r.attack, "scenario": r.scenario, "downstream": r.downstream, "defense": r.defense, "variant": r.variant, "seed": r.seed,
@@ -244,7 +244,7 @@ def report_sections(rows: list[Row]) -> list[tuple[str, pd.DataFrame]]:
                      long_table(frame)))
     sections.append(("paired differences against MIMIC on the same suspects (mean ± 95 % CI over seeds)", paired_table(frame)))
     sections.append(("ablation's positive control (clone loss alone must inherit the backdoor)", ablation_verdict(frame)))
-    sections.append(("detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)", verdict_table(frame)))
+    sections.append(("detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)", verdict_table(rows)))
     sections.append(("seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)", cost_table(rows)))
     return [(title, table) for title, table in sections if len(table)]
 
@@ -282,7 +282,7 @@ def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
         "ablation.md": render(ablation_verdict(frame), "markdown") + "\n",
         "results.json": frame.to_json(orient="records", indent=1, force_ascii=False) + "\n",
         "cost.md": render(cost_table(rows), "markdown") + "\n",
-        "verdicts.md": render(verdict_table(frame), "markdown") + "\n",
+        "verdicts.md": render(verdict_table(rows), "markdown") + "\n",
     }
     paths = {}
     for name, text in outputs.items():

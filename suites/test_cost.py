@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.plugin import parametrize_grid, session_of
+from harness.planner import plan
+from harness.plugin import parametrize_cases, session_of
 
 SUITE = "cost"
 
@@ -20,11 +21,9 @@ pytestmark = [pytest.mark.suite(SUITE), pytest.mark.cost]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    h = session_of(metafunc.config)
-    attacks, downstream = h.attacks(), h.downstream()
-    parametrize_grid(metafunc, {"attack": attacks[:1], "downstream": downstream[:1], "defense": h.defenses(), "seed": h.seeds})
+    parametrize_cases(metafunc, plan(session_of(metafunc.config).settings, SUITE))
 
 
-def test_defense_reports_its_seconds(harness, attack: str, downstream: str, defense: str, seed: int) -> None:
-    row = harness.row(SUITE, attack, defense, downstream, seed)
+def test_defense_reports_its_seconds(harness, case) -> None:
+    (row,) = harness.rows(case)
     assert row.seconds["defense"] > 0

@@ -141,4 +141,4 @@ def test_a_bf16_row_runs_on_the_cpu_records_its_precision_and_shares_no_cache_en
     bf16 = Workbench(micro_profile, store, CPU, precision="bf16").row(RowSpec("t", "badencoder", "mimic", "fmnist", 0))
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16") and fp32.identity != bf16.identity
     assert store.builds - builds >= 4  # pre-training, the attack, the defense and their evaluations: nothing reused
-    assert '"precision": "bf16"' in bf16.settings
+    assert bf16.settings.compute["precision"] == "bf16"

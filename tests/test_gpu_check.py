@@ -30,12 +30,12 @@ def _gpu_check():
     return module
 
 
-def _row(attack, defense, acc, asr, scenario="patch10", implanted=None, seconds=None, settings="{}"):
-    from harness.rows import Row
+def _row(attack, defense, acc, asr, scenario="patch10", implanted=None, seconds=None, settings=None):
+    from harness.rows import Row, RowSettings
 
     return Row(suite="run", profile="tiny", attack=attack, defense=defense, pretrain="fmnist", downstream="fmnist", seed=0, acc=acc,
                asr_all=asr, asr_nontarget=asr, n_test=100, n_nontarget=90, scenario=scenario, implanted=implanted,
-               seconds=seconds or {}, settings=settings)
+               seconds=seconds or {}, settings=settings or RowSettings())
 
 
 def _slice(clean_acc=78.0, undefended_asr=100.0, mimic_asr=60.0, implanted=True):
@@ -67,16 +67,15 @@ def test_an_acc_gap_a_lost_implant_an_unusable_encoder_and_a_missing_row_are_eac
 
 
 def test_throughput_reads_each_stage_from_the_rows():
-    import json
-
     from harness.profiles import get_profile
+    from harness.rows import RowSettings
 
     check = _gpu_check()
     steps = {"distillation_epochs": 75, "mine_steps_per_stage": 240}
     rows = [_row("clean", "none", 78, 12, seconds={"pretrain": 40.0, "evaluate": 2.0}),
             _row("badencoder", "none", 77, 100, seconds={"pretrain": 40.0, "attack": 8.0, "evaluate": 1.5}),
             _row("badencoder", "mimic", 75, 60, seconds={"defense_distillation": 5.0, "defense_localisation": 4.0, "evaluate": 1.0},
-                 settings=json.dumps({"defense_meta": {"steps": steps}}))]
+                 settings=RowSettings(defense_meta={"steps": steps}))]
     tiny = get_profile("tiny")
     t = check.throughput(rows, tiny)
     assert t["simclr_img_per_s"] == tiny.ssl_epochs * tiny.pretrain_size / 40.0

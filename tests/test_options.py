@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from harness.cli import build_parser, main
 from harness.options import (
-    BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings, chosen_attacks, chosen_defenses, chosen_downstream,
+    BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings,
     device_for_worker, resolve, values_of,
 )
+from harness.planner import chosen_attacks, chosen_defenses, chosen_downstream, plan, planned_rows
 from harness.profiles import Profile, get_profile
 from harness.registry import ATTACKS, DEFENSES
 
@@ -90,11 +91,11 @@ def test_the_default_grid_takes_encoder_attacks_and_the_supervised_ones_only_whe
 def test_harness_run_and_pytest_suites_choose_the_same_grid(pytester):
     pytester.makepyfile(test_effectiveness_copy=(SUITES / "test_effectiveness.py").read_text())
     items, _ = pytester.inline_genitems()
-    collected = {tuple(item.callspec.params.get(a) for a in ("attack", "downstream", "defense")) for item in items
-                 if item.originalname == "test_defended"}
+    collected = {spec for item in items for spec in item.callspec.params["case"].rows}
     every = resolve({})
-    chosen = {(a, t, d) for a in chosen_attacks(every) for t in chosen_downstream(every) for d in chosen_defenses(every)}
-    assert collected == chosen
+    assert collected == set(planned_rows(plan(every, "effectiveness")))
+    defended = {(s.attack, s.downstream, s.defense) for s in collected if s.defense != "none"}
+    assert defended == {(a, t, d) for a in chosen_attacks(every) for t in chosen_downstream(every) for d in chosen_defenses(every)}
 
 
 @pytest.mark.parametrize("requested, worker, gpus, device", [
@@ -155,8 +156,7 @@ def test_harness_run_plans_the_suites_rows(monkeypatch):
                 *(("badencoder", d, sc, 0, None) for sc in scenarios for d in ("none", "mimic")),
                 ("clean", "none", "", 0, "bassl"), ("random", "none", "", 0, "bassl"), ("bassl", "none", "", 0, None),
                 ("bassl", "mimic", "", 0, None)]
-    assert asked[: len(expected)] == expected
-    assert len(asked) == 2 * len(expected)
+    assert sorted(asked, key=str) == sorted([*expected, *((a, d, sc, 1, t) for a, d, sc, _, t in expected)], key=str)  # each once
     assert sorted((r.attack, r.defense, r.scenario, r.variant) for r in rows if r.seed == 1) == sorted(
         (a, d, sc, f"{t}'s trigger" if t else "") for a, d, sc, _, t in expected)
 

@@ -61,7 +61,7 @@ def test_defense_receives_only_a_fresh_suspect_clean_images_and_budget(bench, sp
     n = len(call["clean"])
     assert n == bench.profile.clean_size and torch.equal(call["clean"].images, bench.pretrain_images[:n])
     assert not (suspect.trigger.stamp(call["clean"].images) == call["clean"].images).all(dim=(1, 2, 3)).any()
-    assert row.defense == "spy" and '"seen": %d' % n in row.settings
+    assert row.defense == "spy" and row.settings.defense_meta["seen"] == n
 
 
 @pytest.mark.parametrize("name", DEFENSES.names() or [pytest.param(None, marks=pytest.mark.skip(reason="no defense registered yet"))])
@@ -88,11 +88,11 @@ def test_another_seed_gives_another_encoder(bench):
 
 def test_an_attack_row_carries_its_positive_control_and_exposure_and_the_controls_do_not(bench):
     row = bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0))
-    settings = json.loads(row.settings)
+    settings = row.settings
     assert row.implanted == (row.asr_all >= bench.profile.implant_asr_all)
-    assert settings["control"]["undefended_asr_all"] == pytest.approx(row.asr_all, abs=1e-3)
-    assert row.exposure == pytest.approx(settings["exposure"]["exposure"], abs=1e-3)
-    assert set(settings["exposure"]) == {"suspect", "clean_encoder", "exposure"} and row.scenario == bench.trigger().name
+    assert settings.control["undefended_asr_all"] == pytest.approx(row.asr_all, abs=1e-3)
+    assert row.exposure == pytest.approx(settings.exposure["exposure"], abs=1e-3)
+    assert set(settings.exposure) == {"suspect", "clean_encoder", "exposure"} and row.scenario == bench.trigger().name
     random = bench.row(RowSpec("t", RANDOM, UNDEFENDED, "fmnist", 0))
     clean = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0))
     assert random.implanted is None and random.exposure is None and clean.implanted is None
@@ -112,13 +112,12 @@ def test_rows_record_the_resolved_profile(micro_profile, tmp_path):
     bench = Workbench(micro_profile, ArtifactStore(tmp_path / "c"), torch.device("cpu"))
     row = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0))
     assert row.profile == resolved_id(micro_profile) != "tiny" and row.profile.startswith("tiny+")
-    assert json.loads(row.settings)["profile_changes"] == json.loads(json.dumps(changed_fields(micro_profile), default=str))
+    assert row.settings.profile_changes == json.loads(json.dumps(changed_fields(micro_profile), default=str))
 
 
 def test_clean_control_uses_the_profile_trigger_and_dataset_target(bench):
     row = bench.row(RowSpec("t", CLEAN, UNDEFENDED, "digits", 0))
-    expected = f'"name": "{bench.trigger().name}"'
-    assert row.attack == CLEAN and '"target": 1' in row.settings and expected in row.settings
+    assert row.attack == CLEAN and row.settings.target == 1 and row.settings.trigger["name"] == bench.trigger().name
 
 
 def test_downstream_split_is_disjoint_from_pretraining(bench):
@@ -135,14 +134,14 @@ def test_clean_ratio_is_checked(bench):
 def test_a_supervised_attack_is_read_as_a_classifier(bench, spy):
     quick = {"epochs": 1}
     undefended = bench.row(RowSpec("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick))
-    assert '"classifier": "the attack\'s head"' in undefended.settings and '"name": "checkerboard3"' in undefended.settings
+    assert undefended.settings.classifier == "the attack's head" and undefended.settings.trigger["name"] == "checkerboard3"
     defended = bench.row(RowSpec("t", "badnets", "spy", "fmnist", 0, attack_overrides=quick))
     (call,) = spy
     assert isinstance(call["clean"], CleanSubset) and set(vars(call["clean"])) == {"images"}  # no labels reach the defense
-    assert "head refitted on the labelled clean subset" in defended.settings
+    assert defended.settings.classifier == "head refitted on the labelled clean subset"
     assert undefended.n_test == defended.n_test == bench.downstream("fmnist")[1].images.shape[0]
     control = bench.row(RowSpec("t", "badnets", UNDEFENDED, "fmnist", 0, attack_overrides=quick, refit_head=True))
-    assert "head refitted on the labelled clean subset" in control.settings and '"defense_meta": {}' in control.settings
+    assert control.settings.classifier == "head refitted on the labelled clean subset" and control.settings.defense_meta == {}
     with pytest.raises(ValueError, match="refit_head"):
         bench.row(RowSpec("t", "badencoder", UNDEFENDED, "fmnist", 0, refit_head=True))
     with pytest.raises(AttackNotApplicable):

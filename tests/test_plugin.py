@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.plugin import Eta, _dist_chosen, eta_line, suspect_group
+from harness.planner import Case
+from harness.plugin import Eta, _dist_chosen, eta_line
 from harness.registry import ATTACKS, DEFENSES
 
 # pytester's in-process runs drop the modules first imported inside them; torch cannot be imported twice in a
@@ -229,10 +230,13 @@ def test_two_xdist_workers_share_one_cache_and_the_controller_prints_the_table(p
 
 
 def test_grid_tests_sharing_a_suspect_share_an_xdist_group():
-    assert suspect_group({"attack": "bassl", "downstream": "fmnist", "defense": "mimic", "seed": 1}) == "bassl-fmnist-seed1"
-    assert suspect_group({"attack": "bassl", "downstream": "fmnist", "trigger_size": 3, "clean_ratio": 0.01, "seed": 0}) \
+    def group(**params):
+        return Case("test", tuple(params.items())).group
+
+    assert group(attack="bassl", downstream="fmnist", defense="mimic", seed=1) == "bassl-fmnist-seed1"
+    assert group(attack="bassl", downstream="fmnist", trigger_size=3, clean_ratio=0.01, seed=0) \
         == "bassl-fmnist-3-seed0"  # a trigger size makes another suspect; the defender's data does not
-    assert suspect_group({"downstream": "digits", "defense": "ft", "seed": 0}) is None  # clean-encoder rows spread freely
+    assert group(downstream="digits", defense="ft", seed=0) is None  # clean-encoder rows spread freely
 
 
 def test_the_suites_collect_with_their_suspects_groups(project):
@@ -258,13 +262,15 @@ def test_xdist_keeps_each_suspects_tests_on_one_worker_and_workers_show_progress
     pytester.makepyfile(test_grid=f"""
         from pathlib import Path
 
-        from harness.plugin import parametrize_grid
+        from harness.planner import Case
+        from harness.plugin import parametrize_cases
         from harness.training import Progress
 
         def pytest_generate_tests(metafunc):
-            parametrize_grid(metafunc, {{"attack": ["a", "b", "c", "d"], "defense": ["x", "y", "z"], "seed": [0]}})
+            parametrize_cases(metafunc, [Case("test_row", (("attack", a), ("defense", d), ("seed", 0))) for a in "abcd" for d in "xyz"])
 
-        def test_row(attack, defense, seed, worker_id, request):
+        def test_row(case, worker_id, request):
+            attack, defense = dict(case.params)["attack"], dict(case.params)["defense"]
             Progress(attack, 1).epoch(0, 10, loss=0.25)
             (Path({str(out)!r}) / f"{{attack}}-{{defense}}").write_text(f"{{worker_id}} {{request.config.option.loadgroup}}")
     """)

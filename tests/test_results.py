@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.rows import ResultsStore, Row, to_frame
+from harness.rows import ResultsStore, Row, RowSettings, to_frame
 from harness.statistics import ci95
 from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, verdict_table, write_reports
 
@@ -202,19 +202,19 @@ def test_sweep_points_average_over_seeds():
 
 
 def test_verdict_table_lists_detector_rows_with_their_evidence():
-    flagged = dataclasses.replace(row(0, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": True, "l1_share": 0.02}}))
-    clean = dataclasses.replace(row(1, defense="decree"), settings=json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}}))
-    table = verdict_table(to_frame([flagged, clean, row(0, defense="mimic")]))
+    flagged = dataclasses.replace(row(0, defense="decree"), settings=RowSettings(defense_meta={"flagged": True, "l1_share": 0.02}))
+    clean = dataclasses.replace(row(1, defense="decree"), settings=RowSettings(defense_meta={"flagged": False, "l1_share": 0.07}))
+    table = verdict_table([flagged, clean, row(0, defense="mimic")])
     assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "backdoor", "0.0200"], [1, "clean", "0.0700"]]
     assert "variant" not in table
 
 
 def test_verdict_table_lists_an_encoder_once_and_names_its_variant():
-    verdict = json.dumps({"defense_meta": {"flagged": False, "l1_share": 0.07}})
+    verdict = RowSettings(defense_meta={"flagged": False, "l1_share": 0.07})
     effectiveness = dataclasses.replace(row(0, defense="decree"), settings=verdict)
     rows = [effectiveness, dataclasses.replace(effectiveness, suite="cost"),  # one encoder, two suites
             dataclasses.replace(effectiveness, suite="generalisation", variant="blend")]
-    table = verdict_table(to_frame(rows))
+    table = verdict_table(rows)
     assert table[["variant", "verdict"]].values.tolist() == [["", "clean"], ["blend", "clean"]]
 
 

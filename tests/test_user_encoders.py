@@ -10,7 +10,8 @@ from harness.store import ArtifactStore
 from harness.contract import AttackNotApplicable, CleanSubset, DefenseResult
 from harness.geometry import GeometryEncoder, unwrap
 from harness.models import Encoder
-from harness.options import OptionError, chosen_attacks, resolve
+from harness.options import OptionError, resolve
+from harness.planner import chosen_attacks
 from harness.pipeline import CLEAN, UNDEFENDED, Workbench, brings_own_trigger
 from harness.profiles import get_profile, with_overrides
 from harness.registry import DEFENSES, Entry
