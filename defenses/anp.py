@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from harness.contract import MIN_STEPS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_STEPS, Budget, CleanSubset, DefenseResult, Steps
 from harness.losses import cosine_distance
 from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
@@ -67,8 +67,8 @@ class ANPConfig:
     min_cosine: float = 0.95  # "cosine": clean features must stay this close to the suspect's
     max_share: float = 0.5  # "cosine": never prune more than this share of the channels
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"mask_iterations": budget.steps(self.iterations, MIN_STEPS)}
+    def steps(self, budget: Budget) -> "ANPSteps":
+        return ANPSteps(mask_iterations=budget.steps(self.iterations, MIN_STEPS))
 
     def __post_init__(self) -> None:
         if self.eps < 0 or not 0 <= self.alpha <= 1 or not 0 <= self.threshold <= 1:
@@ -106,6 +106,11 @@ def anp_objective(natural: Tensor, perturbed: Tensor, cfg: ANPConfig) -> Tensor:
     return cfg.alpha * natural + (1 - cfg.alpha) * perturbed
 
 
+@dataclass(frozen=True)
+class ANPSteps(Steps):
+    mask_iterations: int
+
+
 def _uniform(like: Tensor, eps: float, gen: torch.Generator) -> Tensor:
     return ((torch.rand(like.shape, generator=gen) * 2 - 1) * eps).to(like.device).requires_grad_()
 
@@ -122,7 +127,7 @@ def learn_masks(suspect: Encoder, clean: CleanSubset, budget: Budget, config: AN
     layers = batchnorm_layers(encoder)
     masks = {name: torch.ones_like(bn.weight, requires_grad=True) for name, bn in layers.items()}
     optimizer = torch.optim.SGD(masks.values(), lr=config.mask_lr, momentum=0.9)
-    iterations = config.steps(budget)["mask_iterations"]
+    iterations = config.steps(budget).mask_iterations
     progress = Progress("anp", 1)
     running = RunningMeans()
     for _ in range(iterations):
@@ -202,6 +207,6 @@ def anp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
         "mask_min": every_mask.min().item(),
         "masks_seconds": seconds,
         "pruning_seconds": time.perf_counter() - start,
-        "steps": config.steps(budget),
+        "steps": config.steps(budget).as_dict(),
     }
     return DefenseResult(encoder.cpu(), meta)

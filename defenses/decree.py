@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult, Steps
 from harness.losses import cosine_distance, mean_pairwise_cosine
 from harness.models import Encoder
 from harness.registry import DEFENSES
@@ -64,12 +64,19 @@ class DecreeConfig:
     lambda_factor: float = 1.1  # lambda is multiplied or divided by this after every step
     flag_below: float = 0.05  # flag when the smallest collapsing mask covers less than this share of the image
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"inversion_steps": budget.steps(self.inversion_steps, MIN_STEPS), "unlearning_epochs": budget.steps(self.unlearning_epochs, MIN_EPOCHS)}
+    def steps(self, budget: Budget) -> "DecreeSteps":
+        return DecreeSteps(inversion_steps=budget.steps(self.inversion_steps, MIN_STEPS),
+                           unlearning_epochs=budget.steps(self.unlearning_epochs, MIN_EPOCHS))
 
     def __post_init__(self) -> None:
         if not 0 < self.target_cosine < 1 or not 0 < self.flag_below <= 1 or self.lambda_factor <= 1:
             raise ValueError("need target_cosine in (0, 1), flag_below in (0, 1] and lambda_factor > 1")
+
+
+@dataclass(frozen=True)
+class DecreeSteps(Steps):
+    inversion_steps: int
+    unlearning_epochs: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,15 +168,15 @@ def decree(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, conf
     gen = seed_everything(seed, "decree")
     device = budget.device
     encoder = freeze(suspect.to(device))
-    steps, epochs = config.steps(budget).values()
+    steps = config.steps(budget)
     start = time.perf_counter()
-    inversion = invert(encoder, clean, config, gen, device, steps)
+    inversion = invert(encoder, clean, config, gen, device, steps.inversion_steps)
     meta = {
         "l1_share": inversion.l1_share,
         "flagged": inversion.flagged,
         "stamped_cosine": inversion.cosine,
         "inversion_seconds": time.perf_counter() - start,
-        "steps": config.steps(budget),
+        "steps": steps.as_dict(),
     }
-    encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion, clean, budget, epochs, gen)
+    encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion, clean, budget, steps.unlearning_epochs, gen)
     return DefenseResult(encoder.cpu(), meta)

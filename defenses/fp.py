@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
-from harness.finetune import FinetuneConfig, ssl_finetune
+from harness.finetune import FinetuneConfig, FinetuneSteps, ssl_finetune
 from harness.models import BasicBlock, Encoder
 from harness.registry import DEFENSES
 from harness.training import seed_everything, to_float
@@ -43,8 +43,8 @@ class FinePruningConfig:
     epochs: int = 100  # reference fine-tuning epochs (scaled by the budget)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"finetune_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
+    def steps(self, budget: Budget) -> FinetuneSteps:
+        return FinetuneSteps(finetune_epochs=budget.steps(self.epochs, MIN_EPOCHS))
 
     def __post_init__(self) -> None:
         if not 0 < self.min_cosine <= 1 or not 0 <= self.max_share < 1:
@@ -52,7 +52,12 @@ class FinePruningConfig:
 
 
 def last_conv_block(encoder: Encoder) -> BasicBlock:
-    return encoder.layer4[-1]
+    """The last block of the last stage, whose second convolution is pruned; refused unless it is a basic block."""
+    block = encoder.layer4[-1]
+    if not isinstance(block, BasicBlock):
+        raise ValueError(f"fine-pruning (fp) handles basic blocks only; this encoder's last block is a {type(block).__name__}: "
+                         "choose another defense")
+    return block
 
 
 @torch.no_grad()
@@ -110,7 +115,7 @@ def fp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
     channels, cosine = channels_to_prune(shortcut, branch, config.min_cosine, config.max_share)
     prune(encoder, channels)
     pruning_seconds = time.perf_counter() - start
-    epochs = config.steps(budget)["finetune_epochs"]
+    epochs = config.steps(budget).finetune_epochs
     trained = ssl_finetune(encoder, clean.images, epochs, budget, config.finetune, gen, "fp", after_step=lambda: prune(encoder, channels))
     meta = {
         "pruned_channels": sorted(channels),
@@ -119,6 +124,6 @@ def fp(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: 
         "final_loss": trained["loss_per_epoch"][-1],
         "pruning_seconds": pruning_seconds,
         "finetune_seconds": trained["seconds"],
-        "steps": config.steps(budget),
+        "steps": config.steps(budget).as_dict(),
     }
     return DefenseResult(encoder.cpu(), meta)

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
-from harness.finetune import FinetuneConfig, ssl_finetune
+from harness.finetune import FinetuneConfig, FinetuneSteps, ssl_finetune
 from harness.models import Encoder
 from harness.registry import DEFENSES
 from harness.training import seed_everything
@@ -28,15 +28,15 @@ class FTConfig:
     epochs: int = 100  # reference fine-tuning epochs (scaled by the budget)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"finetune_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
+    def steps(self, budget: Budget) -> FinetuneSteps:
+        return FinetuneSteps(finetune_epochs=budget.steps(self.epochs, MIN_EPOCHS))
 
 
 @DEFENSES.register("ft", config=FTConfig)
 def ft(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: FTConfig) -> DefenseResult:
     gen = seed_everything(seed, "ft")
-    epochs = config.steps(budget)["finetune_epochs"]
+    epochs = config.steps(budget).finetune_epochs
     encoder = suspect.to(budget.device)
     trained = ssl_finetune(encoder, clean.images, epochs, budget, config.finetune, gen, "ft")
-    meta = {"final_loss": trained["loss_per_epoch"][-1], "finetune_seconds": trained["seconds"], "steps": config.steps(budget)}
+    meta = {"final_loss": trained["loss_per_epoch"][-1], "finetune_seconds": trained["seconds"], "steps": config.steps(budget).as_dict()}
     return DefenseResult(encoder.cpu(), meta)

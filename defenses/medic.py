@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from harness.augment import AugmentConfig
-from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult, Steps
 from harness.losses import cosine_distance, nt_xent
 from harness.models import STAGES, Encoder
 from harness.registry import DEFENSES
@@ -57,8 +57,13 @@ class MedicConfig:
     weight_decay: float = 1e-4
     augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"cloning_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
+    def steps(self, budget: Budget) -> "MedicSteps":
+        return MedicSteps(cloning_epochs=budget.steps(self.epochs, MIN_EPOCHS))
+
+
+@dataclass(frozen=True)
+class MedicSteps(Steps):
+    cloning_epochs: int
 
 
 @torch.no_grad()
@@ -123,7 +128,7 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     device = budget.device
     teacher, student = teacher_and_student(suspect, device)
     std = stage_std(teacher, clean.images, device)
-    epochs = config.steps(budget)["cloning_epochs"]
+    epochs = config.steps(budget).cloning_epochs
     optimizer = torch.optim.Adam(student.parameters(), lr=budget.lr, weight_decay=config.weight_decay)
     spread: list[Tensor] = []  # how concentrated each batch's importance is: max weight over mean, layer1
     images = clean.images.to(device)
@@ -143,6 +148,6 @@ def medic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     meta = {
         "importance_peak_over_mean_layer1": sum(v.item() for v in spread) / len(spread),
         "cloning_seconds": progress.seconds,
-        "steps": config.steps(budget),
+        "steps": config.steps(budget).as_dict(),
     }
     return DefenseResult(student.eval().cpu(), meta)

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from harness.augment import AugmentConfig, simclr_view
 from harness.compute import forward
-from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult, Steps
 from harness.losses import attention_distance, cosine_distance, nt_xent
 from harness.mine import MineConfig, estimate_mi
 from harness.models import STAGES, Encoder, Projector, clone_architecture
@@ -83,16 +83,23 @@ class MimicConfig:
     weight_decay: float = 1e-6
     augment: AugmentConfig = dataclasses.field(default_factory=lambda: AugmentConfig(crop_scale=(0.2, 1.0)))
 
-    def steps(self, budget: Budget) -> dict[str, int]:
+    def steps(self, budget: Budget) -> "MimicSteps":
         """The loop lengths under `budget` (the budget rule); MINE runs only with MI guidance and attention."""
         guided = self.attention and self.mi_guidance
-        return {"distillation_epochs": budget.steps(self.epochs, MIN_EPOCHS), "mine_steps_per_stage": budget.steps(self.mine_steps, MIN_MINE_STEPS) if guided else 0}
+        return MimicSteps(distillation_epochs=budget.steps(self.epochs, MIN_EPOCHS),
+                          mine_steps_per_stage=budget.steps(self.mine_steps, MIN_MINE_STEPS) if guided else 0)
 
     def __post_init__(self) -> None:
         if self.localise_on not in ("teacher", "student"):
             raise ValueError(f"localise_on must be 'teacher' or 'student', got {self.localise_on!r}")
         if not (self.clone or self.contrastive or self.attention):
             raise ValueError("MIMIC needs at least one of its loss terms")
+
+
+@dataclass(frozen=True)
+class MimicSteps(Steps):
+    distillation_epochs: int
+    mine_steps_per_stage: int  # 0 without MI guidance or the attention term: no MI is estimated
 
 
 # -- 1. benign-knowledge localisation ------------------------------------------------
@@ -203,7 +210,7 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
     device = budget.device
     teacher, student = teacher_and_student(suspect, device)
     steps = config.steps(budget)
-    epochs, mine_steps = steps["distillation_epochs"], steps["mine_steps_per_stage"]
+    epochs, mine_steps = steps.distillation_epochs, steps.mine_steps_per_stage
 
     if config.attention and config.mi_guidance:
         source = teacher if config.localise_on == "teacher" else freeze(clone_architecture(teacher))
@@ -230,6 +237,6 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
         "localisation_seconds": sum(located.seconds.values()),
         "localisation_seconds_per_stage": located.seconds,
         "distillation_seconds": progress.seconds,
-        "steps": steps,
+        "steps": steps.as_dict(),
     }
     return DefenseResult(student.eval().cpu(), meta)

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult, Steps
 from harness.losses import cosine_distance
 from harness.models import Encoder
 from harness.registry import DEFENSES
@@ -78,23 +78,19 @@ class MothConfig:
         if not 0 < self.portion <= 1 or not 0 < self.pair_bound <= 1 or not 0 < self.warmup_bound <= 1:
             raise ValueError("portion and the success bounds must be in (0, 1]")
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return dataclasses.asdict(Steps.of(self, budget))
+    def steps(self, budget: Budget) -> "MothSteps":
+        return MothSteps(budget.steps(self.epochs, MIN_EPOCHS), budget.steps(self.warmup_steps, MIN_STEPS),
+                         budget.steps(self.pair_steps_first, MIN_STEPS), budget.steps(self.pair_steps_later, MIN_STEPS))
 
 
 @dataclass(frozen=True)
-class Steps:
+class MothSteps(Steps):
     """The inversion and hardening loop lengths under a budget."""
 
     hardening_epochs: int
     warmup_steps: int
     pair_steps_first: int
     pair_steps_later: int
-
-    @staticmethod
-    def of(config: MothConfig, budget: Budget) -> "Steps":
-        return Steps(budget.steps(config.epochs, MIN_EPOCHS), budget.steps(config.warmup_steps, MIN_STEPS),
-                     budget.steps(config.pair_steps_first, MIN_STEPS), budget.steps(config.pair_steps_later, MIN_STEPS))
 
 
 def pseudo_labels(features: Tensor, classes: int, seed: int) -> Tensor:
@@ -191,7 +187,7 @@ def hardening_loss(head: nn.Module, features: Tensor, labels: Tensor, original: 
 def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: MothConfig) -> DefenseResult:
     gen = seed_everything(seed, "moth")
     device = budget.device
-    steps = Steps.of(config, budget)
+    steps = config.steps(budget)
     reference = freeze(copy.deepcopy(suspect).to(device))
     start = time.perf_counter()
     features = batched_features(reference, clean.images, device, normalise=True)
@@ -277,6 +273,6 @@ def moth(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
         **log,
         "labelling_seconds": labelling_seconds,
         "hardening_seconds": progress.seconds,
-        "steps": config.steps(budget),
+        "steps": steps.as_dict(),
     }
     return DefenseResult(encoder.eval().cpu(), meta)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from harness.compute import forward
-from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult
+from harness.contract import MIN_EPOCHS, Budget, CleanSubset, DefenseResult, Steps
 from harness.finetune import FinetuneConfig, ssl_finetune
 from harness.losses import attention_distance, cosine_distance, nt_xent
 from harness.models import STAGES, Encoder, Projector
@@ -46,12 +46,18 @@ class NADConfig:
     attention_p: int = 2
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
-    def steps(self, budget: Budget) -> dict[str, int]:
-        return {"teacher_epochs": budget.steps(self.teacher_epochs, MIN_EPOCHS), "distillation_epochs": budget.steps(self.epochs, MIN_EPOCHS)}
+    def steps(self, budget: Budget) -> "NADSteps":
+        return NADSteps(teacher_epochs=budget.steps(self.teacher_epochs, MIN_EPOCHS), distillation_epochs=budget.steps(self.epochs, MIN_EPOCHS))
 
     def __post_init__(self) -> None:
         if len(self.betas) != len(STAGES) or min(self.betas) < 0:
             raise ValueError(f"betas must be {len(STAGES)} non-negative weights, got {self.betas}")
+
+
+@dataclass(frozen=True)
+class NADSteps(Steps):
+    teacher_epochs: int
+    distillation_epochs: int
 
 
 def nad_loss(
@@ -73,9 +79,9 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
     gen = seed_everything(seed, "nad")
     device = budget.device
     student = suspect.to(device).eval()
-    teacher_epochs, epochs = config.steps(budget).values()
+    steps = config.steps(budget)
     teacher = copy.deepcopy(student)
-    fine_tuned = ssl_finetune(teacher, clean.images, teacher_epochs, budget, config.finetune, gen, "nad teacher")
+    fine_tuned = ssl_finetune(teacher, clean.images, steps.teacher_epochs, budget, config.finetune, gen, "nad teacher")
     freeze(teacher)
     drift = teacher_drift(teacher, student, clean.images, device)
 
@@ -92,11 +98,11 @@ def nad(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config:
         descend(optimizer, loss)
         return {"loss": loss.detach(), **terms}
 
-    progress = run_epochs("nad", epochs, len(clean), budget.batch_size, gen, step, device=device)
+    progress = run_epochs("nad", steps.distillation_epochs, len(clean), budget.batch_size, gen, step, device=device)
     meta = {
         "teacher_drift": drift,
         "teacher_seconds": fine_tuned["seconds"],
         "distillation_seconds": progress.seconds,
-        "steps": config.steps(budget),
+        "steps": steps.as_dict(),
     }
     return DefenseResult(student.eval().cpu(), meta)

@@ -87,12 +87,12 @@ def _table(args: argparse.Namespace) -> int:
     from harness.rows import ResultsStore
     from harness.tables import write_reports
 
-    rows = ResultsStore(args.results_dir).rows()
+    rows = ResultsStore(args.rows_dir).rows()
     if not rows:
-        print(f"harness: no rows in {args.results_dir / 'rows.jsonl'}", file=sys.stderr)
+        print(f"harness: no rows in {args.rows_dir / 'rows.jsonl'}", file=sys.stderr)
         return 2
-    print_tables(rows, args.format)
-    write_reports(rows, args.results_dir)
+    print_tables(rows, args.table_format)
+    write_reports(rows, args.rows_dir)
     return 0
 
 
@@ -158,18 +158,18 @@ def _purify(args: argparse.Namespace) -> int:
     import time
 
     from harness.api import purify_encoder
-    from harness.contract import Budget
     from harness.atomic import atomic_write_text
+    from harness.compute import resolve_device, resolve_precision
+    from harness.contract import Budget
     from harness.encoder_files import save_encoder
-    from harness.images import load_image_folder
     from harness.geometry import unwrap
+    from harness.images import load_image_folder
     from harness.layouts import layout_path, write_in_layout
     from harness.profiles import get_profile, with_overrides
     from harness.registry import DEFENSES
-    from harness.compute import resolve_device
 
-    method = DEFENSES.create(args.defense)
-    profile = with_overrides(get_profile(args.profile), args.set)
+    method = DEFENSES.create(args.purify_defense)
+    profile = with_overrides(get_profile(args.profile), args.overrides)
     if args.out.suffix != ".safetensors":
         raise ValueError(f"{args.out}: --out must name a .safetensors file (the purified encoder; its settings go beside it as "
                          f"{args.out.with_suffix('.json').name})")
@@ -181,22 +181,20 @@ def _purify(args: argparse.Namespace) -> int:
     in_layout = layout_path(checkpoint, args.out)  # the purified weights under the input's names: known once it is read
     if in_layout is not None:
         _output(in_layout, args.force, inputs=(args.encoder,))
-    if args.defense == "fp" and "bottleneck" in checkpoint.architecture:  # defenses/fp.py prunes a basic block's conv2
-        raise ValueError(f"fine-pruning (fp) handles basic blocks only; {checkpoint.architecture} has bottlenecks: choose another --defense")
     images = load_image_folder(args.data)
-    budget = Budget.of(profile, device)
-    print(f"harness purify: {args.defense} on {args.encoder} with {len(images)} images from {args.data}, "
+    budget = Budget.of(profile, device, resolve_precision(args.precision, device))
+    print(f"harness purify: {args.purify_defense} on {args.encoder} with {len(images)} images from {args.data}, "
           f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
     print(f"  encoder: {checkpoint.describe()}\n  input: {geometry.describe()}", file=sys.stderr)
     start = time.perf_counter()
     result = purify_encoder(method, encoder, images, budget, args.seed)
     seconds = time.perf_counter() - start
     purified = unwrap(result.encoder).cpu()
-    save_encoder(args.out, purified, meta={"defense": args.defense, "geometry": geometry.as_dict()})
+    save_encoder(args.out, purified, meta={"defense": args.purify_defense, "geometry": geometry.as_dict()})
     if in_layout is not None:
         write_in_layout(checkpoint, purified, in_layout)
     report = {
-        "defense": args.defense,
+        "defense": args.purify_defense,
         "settings": dataclasses.asdict(method.config) if method.config is not None else {},
         "budget": {"fraction": budget.fraction, "batch_size": budget.batch_size, "lr": budget.lr, "profile": profile.name},
         "steps": result.meta.get("steps", {}),
@@ -229,7 +227,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from harness.compute import resolve_device
     from harness.trigger_files import load_trigger
 
-    profile = with_overrides(get_profile(args.profile), args.set)
+    profile = with_overrides(get_profile(args.profile), args.overrides)
     if args.json is not None:
         trigger_files = [p for p in (Path(args.trigger), args.trigger_mask) if p is not None and p.is_file()]
         _output(args.json, args.force, inputs=(args.encoder, *trigger_files))
@@ -237,11 +235,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     checkpoint, encoder, geometry = _user_encoder(args)
     trigger = load_trigger(args.trigger, profile.trigger_size, args.trigger_mask)
     bench = evaluation_bench(profile, device, args.data_root, args.download)
-    train, test = bench.downstream(args.downstream)
+    train, test = bench.downstream(args.task)
     probe = bench.probe_config()
-    metrics = evaluate_on(bench, encoder, args.downstream, trigger, args.target, args.seed)
+    metrics = evaluate_on(bench, encoder, args.task, trigger, args.target, args.seed)
     described = trigger.describe()
-    print(f"harness evaluate: {args.encoder} on {args.downstream} ({len(train)} train, {len(test)} test images; "
+    print(f"harness evaluate: {args.encoder} on {args.task} ({len(train)} train, {len(test)} test images; "
           f"{probe.kind} probe, {probe.epochs} epochs, profile {profile.name})")
     print(f"  encoder: {checkpoint.describe()}")
     print(f"  input: {geometry.describe()}")
@@ -253,7 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         from harness.atomic import atomic_write_text
 
-        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "downstream": args.downstream,
+        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "downstream": args.task,
                   "target": args.target, "trigger": described, "probe": dataclasses.asdict(probe), "profile": profile.name,
                   "seed": args.seed, "layout": checkpoint.layout, "architecture": checkpoint.architecture,
                   "geometry": geometry.as_dict(), **metrics.as_dict()}
@@ -332,36 +330,6 @@ def _writable_folder(folder: Path) -> None:
         raise ValueError(f"{existing}: cannot be written")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
-def _three_floats(text: str) -> tuple[float, float, float]:
-    """An argparse type: 'R,G,B' as three finite floats (the suites' parser)."""
-    from harness.options import three_numbers
-
-    try:
-        return three_numbers(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
-    return value
-
-
 def print_tables(rows: list, fmt: str) -> None:
     """The session's titled tables (harness/tables.py `report_sections`)."""
     from harness.tables import render, report_sections
@@ -377,88 +345,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"harness: error: {message} (see {self.prog} --help)\n")
 
 
+COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, its description); each takes the options the table gives it
+    "run": ("build and evaluate a slice of the effectiveness grid, print the table",
+            "The options of `pytest suites/`, by the same names (the short forms without --harness- too), choosing the same grid: "
+            "encoder attacks, every defense, the controls."),
+    "list": ("list the registered attacks, defenses, profiles, or a profile's fields", ""),
+    "table": ("rebuild the tables from a results directory's stored rows", ""),
+    "export": ("write images of a dataset as PNG files (a folder for scan and purify)", ""),
+    "convert": ("write an encoder file in a layout's tensor names (torchvision, badencoder, ...)", ""),
+    "scan": ("look for a backdoor in your own encoder (label-free trigger inversion)", ""),
+    "purify": ("run a defense on your own encoder and write the purified one", ""),
+    "evaluate": ("ACC and ASR of your own encoder on a downstream task, for a trigger and target you know", ""),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from harness.options import RUN_OPTIONS, TABLE_FORMATS, add_to_argparse
+    """`harness` and its commands, every option from the one table in harness/options.py."""
+    from harness.options import add_to_argparse
 
     parser = _Parser(prog="harness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="build and evaluate a slice of the effectiveness grid, print the table",
-                         description="The options of `pytest suites/`, by the same names (the short forms without "
-                                     "--harness- too), choosing the same grid: encoder attacks, every defense, the controls.")
-    add_to_argparse(run, RUN_OPTIONS)
-    run.add_argument("--format", dest="harness_table_format", choices=TABLE_FORMATS, help="the same as --table-format")
-    run.set_defaults(func=_run)
-    listing = sub.add_parser("list", help="list the registered attacks, defenses, profiles, or a profile's fields")
-    listing.add_argument("what", choices=("attacks", "defenses", "profiles", "fields"))
-    listing.add_argument("--profile", "--harness-profile", default="tiny", help="whose field values `fields` shows (default: tiny)")
-    listing.set_defaults(func=_list)
-    table = sub.add_parser("table", help="rebuild the tables from a results directory's stored rows")
-    table.add_argument("results_dir", type=Path)
-    table.add_argument("--format", choices=("terminal", "markdown", "latex", "csv", "json"), default="terminal")
-    table.set_defaults(func=_table)
-    export = sub.add_parser("export", help="write images of a dataset as PNG files (a folder for scan and purify)")
-    export.add_argument("--dataset", default="fmnist")
-    export.add_argument("--split", default="test", choices=("train", "test"))
-    export.add_argument("--count", type=_positive, default=200)
-    export.add_argument("--offset", type=_non_negative, default=0)
-    export.add_argument("--data-root", type=Path, default=None)
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--force", action="store_true", help="replace images of the same names in --out")
-    export.set_defaults(func=_export)
-    convert = sub.add_parser("convert", help="write an encoder file in a layout's tensor names (torchvision, badencoder, ...)")
-    convert.add_argument("encoder", type=Path)
-    convert.add_argument("--layout", required=True, choices=("harness", "torchvision", "badencoder", "moco", "solo-learn"))
-    convert.add_argument("--out", type=Path, required=True, help=".pt/.pth (a torch state dict) or .safetensors")
-    convert.add_argument("--arch", default=None, help="as for scan")
-    convert.add_argument("--key-prefix", default="", help="as for scan")
-    convert.add_argument("--key-map", action="append", default=[], metavar="REGEX=REPLACEMENT", help="as for scan")
-    convert.add_argument("--force", action="store_true", help="replace --out if it exists (never the input)")
-    convert.set_defaults(func=_convert)
-    for name, helptext in (("scan", "look for a backdoor in your own encoder (label-free trigger inversion)"),
-                           ("purify", "run a defense on your own encoder and write the purified one"),
-                           ("evaluate", "ACC and ASR of your own encoder on a downstream task, for a trigger and target you know")):
-        cmd = sub.add_parser(name, help=helptext)
-        cmd.add_argument("encoder", type=Path, help=".safetensors, or a weights-only PyTorch state dict (.pt/.pth)")
-        cmd.add_argument("--arch", default=None, help="override the architecture recognised from the tensor shapes "
-                         "(resnet18, resnet34, resnet50, each also *_imagenet)")
-        cmd.add_argument("--key-prefix", default="", help="where the encoder's tensors are, e.g. 'model.encoder.'")
-        cmd.add_argument("--key-map", action="append", default=[], metavar="REGEX=REPLACEMENT",
-                         help="rewrite tensor names (re.sub, in order) into a known layout; '' leaves a tensor out of the encoder")
-        cmd.add_argument("--image-size", type=_positive, default=None,
-                         help="side of the encoder's input (default: its layout's, e.g. 224 for ImageNet stems)")
-        cmd.add_argument("--mean", type=_three_floats, default=None, metavar="R,G,B", help="input normalisation mean (default: the layout's)")
-        cmd.add_argument("--std", type=_three_floats, default=None, metavar="R,G,B", help="input normalisation std (default: the layout's)")
-        if name != "evaluate":
-            cmd.add_argument("--data", type=Path, required=True, help="folder of unlabeled clean images (flat, or one sub-folder per class)")
-        cmd.add_argument("--device", default="auto")
-        cmd.add_argument("--seed", type=int, default=0)
-        cmd.add_argument("--force", action="store_true", help="replace output files that exist (never the input)")
-        if name == "scan":
-            cmd.add_argument("--steps", type=_positive, default=400, help="trigger-inversion steps (default: 400)")
-            cmd.add_argument("--profile", default="tiny", help="whose measured detection rates to print (default: tiny)")
-            cmd.add_argument("--json", type=Path, default=None, help="also write the verdict and its evidence as JSON")
-            cmd.set_defaults(func=_scan)
-        elif name == "evaluate":
-            cmd.add_argument("--downstream", required=True, help="registered downstream dataset, e.g. fmnist, digits, gtsrb")
-            cmd.add_argument("--trigger", required=True, metavar="NAME|FILE", help="registered trigger, image (RGBA, or with --trigger-mask) or .safetensors")
-            cmd.add_argument("--trigger-mask", type=Path, default=None, help="grayscale mask image for an opaque trigger image")
-            cmd.add_argument("--target", type=_non_negative, required=True, help="the backdoor's target class")
-            cmd.add_argument("--profile", default="tiny", help="whose probe and downstream sizes to use (default: tiny)")
-            cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-            cmd.add_argument("--data-root", type=Path, default=None)
-            cmd.add_argument("--download", action="store_true")
-            cmd.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON")
-            cmd.set_defaults(func=_evaluate)
-        else:
-            cmd.add_argument("--defense", default="mimic")
-            cmd.add_argument("--out", type=Path, required=True, help="where to write the purified encoder (.safetensors); "
-                             "OUT.<layout><input suffix> holds it in the input's layout")
-            cmd.add_argument("--profile", default="tiny", help="whose defense budget to use (default: tiny)")
-            cmd.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-            cmd.set_defaults(func=_purify)
-    for cmd in sub.choices.values():  # `--debug` after the command too; SUPPRESS keeps the main parser's value otherwise
+    handlers = {"run": _run, "list": _list, "table": _table, "export": _export, "convert": _convert, "scan": _scan, "purify": _purify,
+                "evaluate": _evaluate}
+    for name, (helptext, description) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=helptext, description=description or helptext)
+        add_to_argparse(cmd, name)
+        # `--debug` after the command too; SUPPRESS keeps the main parser's value otherwise
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of an internal error")
+        cmd.set_defaults(func=handlers[name])
     return parser
 
 

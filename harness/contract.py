@@ -12,9 +12,10 @@ unlabeled images only, `Budget` holds sizes and the device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -79,6 +80,24 @@ class CleanSubset:
 
     def __len__(self) -> int:
         return len(self.images)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """A defense's loop lengths under a budget, one field per loop of its reference recipe (the budget rule).
+
+    Every defense's config answers `steps(budget) -> ` its own subclass of Steps; a row records them
+    (`as_dict`) beside the defense's metadata, so a table says how long each defense ran.
+    """
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class DefenseConfig(Protocol):
+    """What the engine needs of a defense's config: the loops it runs under a budget."""
+
+    def steps(self, budget: "Budget") -> Steps: ...
 
 
 MIN_EPOCHS = 5  # the budget rule's floor for a training loop: a few passes over the clean subset

@@ -16,10 +16,17 @@ import torch
 from torch import Tensor
 
 from harness.augment import AugmentConfig
-from harness.contract import Budget
+from harness.contract import Budget, Steps
 from harness.models import Encoder, Projector
 from harness.ssl import SimCLRConfig, simclr_step
 from harness.training import descend, run_epochs, to_float
+
+
+@dataclass(frozen=True)
+class FinetuneSteps(Steps):
+    """The loop of a defense that fine-tunes (FT, Fine-Pruning)."""
+
+    finetune_epochs: int
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The harness's options: one table for the pytest plugin and `harness run`.
+"""The harness's options: one table for the pytest plugin and every `harness` command.
 
 Both front ends register every option as plain text with no default, then call
 `resolve`, so they share the names, the parsers, the validators and the
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 ALL = "all"
 PREFIX = "--harness-"
-TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")
+TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")  # what harness/tables.py renders
 
 
 class OptionError(ValueError):
@@ -123,12 +123,31 @@ def _folder(text: str) -> Path:
     return Path(text)
 
 
+def _name(kind: str) -> Callable[[str], str]:
+    """One registered name (a command's single attack, defense or dataset)."""
+
+    def parse(text: str) -> str:
+        from harness import registry
+
+        {"defense": registry.DEFENSES, "dataset": registry.DATASETS}[kind].get(text)
+        return text
+
+    return parse
+
+
+# The front ends: the pytest plugin, `harness run`, and the commands on a user's own encoder and files.
+PYTEST, RUN = "pytest", "run"
+SESSION = (PYTEST, RUN)  # the options of a harness session (Settings)
+FILES = ("scan", "purify", "evaluate")  # the commands that read a user's encoder and run on a device
+ENCODER_FILE = (*FILES, "convert")  # the commands that read an encoder file in any layout
+
+
 @dataclass(frozen=True)
 class Option:
-    """One row of the table: a setting, its flag, its default and its parser."""
+    """One row of the table: a setting, its flag, its default, its parser and the front ends that take it."""
 
-    name: str  # the Settings field
-    flag: str  # as pytest spells it
+    name: str  # the Settings field, or the command's argument
+    flag: str  # as pytest spells it; a name without dashes is a command's positional argument
     default: Any  # the value when the option is not given (already parsed)
     help: str  # without the default, which is appended
     parse: Callable[[str], Any] | None = None  # None: the text itself
@@ -136,7 +155,9 @@ class Option:
     kind: str = "value"  # "value", "flag" (store_true) or "list" (repeatable)
     choices: tuple[str, ...] | None = None
     shown_default: str | None = None  # how the help names the default, when not str(default)
-    run: bool = True  # also an option of `harness run`
+    fronts: tuple[str, ...] = SESSION  # "pytest", "run", and the `harness` commands that take it
+    required: tuple[str, ...] = ()  # the commands where it must be given
+    aliases: tuple[str, ...] = ()  # more flags the commands take
 
     @property
     def dest(self) -> str:
@@ -144,14 +165,18 @@ class Option:
         return f"harness_{self.name}"
 
     @property
+    def positional(self) -> bool:
+        return not self.flag.startswith("-")
+
+    @property
     def cli_flags(self) -> tuple[str, ...]:
-        """`harness run` takes the short form as well as pytest's."""
+        """The `harness` commands take the short form as well as pytest's."""
         if not self.flag.startswith(PREFIX):
-            return (self.flag,)
-        return ("--" + self.flag[len(PREFIX):], self.flag)
+            return (self.flag, *self.aliases)
+        return ("--" + self.flag[len(PREFIX):], self.flag, *self.aliases)
 
     def help_text(self) -> str:
-        if self.kind == "flag":
+        if self.kind == "flag" or self.positional or (self.default is None and self.required and self.shown_default is None):
             return self.help
         shown = self.shown_default if self.shown_default is not None else str(self.default)
         return f"{self.help} (default: {shown})".replace("%", "%%")
@@ -164,52 +189,90 @@ OPTIONS: tuple[Option, ...] = (
            _names("defense"), "NAMES", shown_default=ALL),
     Option("downstream", "--downstream", None, "comma list of downstream datasets, or 'all' for the profile's",
            _names("dataset"), "NAMES", shown_default=ALL),
-    Option("profile", "--harness-profile", "tiny", "sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), gpu (one GPU, Fashion-MNIST), paper (GPU, CIFAR10)",
-           _profile_name, "NAME"),
+    Option("profile", "--harness-profile", "tiny", "sizes and budgets: tiny (CPU, minutes), small (CPU, ~1 h), gpu (one GPU, "
+           "Fashion-MNIST), paper (GPU, CIFAR10); scan prints its measured detection rates, purify its defense budget",
+           _profile_name, "NAME", fronts=(*SESSION, *FILES, "list")),
     Option("overrides", "--harness-set", (), "override a profile field, e.g. --harness-set ssl_epochs=5 (repeatable)",
-           None, "FIELD=VALUE", kind="list", shown_default="none"),
-    Option("seed", "--harness-seed", 0, "first seed", _whole(0), "N"),
+           None, "FIELD=VALUE", kind="list", shown_default="none", fronts=(*SESSION, "purify", "evaluate")),
+    Option("seed", "--harness-seed", 0, "first seed", _whole(0), "N", fronts=(*SESSION, *FILES)),
     Option("seeds", "--harness-seeds", 1, "repeat every row over N seeds; tables show mean ± 95% CI", _whole(1), "N"),
     Option("device", "--harness-device", "auto", "cpu, cuda, cuda:N or auto (CUDA when present; one GPU per xdist worker)",
-           _device, "DEVICE"),
+           _device, "DEVICE", fronts=(*SESSION, *FILES)),
     Option("precision", "--harness-precision", "fp32", "of the training stages: fp32, or bf16 (autocast of the forwards); rows of "
-           "different precisions are never merged", None, "PRECISION", choices=("fp32", "bf16")),
+           "different precisions are never merged", None, "PRECISION", choices=("fp32", "bf16"), fronts=(*SESSION, "purify")),
     Option("deterministic", "--harness-deterministic", False, "ask PyTorch for deterministic algorithms (and no cuDNN autotuning); "
            "slower on a GPU, and README says what it does not cover", kind="flag"),
     Option("data_root", "--harness-data-root", None,
            "folder holding the datasets in torchvision's layout (Fashion-MNIST also from Debian's package)", _folder, "DIR",
-           shown_default="none"),
+           shown_default="none", fronts=(*SESSION, "evaluate", "export")),
     Option("download", "--harness-download", False, "let torchvision download missing datasets into --harness-data-root (needs a network)",
-           kind="flag"),
+           kind="flag", fronts=(*SESSION, "evaluate")),
     Option("suspect", "--harness-suspect", None,
            "test your own encoder file (any layout `harness scan` reads) in place of the attacks; needs --harness-trigger "
            "and --harness-target, which only evaluation sees", _folder, "FILE", shown_default="none"),
-    Option("trigger", "--harness-trigger", None, "the --harness-suspect's trigger: a registered trigger, an image (RGBA) or .safetensors",
-           None, "NAME|FILE", shown_default="none"),
-    Option("target", "--harness-target", None, "the --harness-suspect's target class", _whole(0), "N", shown_default="none"),
+    Option("trigger", "--harness-trigger", None, "the backdoor's trigger (of --harness-suspect, or of the encoder evaluated): a "
+           "registered trigger, an image (RGBA, or with --trigger-mask) or .safetensors", None, "NAME|FILE", shown_default="none",
+           fronts=(*SESSION, "evaluate"), required=("evaluate",)),
+    Option("target", "--harness-target", None, "the backdoor's target class (of --harness-suspect, or of the encoder evaluated)",
+           _whole(0), "N", shown_default="none", fronts=(*SESSION, "evaluate"), required=("evaluate",)),
     Option("clean_encoder", "--harness-clean-encoder", None,
            "your own clean encoder file in place of pre-training (the controls, the exposure's baseline, what attacks tamper with)",
            _folder, "FILE", shown_default="none"),
-    Option("image_size", "--harness-image-size", None, "input size your encoder files take (default: their layout's)", _whole(1), "N",
-           shown_default="the layout's"),
+    Option("image_size", "--harness-image-size", None, "input size your encoder files take (e.g. 224 for ImageNet stems)", _whole(1),
+           "N", shown_default="the layout's", fronts=(*SESSION, *FILES)),
     Option("mean", "--harness-mean", None, "input normalisation mean of your encoder files", three_numbers, "R,G,B",
-           shown_default="the layout's"),
+           shown_default="the layout's", fronts=(*SESSION, *FILES)),
     Option("std", "--harness-std", None, "input normalisation std of your encoder files", three_numbers, "R,G,B",
-           shown_default="the layout's"),
+           shown_default="the layout's", fronts=(*SESSION, *FILES)),
     Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
     Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),
-    Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT", choices=TABLE_FORMATS),
+    Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT",
+           choices=TABLE_FORMATS, fronts=(*SESSION, "table"), aliases=("--format",)),
     Option("gate", "--harness-gate", (), "bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5'", _gates, "GATES",
-           shown_default="none", run=False),
+           shown_default="none", fronts=(PYTEST,)),
     Option("baseline", "--harness-baseline", None,
            "fail a row whose ASR(non-target) rose or ACC fell beyond --harness-baseline-tolerance against this saved file",
-           _folder, "FILE", shown_default="none", run=False),
+           _folder, "FILE", shown_default="none", fronts=(PYTEST,)),
     Option("update_baseline", "--harness-update-baseline", False,
-           "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", run=False),
+           "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", fronts=(PYTEST,)),
     Option("baseline_tolerance", "--harness-baseline-tolerance", 2.0, "percentage points a row may move against the baseline",
-           _points, "POINTS", shown_default="2", run=False),
+           _points, "POINTS", shown_default="2", fronts=(PYTEST,)),
+    # The commands' own arguments.
+    Option("encoder", "encoder", None, ".safetensors, or a weights-only PyTorch state dict (.pt/.pth), in any recognised layout",
+           _folder, "ENCODER", fronts=ENCODER_FILE),
+    Option("arch", "--arch", None, "override the architecture recognised from the tensor shapes (resnet18, resnet34, resnet50, "
+           "each also *_imagenet)", None, "ARCH", shown_default="recognised", fronts=ENCODER_FILE),
+    Option("key_prefix", "--key-prefix", "", "where the encoder's tensors are, e.g. 'model.encoder.'", None, "PREFIX",
+           shown_default="none", fronts=ENCODER_FILE),
+    Option("key_map", "--key-map", (), "rewrite tensor names (re.sub, in order) into a known layout; '' leaves a tensor out of the "
+           "encoder (repeatable)", None, "REGEX=REPLACEMENT", kind="list", shown_default="none", fronts=ENCODER_FILE),
+    Option("data", "--data", None, "folder of unlabeled clean images (flat, or one sub-folder per class)", _folder, "IMAGES",
+           fronts=("scan", "purify"), required=("scan", "purify")),
+    Option("steps", "--steps", 400, "trigger-inversion steps", _whole(1), "N", fronts=("scan",)),
+    Option("purify_defense", "--defense", "mimic", "the registered defense to run", _name("defense"), "NAME", fronts=("purify",)),
+    Option("task", "--downstream", None, "registered downstream dataset, e.g. fmnist, digits, gtsrb", _name("dataset"), "NAME",
+           fronts=("evaluate",), required=("evaluate",)),
+    Option("trigger_mask", "--trigger-mask", None, "grayscale mask image for an opaque --trigger image", _folder, "FILE",
+           shown_default="none", fronts=("evaluate",)),
+    Option("layout", "--layout", None, "the layout to write: harness, torchvision, badencoder, moco or solo-learn", None, "LAYOUT",
+           choices=("harness", "torchvision", "badencoder", "moco", "solo-learn"), fronts=("convert",), required=("convert",)),
+    Option("dataset", "--dataset", "fmnist", "registered dataset whose images to write", _name("dataset"), "NAME", fronts=("export",)),
+    Option("split", "--split", "test", "which split", None, "SPLIT", choices=("train", "test"), fronts=("export",)),
+    Option("count", "--count", 200, "how many images", _whole(1), "N", fronts=("export",)),
+    Option("offset", "--offset", 0, "index of the first image", _whole(0), "N", fronts=("export",)),
+    Option("json", "--json", None, "also write the verdict or metrics and their evidence as JSON", _folder, "REPORT.json",
+           shown_default="none", fronts=("scan", "evaluate")),
+    Option("out", "--out", None, "where to write: purify's .safetensors (OUT.<layout><input suffix> holds it in the input's "
+           "layout), convert's .pt/.pth or .safetensors, export's folder of PNG files", _folder, "PATH",
+           fronts=("purify", "convert", "export"), required=("purify", "convert", "export")),
+    Option("force", "--force", False, "replace output files that exist (never an input)", kind="flag",
+           fronts=(*ENCODER_FILE, "export")),
+    Option("rows_dir", "results_dir", None, "a results directory: its rows.jsonl", _folder, "RESULTS_DIR", fronts=("table",)),
+    Option("what", "what", None, "attacks, defenses, profiles, or a profile's fields", None, "WHAT",
+           choices=("attacks", "defenses", "profiles", "fields"), fronts=("list",)),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
+SESSION_OPTIONS = tuple(o for o in OPTIONS if PYTEST in o.fronts)  # the pytest plugin's, and Settings' fields
 
 
 @dataclass(frozen=True)
@@ -271,7 +334,7 @@ class Settings:
 
 def given(values: Mapping[str, Any]) -> bool:
     """Whether any harness option was given (not given: None, as both front ends register them)."""
-    return any(values.get(o.name) not in (None, False) for o in OPTIONS)
+    return any(values.get(o.name) not in (None, False) for o in SESSION_OPTIONS)
 
 
 def resolve(values: Mapping[str, Any]) -> Settings:
@@ -280,7 +343,7 @@ def resolve(values: Mapping[str, Any]) -> Settings:
     Raises OptionError whose message names the option, for one-line usage errors.
     """
     parsed: dict[str, Any] = {}
-    for opt in OPTIONS:
+    for opt in SESSION_OPTIONS:
         raw = values.get(opt.name)
         if raw is None or (opt.kind == "flag" and raw is False):
             parsed[opt.name] = opt.default
@@ -308,7 +371,7 @@ def resolve(values: Mapping[str, Any]) -> Settings:
 
 def _check_together(s: Settings) -> None:
     """What no single parser can see: folders, option pairs."""
-    flag = {o.name: o.flag for o in OPTIONS}
+    flag = {o.name: o.flag for o in SESSION_OPTIONS}
     if s.data_root is not None and not s.data_root.is_dir():
         raise OptionError(f"{flag['data_root']} {s.data_root} is not a folder")
     for name in ("results_dir", "cache_dir"):
@@ -352,10 +415,36 @@ def _check_together(s: Settings) -> None:
         raise OptionError(f"{flag['update_baseline']} needs {flag['baseline']} FILE to write")
 
 
-def add_to_argparse(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
-    """Register `options` on an argparse parser by both their names, as text defaulting to None."""
-    for opt in options:
-        parser.add_argument(*opt.cli_flags, **argparse_kwargs(opt))
+def add_to_argparse(parser: argparse.ArgumentParser, command: str) -> None:
+    """Register the options `command` takes on its argparse parser, by both their names.
+
+    `harness run` takes them as text defaulting to None and resolves them as pytest does (`resolve`); the other
+    commands parse each value as it is read (an argparse error names the flag) and start from the table's defaults.
+    """
+    for opt in (o for o in OPTIONS if command in o.fronts):
+        if command == RUN:
+            parser.add_argument(*opt.cli_flags, **argparse_kwargs(opt))
+            continue
+        kwargs = argparse_kwargs(opt)
+        kwargs.update(dest=opt.name, default=list(opt.default) if opt.kind == "list" else opt.default)
+        if opt.parse is not None and opt.kind != "flag":
+            kwargs["type"] = _argparse_type(opt)
+        if opt.positional:
+            kwargs.pop("dest"), kwargs.pop("default")
+            parser.add_argument(opt.name, **kwargs)
+        else:
+            parser.add_argument(*opt.cli_flags, required=command in opt.required, **kwargs)
+
+
+def _argparse_type(opt: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return opt.parse(text)
+        except (ValueError, KeyError) as e:  # KeyError: the registries' UnknownNameError
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = opt.metavar or opt.name  # what argparse calls the type in its "invalid ... value" error
+    return parse
 
 
 def argparse_kwargs(opt: Option) -> dict[str, Any]:
@@ -373,11 +462,11 @@ def argparse_kwargs(opt: Option) -> dict[str, Any]:
 
 
 def values_of(namespace: Any) -> dict[str, Any]:
-    """Raw values by option name from a parsed namespace (pytest's `config.option` or argparse's); absent: None."""
-    return {o.name: getattr(namespace, o.dest, None) for o in OPTIONS}
+    """Raw values by option name from a parsed namespace (pytest's `config.option` or `harness run`'s); absent: None."""
+    return {o.name: getattr(namespace, o.dest, None) for o in SESSION_OPTIONS}
 
 
-RUN_OPTIONS = tuple(o for o in OPTIONS if o.run)
+RUN_OPTIONS = tuple(o for o in OPTIONS if RUN in o.fronts)
 
 
 def device_for_worker(requested: str, worker: int | None, cuda_devices: int) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import pytest
 
-from harness.options import OPTIONS, OptionError, Settings, argparse_kwargs, device_for_worker, given, resolve, values_of
+from harness.options import SESSION_OPTIONS, OptionError, Settings, argparse_kwargs, device_for_worker, given, resolve, values_of
 
 if TYPE_CHECKING:
     from harness.pipeline import Workbench
@@ -41,7 +41,7 @@ ETA_EVERY = 60.0  # seconds between the session's ETA lines (none in a shorter s
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "backdoor test harness (suites/); read only when a harness session begins")
-    for opt in OPTIONS:
+    for opt in SESSION_OPTIONS:
         group.addoption(opt.flag, **argparse_kwargs(opt))
 
 

@@ -19,6 +19,7 @@ from typing import Iterable
 import pandas as pd
 from tabulate import tabulate
 
+from harness.options import TABLE_FORMATS
 from harness.rows import HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
 from harness.statistics import ci95, implant_label, paired_difference, summarise
 
@@ -247,9 +248,6 @@ def report_sections(rows: list[Row]) -> list[tuple[str, pd.DataFrame]]:
     sections.append(("detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)", verdict_table(rows)))
     sections.append(("seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)", cost_table(rows)))
     return [(title, table) for title, table in sections if len(table)]
-
-
-TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")
 
 
 def render(table: pd.DataFrame, fmt: str) -> str:

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.gates import Gate, check, check_baseline, load_baseline, parse_gates, save_baseline
-from tests.test_results import row
+from tests.test_tables import row
 
 
 def test_parse_gates():

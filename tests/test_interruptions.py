@@ -33,7 +33,7 @@ WRITER = textwrap.dedent("""
     from harness.store import ArtifactStore
     from harness.models import build_encoder
     from harness.rows import ResultsStore
-    from tests.test_results import row
+    from tests.test_tables import row
 
     cache, out, run, stall_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     writes = 0

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from harness.cli import build_parser, main
 from harness.options import (
-    BY_NAME, OPTIONS, RUN_OPTIONS, OptionError, Settings,
+    BY_NAME, OPTIONS, RUN_OPTIONS, SESSION_OPTIONS, OptionError, Settings,
     device_for_worker, resolve, values_of,
 )
 from harness.planner import chosen_attacks, chosen_defenses, chosen_downstream, plan, planned_rows
@@ -19,22 +19,22 @@ from harness.registry import ATTACKS, DEFENSES
 ATTACKS.names(), DEFENSES.names()  # the method packages imported before pytester's in-process runs, which drop what they import
 pytest_plugins = ["pytester"]
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-VALUE_OPTIONS = [o.name for o in OPTIONS if o.kind == "value"]
+VALUE_OPTIONS = [o.name for o in SESSION_OPTIONS if o.kind == "value"]
 
 
 def test_every_option_is_a_setting_and_every_setting_an_option():
     derived = ["resolved_profile"]  # what resolve computes from the options
-    assert [o.name for o in OPTIONS] + derived == [f.name for f in dataclasses.fields(Settings)]
+    assert [o.name for o in SESSION_OPTIONS] + derived == [f.name for f in dataclasses.fields(Settings)]
 
 
 def test_nothing_given_means_the_tables_defaults():
     settings_ = resolve({})
-    assert all(getattr(settings_, o.name) == o.default for o in OPTIONS)
+    assert all(getattr(settings_, o.name) == o.default for o in SESSION_OPTIONS)
 
 
 def test_only_the_grid_axes_go_without_the_prefix():
-    assert sorted(o.flag for o in OPTIONS if not o.flag.startswith("--harness-")) == ["--attack", "--defense", "--downstream"]
-    assert len({o.dest for o in OPTIONS}) == len(OPTIONS) and all(o.dest.startswith("harness_") for o in OPTIONS)
+    assert sorted(o.flag for o in SESSION_OPTIONS if not o.flag.startswith("--harness-")) == ["--attack", "--defense", "--downstream"]
+    assert len({o.dest for o in SESSION_OPTIONS}) == len(SESSION_OPTIONS) and all(o.dest.startswith("harness_") for o in SESSION_OPTIONS)
 
 
 @given(name=st.sampled_from(VALUE_OPTIONS), text=st.text(max_size=16))
@@ -171,3 +171,28 @@ def test_harness_list_names_what_a_command_line_can_use(capsys):
     assert "[supervised" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("badnets"))
     assert main(["list", "fields", "--profile", "small"]) == 0
     assert "width                    int              32" in capsys.readouterr().out
+
+
+def test_every_command_takes_its_options_from_the_one_table():
+    """Each `harness` command's parser has exactly the table's options for it (and --help, --debug), by their flags."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps its subparsers there
+    for name, command in commands.items():
+        flags = {f for action in command._actions for f in action.option_strings} - {"-h", "--help", "--debug"}
+        positional = {action.dest for action in command._actions if not action.option_strings}
+        expected = [o for o in OPTIONS if name in o.fronts]
+        assert flags == {f for o in expected if not o.positional for f in o.cli_flags}, name
+        assert positional == {o.name for o in expected if o.positional}, name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["scan", "enc.pt", "--data", "d", "--seed", "-1"], "argument --seed/--harness-seed: expected a number >= 0, got -1"),
+    (["purify", "enc.pt", "--data", "d", "--out", "o.safetensors", "--defense", "nope"], "unknown defense 'nope'"),
+    (["evaluate", "enc.pt", "--downstream", "mnist", "--trigger", "patch", "--target", "1"], "unknown dataset 'mnist'"),
+    (["evaluate", "enc.pt", "--downstream", "fmnist", "--trigger", "patch"], "the following arguments are required: --target"),
+    (["scan", "enc.pt", "--data", "d", "--mean", "1,2"], "argument --mean/--harness-mean: takes three comma-separated numbers"),
+])
+def test_a_commands_bad_option_is_one_line_naming_it(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

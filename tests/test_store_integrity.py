@@ -26,7 +26,7 @@ from harness.store import ArtifactStore
 from harness.models import build_encoder
 from harness.plots import sweep_plots
 from harness.rows import ResultsStore, to_frame
-from tests.test_results import row
+from tests.test_tables import row
 
 
 def _encoder_build(calls: list, width: int = 4):
