@@ -1,4 +1,4 @@
-"""The harness as a pytest plugin: options, the session state, fixtures, the summary table.
+"""The harness as a pytest plugin: its options, hooks and fixture, and the helpers suites parametrise and skip with.
 
 Loaded through the `pytest11` entry point when the package is installed, and by
 the repository's root conftest otherwise, so it sits in every pytest run of the
@@ -9,34 +9,27 @@ A session begins in pytest_configure when a harness option was given or an
 initial conftest asks (suites/conftest.py), or else when a suite first asks for
 it while being collected.
 
-Progress goes to the standard logger "harness" at INFO: pytest captures it with
-each test's output and shows it live with `--log-cli-level=INFO`; pytest-xdist
-workers, which have no terminal, write it to stderr prefixed with their id.
+The session's state is harness/session.py's; its progress, harness/pytest_progress.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
-import sys
-import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import pytest
 
-from harness.options import SESSION_OPTIONS, OptionError, Settings, argparse_kwargs, device_for_worker, given, resolve, values_of
+from harness.options import SESSION_OPTIONS, OptionError, argparse_kwargs, given, resolve, values_of
+from harness.pytest_progress import EtaReporter, WorkerStderr, live_logging, log_level, pytest_session_key
+from harness.session import HarnessSession
 
 if TYPE_CHECKING:
-    from harness.pipeline import Workbench
     from harness.planner import Case
-    from harness.profiles import Profile
     from harness.rows import Row
-    from harness.rowspec import RowSpec
 
 LOG = logging.getLogger("harness")
-ETA_EVERY = 60.0  # seconds between the session's ETA lines (none in a shorter session)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,199 +38,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(opt.flag, **argparse_kwargs(opt))
 
 
-class HarnessSession:
-    """Everything the harness keeps for one pytest session; built lazily, rows collected as tests make them."""
-
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        self.config = config
-        self.settings = settings
-        self.profile_name: str = settings.profile
-        self.overrides: list[str] = list(settings.overrides)
-        self.seeds = settings.seed_list
-        self.gates = settings.gate
-        self._rows: dict[tuple, Row] = {}  # by `Row.identity`: what the summary shows
-        self._requests: dict[RowSpec, Row] = {}  # by what a test asked for
-        self._worker_rows: list[Row] = []  # as pytest-xdist's controller: the rows its workers made
-        self._workbench: Workbench | None = None
-        self.header_shown = False
-        self.baseline: dict | None = None
-        if settings.baseline is not None and not settings.update_baseline:
-            from harness.gates import load_baseline
-
-            try:
-                self.baseline = load_baseline(settings.baseline)
-            except ValueError as e:
-                raise pytest.UsageError(str(e)) from None
-
-    @property
-    def profile(self) -> "Profile":
-        return self.settings.resolved_profile
-
-    @property
-    def device(self) -> str:
-        """The device this process builds on: under pytest-xdist with several GPUs, one per worker."""
-        import torch
-
-        return device_for_worker(self.settings.device, worker_number(self.config), torch.cuda.device_count())
-
-    @property
-    def workbench(self) -> "Workbench":
-        if self._workbench is None:
-            self._workbench = self.settings.workbench(self.device)
-        return self._workbench
-
-    def rows(self, case: "Case") -> list["Row"]:
-        """The rows a planned case reads (harness/planner.py), in its order: its claim is about the last."""
-        return [self.row(spec) for spec in case.rows]
-
-    def row(self, spec: "RowSpec") -> "Row":
-        """The row `spec` names, built once per session. A row whose attack does not apply to the task is a skip with
-        the attack's reason; a CUDA failure, one line."""
-        from harness.contract import AttackNotApplicable
-
-        attack, defense, downstream, seed = spec.attack, spec.defense, spec.downstream, spec.seed
-        if spec not in self._requests:
-            from harness.compute import device_failure
-
-            try:
-                row = self.workbench.row(spec)
-            except AttackNotApplicable as why:
-                pytest.skip(f"{attack} on {downstream}: {why}")
-            except RuntimeError as e:  # CUDA's failures in one line, not a traceback through the harness
-                line = device_failure(e)
-                if line is None:
-                    raise
-                pytest.fail(f"{attack}-{defense}-{downstream}-seed{seed}: {line}", pytrace=False)
-            if row.identity not in self._rows:  # two specs can name one row (a control whose trigger is the profile's)
-                from harness.rows import ResultsStore
-
-                ResultsStore(self.settings.results_dir).append(row)
-                self._rows[row.identity] = row
-            self._requests[spec] = self._rows[row.identity]
-        row = self._requests[spec]
-        if self.baseline is not None:
-            from harness.gates import check_baseline
-
-            check_baseline(row, self.baseline, self.settings.baseline_tolerance)
-        return row
-
-    def header(self) -> str:
-        from harness.compute import describe, resolve_device, resolve_precision
-
-        p, s = self.profile, self.settings
-        overrides = f" with {', '.join(self.overrides)}" if self.overrides else ""
-        live = "" if _live_logging(self.config) else "; live progress: --log-cli-level=INFO"
-        device = resolve_device(self.device)
-        compute = describe(device, resolve_precision(s.precision, device)) + (", deterministic" if s.deterministic else "")
-        return (
-            f"harness: profile {p.name}{overrides} ({p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images), "
-            f"seeds {self.seeds}, {compute} (training; evaluation fp32), cache {s.cache_dir}{live}"
-        )
-
-    def add_worker_rows(self, records: Iterable[dict]) -> None:
-        from harness.rows import Row
-
-        self._worker_rows.extend(Row.from_record(r) for r in records)
-
-    def session_rows(self) -> list["Row"]:
-        """This session's rows: those its tests made and, as pytest-xdist's controller, those its workers sent."""
-        return list(self._rows.values()) + self._worker_rows
-
-    def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.tables import render, report_sections, write_reports
-
-        rows = self.session_rows()
-        if not rows:
-            return
-        s = self.settings
-        fmt = s.table_format
-        for i, (title, table) in enumerate(report_sections(rows)):
-            write_sep("=" if i < 2 else "-", f"harness {title}")
-            for line in render(table, fmt).splitlines():
-                write_line(line)
-        paths = list(write_reports(rows, s.results_dir).values())
-        if s.update_baseline:
-            from harness.gates import save_baseline
-
-            save_baseline(rows, s.baseline)
-            paths.append(s.baseline)
-        write_line(f"written: {', '.join(str(p) for p in paths)}")
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-def eta_line(done: int, total: int, elapsed: float) -> str:
-    """`harness: 12/47 tests done in 8m03s, about 23m28s left` (the mean time per test so far, times the tests left)."""
-    left = elapsed / done * (total - done) if done else float("nan")
-    return f"harness: {done}/{total} tests done in {_minutes(elapsed)}, about {_minutes(left)} left"
-
-
-def _minutes(seconds: float) -> str:
-    if seconds != seconds:  # NaN: nothing done yet
-        return "?"
-    whole = round(seconds)
-    return f"{whole // 3600}h{whole // 60 % 60:02d}m" if whole >= 3600 else f"{whole // 60}m{whole % 60:02d}s"
-
-
-class Eta:
-    """Counts finished tests; says how far the session is at most once every ETA_EVERY seconds."""
-
-    def __init__(self, start: float) -> None:
-        self.start = self.last = start
-        self.done = 0
-
-    def finished(self, total: int, now: float) -> str | None:
-        self.done += 1
-        if now - self.last < ETA_EVERY or self.done >= total:
-            return None
-        self.last = now
-        return eta_line(self.done, total, now - self.start)
-
-
-class EtaReporter:
-    """A plugin registered in a harness session's main process (an xdist worker sees only its share of the tests)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.eta = Eta(time.monotonic())
-
-    def pytest_runtest_logfinish(self, nodeid: str) -> None:
-        session = self.config.stash.get(pytest_session_key, None)
-        line = self.eta.finished(session.testscollected if session is not None else 0, time.monotonic())
-        if line is not None:
-            LOG.info(line)
-
-
-def _live_logging(config: pytest.Config) -> bool:
-    return config.getoption("log_cli_level", None) is not None or bool(config.getini("log_cli"))
-
-
-class _WorkerStderr(logging.Handler):
-    """A pytest-xdist worker's progress, written to stderr past capture (a worker has no terminal, so no live log)."""
-
-    def __init__(self, config: pytest.Config, worker: str) -> None:
-        super().__init__()
-        self.config, self.worker = config, worker
-
-    def emit(self, record: logging.LogRecord) -> None:
-        capture = self.config.pluginmanager.get_plugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-            sys.stderr.write(f"[{self.worker}] {self.format(record)}\n")
-            sys.stderr.flush()
-
-
-def _log_level(config: pytest.Config) -> int:
-    """The live-log level the user asked for (pytest's --log-cli-level, or its ini settings)."""
-    text = config.getoption("log_cli_level", None) or config.getini("log_cli_level") or config.getini("log_level") or "WARNING"
-    return int(text) if str(text).isdigit() else logging.getLevelName(str(text).upper())
-
-
 # -- beginning a session --------------------------------------------------------------------
 
 harness_key = pytest.StashKey[HarnessSession]()
 grouped_key = pytest.StashKey[bool]()  # the controller chose --dist loadgroup for the user
-pytest_session_key = pytest.StashKey[pytest.Session]()
 
 
 def session_of(config: pytest.Config) -> HarnessSession:
@@ -263,9 +67,9 @@ def _begin(config: pytest.Config) -> None:
 
         workers = int(config.workerinput.get("workercount", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # share the cores instead of oversubscribing
-        if _live_logging(config):
-            handler = _WorkerStderr(config, config.workerinput["workerid"])
-            handler.setLevel(_log_level(config))
+        if live_logging(config):
+            handler = WorkerStderr(config, config.workerinput["workerid"])
+            handler.setLevel(log_level(config))
             LOG.addHandler(handler)
     else:
         config.pluginmanager.register(EtaReporter(config), "harness-eta")
@@ -288,12 +92,6 @@ def _dist_chosen(config: pytest.Config) -> bool:
     """Whether the user chose a pytest-xdist distribution mode (on the command line, in PYTEST_ADDOPTS or addopts)."""
     args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.getini("addopts")]
     return any(a in ("--dist", "-d") or a.startswith("--dist=") for a in args)
-
-
-def worker_number(config: pytest.Config) -> int | None:
-    """N of pytest-xdist's worker `gwN`; None outside a worker."""
-    worker = getattr(config, "workerinput", {}).get("workerid")
-    return None if worker is None else int(worker.removeprefix("gw"))
 
 
 # -- hooks ----------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.planner import Case
-from harness.plugin import Eta, _dist_chosen, eta_line
+from harness.plugin import _dist_chosen
+from harness.pytest_progress import Eta, eta_line
 from harness.registry import ATTACKS, DEFENSES
 
 # pytester's in-process runs drop the modules first imported inside them; torch cannot be imported twice in a
@@ -137,7 +138,7 @@ def test_a_nested_session_leaves_the_harness_logger_as_it_found_it(pytester):
 
 
 def test_a_long_session_logs_how_far_it_is(pytester, monkeypatch):
-    monkeypatch.setattr("harness.plugin.ETA_EVERY", 0.0)  # a line after every test, as if each took minutes
+    monkeypatch.setattr("harness.pytest_progress.ETA_EVERY", 0.0)  # a line after every test, as if each took minutes
     pytester.makepyfile(test_three="def test_a():\n    pass\n\ndef test_b():\n    pass\n\ndef test_c():\n    pass\n")
     result = pytester.runpytest("--harness-profile=tiny", "--log-cli-level=INFO")
     result.stdout.fnmatch_lines(["*harness: 1/3 tests done in 0m0?s, about 0m0?s left*", "*harness: 2/3 tests done in*"])
