@@ -1,4 +1,4 @@
-"""A content-addressed store of encoders and results, keyed by harness/keys.py.
+"""A content-addressed store of encoders and results, keyed by harness/cache_keys.py.
 
 Encoders are encoder files (harness/encoder_files.py), results JSON. Writes are
 atomic (harness/atomic.py); a file lock per key makes two workers asking for the

@@ -1,4 +1,4 @@
-"""Pieces every training loop shares: devices, seeding, batching, optimisers, progress."""
+"""Pieces every training loop shares: seeding, batching, optimisers, the epoch loop, the two-view distillation step, progress."""
 
 from __future__ import annotations
 
