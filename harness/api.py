@@ -80,7 +80,7 @@ def run_rows(settings: "Settings") -> list["Row"]:
     controls) the undefended suspect and every chosen defense. An attack that does not apply to a task is skipped, with a
     warning that says why."""
     from harness.contract import AttackNotApplicable
-    from harness.planner import chosen_attacks, plan, planned_rows
+    from harness.planner import chosen_attacks, plan, planned_rows, shard_of
 
     supervised = [a for a in settings.attack or () if a not in chosen_attacks(settings)]
     if supervised:
@@ -88,7 +88,7 @@ def run_rows(settings: "Settings") -> list["Row"]:
                          f"`pytest suites/test_generalisation.py --attack={','.join(supervised)}`")
     bench = settings.workbench()
     rows: dict[tuple, Row] = {}
-    for spec in planned_rows(plan(settings, "effectiveness")):
+    for spec in planned_rows(shard_of(plan(settings, "effectiveness"), settings.shard)):
         try:
             row = bench.row(spec)
         except AttackNotApplicable as why:

@@ -55,6 +55,21 @@ def code_version(*modules: str, packages: tuple[str, ...] = PROJECT_PACKAGES) ->
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def project_version(packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
+    """Hash of the source of every module of the project's packages: the code a row was made with, as rows record it."""
+    import importlib.util
+    import pkgutil
+
+    names = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.submodule_search_locations is None:
+            raise ValueError(f"cannot hash package {package!r}: not found")
+        names += [package] + [f"{package}.{info.name}" for info in pkgutil.iter_modules(spec.submodule_search_locations)]
+    return code_version(*names, packages=packages)
+
+
 def _closure(modules: tuple[str, ...], packages: tuple[str, ...]) -> set[str]:
     seen: set[str] = set()
     todo = list(modules)
@@ -71,7 +86,6 @@ def _closure(modules: tuple[str, ...], packages: tuple[str, ...]) -> set[str]:
 def _imports(module: str, packages: tuple[str, ...]) -> tuple[str, ...]:
     """Modules named by the import statements of `module`'s source (`from a.b import c` names a.b, or a.b.c if that is a module)."""
     import ast
-    import importlib.util
 
     tree = ast.parse(_source(module))
     found: list[str] = []
@@ -80,14 +94,30 @@ def _imports(module: str, packages: tuple[str, ...]) -> tuple[str, ...]:
             found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             found.append(node.module)
-            for alias in node.names if node.module.split(".")[0] in packages else ():
-                child = f"{node.module}.{alias.name}"
-                try:
-                    if importlib.util.find_spec(child) is not None:
-                        found.append(child)
-                except (ImportError, ValueError):
-                    pass  # `from package import name` where name is not a module
+            if node.module.split(".")[0] in packages and _is_package(node.module):
+                found.extend(f"{node.module}.{alias.name}" for alias in node.names if _has_module(node.module, alias.name))
     return tuple(found)
+
+
+@functools.lru_cache(maxsize=None)
+def _is_package(name: str) -> bool:
+    """Whether `name` is a package (only a package's names can be modules); finding out imports its parents, never it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.submodule_search_locations is not None
+
+
+def _has_module(package: str, name: str) -> bool:
+    """Whether `package.name` is a module, looked up in the package's folders without importing anything."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    return any((Path(folder) / f"{name}.py").is_file() or (Path(folder) / name / "__init__.py").is_file()
+               for folder in spec.submodule_search_locations or ())
 
 
 @functools.lru_cache(maxsize=None)
@@ -102,7 +132,7 @@ def _source(module: str) -> bytes:
 
 def clear_source_caches() -> None:
     """Forget the sources read so far, as a new process would (tests)."""
-    for cached in (_imports, _source, _source_hash):
+    for cached in (_imports, _source, _source_hash, _is_package, project_version):
         cached.cache_clear()
 
 

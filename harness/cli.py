@@ -15,7 +15,7 @@ input geometry defaults to its layout's (--image-size, --mean, --std).
 
 Exit codes:
     0  done; for scan: the detector found no trigger (which does not show that the encoder is clean)
-    1  scan: backdoor suspected
+    1  scan: backdoor suspected; gate: a defended row failed a gate or regressed
     2  bad input: an unknown name, a bad option, an unreadable or refused file or image, missing data, or an
        output that cannot be written or already exists (--force replaces it); one line on stderr
     3  internal error: one line on stderr; rerun with --debug for the traceback
@@ -39,8 +39,8 @@ EXIT_CLEAN, EXIT_SUSPECTED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 def _run(args: argparse.Namespace) -> int:
     from harness.api import run_rows
     from harness.options import resolve, values_of
+    from harness.report import write_reports
     from harness.rows import ResultsStore
-    from harness.tables import write_reports
 
     settings = resolve(values_of(args))  # OptionError (a ValueError) is a one-line usage error
     rows = run_rows(settings)
@@ -84,8 +84,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
+    from harness.report import write_reports
     from harness.rows import ResultsStore
-    from harness.tables import write_reports
 
     rows = ResultsStore(args.rows_dir).rows()
     if not rows:
@@ -331,11 +331,67 @@ def _writable_folder(folder: Path) -> None:
 
 
 def print_tables(rows: list, fmt: str) -> None:
-    """The session's titled tables (harness/tables.py `report_sections`)."""
-    from harness.tables import render, report_sections
+    """The findings, then the titled tables (harness/report.py `summary_lines`)."""
+    from harness.report import summary_lines
 
-    for title, table in report_sections(rows):
-        print(f"== {title}\n{render(table, fmt)}\n")
+    print("\n".join(summary_lines(rows, fmt)))
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """The shards' rows in one results directory, with every table and the report (harness/rows.py merge_folders)."""
+    from harness.report import write_reports
+    from harness.rows import ResultsStore, merge_folders
+
+    if args.merge_out.exists() and not args.merge_out.is_dir():
+        raise ValueError(f"{args.merge_out}: is a file; --out names a results folder")
+    store = ResultsStore(args.merge_out)
+    if store.path.exists() and not args.force:
+        raise ValueError(f"{store.path}: exists; pass --force to replace it")
+    if any(Path(os.path.realpath(d)) == Path(os.path.realpath(args.merge_out)) for d in args.merge_dirs):
+        raise ValueError(f"{args.merge_out}: is one of the shards; write the merge elsewhere")
+    rows, warnings = merge_folders(args.merge_dirs)
+    for line in warnings:
+        print(f"harness: warning: {line}", file=sys.stderr)
+    store.path.unlink(missing_ok=True)
+    for row in rows:
+        store.append(row)
+    print_tables(rows, "brief")
+    paths = write_reports(rows, args.merge_out, list(args.merge_dirs))
+    print(f"merged {len(rows)} rows from {len(args.merge_dirs)} folders into {args.merge_out} ({', '.join(p.name for p in paths.values())})")
+    return EXIT_CLEAN
+
+
+def _gate(args: argparse.Namespace) -> int:
+    """Exit 1, one line per failure, when a defended row breaks a gate or regresses against the baseline."""
+    from harness.gates import failures, load_baseline
+    from harness.rows import ResultsStore
+
+    rows = ResultsStore(args.rows_dir).rows()
+    if not rows:
+        raise ValueError(f"no rows in {args.rows_dir / 'rows.jsonl'}")
+    if not args.gate and args.baseline is None:
+        raise ValueError("give --gate BOUNDS, --baseline FILE, or both")
+    found = failures(rows, args.gate, None if args.baseline is None else load_baseline(args.baseline), args.baseline_tolerance)
+    for line in found:
+        print(f"harness gate: {line}")
+    checked = sum(r.defense != "none" and r.attack not in ("clean", "random") for r in rows)
+    print(f"harness gate: {len(found)} failure(s) in {checked} defended rows of {args.rows_dir}")
+    return 1 if found else EXIT_CLEAN
+
+
+def _report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page of the rows of one or more results directories (harness/report.py)."""
+    from harness.atomic import atomic_write_text
+    from harness.report import html_report, power_notes
+    from harness.rows import ResultsStore
+
+    _output(args.report_out, args.force, inputs=tuple(d / "rows.jsonl" for d in args.report_dirs))
+    rows = [row for folder in args.report_dirs for row in ResultsStore(folder).rows()]
+    if not rows:
+        raise ValueError(f"no rows in {', '.join(str(d / 'rows.jsonl') for d in args.report_dirs)}")
+    atomic_write_text(args.report_out, html_report(rows, list(args.report_dirs), power_notes(rows)))
+    print(f"written: {args.report_out} ({len(rows)} rows)")
+    return EXIT_CLEAN
 
 
 class _Parser(argparse.ArgumentParser):
@@ -356,6 +412,9 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, its description
     "scan": ("look for a backdoor in your own encoder (label-free trigger inversion)", ""),
     "purify": ("run a defense on your own encoder and write the purified one", ""),
     "evaluate": ("ACC and ASR of your own encoder on a downstream task, for a trigger and target you know", ""),
+    "report": ("one self-contained HTML page of one or more results directories: the finding first", ""),
+    "merge": ("join the results directories of a grid's shards into one: rows, tables, report", ""),
+    "gate": ("apply --gate and --baseline to a results directory's rows (after a merge); exit 1 on a failure", ""),
 }
 
 
@@ -367,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers = {"run": _run, "list": _list, "table": _table, "export": _export, "convert": _convert, "scan": _scan, "purify": _purify,
-                "evaluate": _evaluate}
+                "evaluate": _evaluate, "report": _report, "merge": _merge, "gate": _gate}
     for name, (helptext, description) in COMMANDS.items():
         cmd = sub.add_parser(name, help=helptext, description=description or helptext)
         add_to_argparse(cmd, name)

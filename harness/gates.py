@@ -9,6 +9,7 @@ which metric, its value, the bound and the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import re
@@ -96,6 +97,29 @@ def save_baseline(rows: list[Row], path: Path, merge: bool = True) -> None:
     data = load_baseline(path) if merge and Path(path).exists() else {}
     data.update({baseline_key(r): {"acc": r.acc, "asr_all": r.asr_all, "asr_nontarget": r.asr_nontarget} for r in rows})
     atomic_write_text(Path(path), json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+
+
+def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[str, float]] | None = None,
+             tolerance: float = 2.0) -> list[str]:
+    """What `harness gate` reports: each defended row that breaks a gate or regresses against the baseline, one line each.
+
+    A defended row is read against the undefended row of its suspect (same identity, defense `none`, its own
+    variant where there is one, else the plain row), as the suites read it.
+    """
+    undefended = {r.identity: r for r in rows if r.defense == "none"}
+    found = []
+    for row in rows:
+        if row.defense == "none" or row.attack in ("clean", "random"):
+            continue
+        plain = dataclasses.replace(row, defense="none")
+        reference = undefended.get(plain.identity) or undefended.get(dataclasses.replace(plain, variant="").identity)
+        for check_one in [*(lambda g=g: check(row, g, reference) for g in gates),
+                          *([lambda: check_baseline(row, baseline, tolerance)] if baseline is not None else [])]:
+            try:
+                check_one()
+            except (AssertionError, ValueError) as e:
+                found.append(str(e))
+    return found
 
 
 def check_baseline(row: Row, baseline: dict[str, dict[str, float]], tolerance: float) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 ALL = "all"
 PREFIX = "--harness-"
 TABLE_FORMATS = ("terminal", "markdown", "latex", "csv", "json")  # what harness/tables.py renders
+SUMMARY_FORMATS = (*TABLE_FORMATS, "brief")  # brief: the findings alone on the terminal, every table in the files
 
 
 class OptionError(ValueError):
@@ -117,6 +118,18 @@ def _gates(text: str) -> tuple["Gate", ...]:
     return parse_gates(text)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """'I/N': this machine runs shard I of N (1 <= I <= N)."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = int(i), int(n)
+    except ValueError:
+        shard = (0, 0)
+    if not sep or not 1 <= shard[0] <= shard[1]:
+        raise ValueError(f"takes I/N with 1 <= I <= N, e.g. 2/4, got {text!r}")
+    return shard
+
+
 def _folder(text: str) -> Path:
     if not text or "\0" in text:
         raise ValueError(f"expected a path, got {text!r}")
@@ -198,6 +211,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("seeds", "--harness-seeds", 1, "repeat every row over N seeds; tables show mean ± 95% CI", _whole(1), "N"),
     Option("device", "--harness-device", "auto", "cpu, cuda, cuda:N or auto (CUDA when present; one GPU per xdist worker)",
            _device, "DEVICE", fronts=(*SESSION, *FILES)),
+    Option("shard", "--harness-shard", None, "run shard I of N of the grid (I/N); a suspect's tests stay in one shard; "
+           "`harness merge` joins the shards' results folders", _shard, "I/N", shown_default="all"),
     Option("precision", "--harness-precision", "fp32", "of the training stages: fp32, or bf16 (autocast of the forwards); rows of "
            "different precisions are never merged", None, "PRECISION", choices=("fp32", "bf16"), fronts=(*SESSION, "purify")),
     Option("deterministic", "--harness-deterministic", False, "ask PyTorch for deterministic algorithms (and no cuDNN autotuning); "
@@ -226,17 +241,18 @@ OPTIONS: tuple[Option, ...] = (
            shown_default="the layout's", fronts=(*SESSION, *FILES)),
     Option("cache_dir", "--harness-cache-dir", Path(".harness-cache"), "content-addressed store of encoders and results", _folder, "DIR"),
     Option("results_dir", "--harness-results-dir", Path("harness-results"), "where rows, tables and timings are written", _folder, "DIR"),
-    Option("table_format", "--harness-table-format", "terminal", "format of the summary table: " + ", ".join(TABLE_FORMATS), None, "FORMAT",
-           choices=TABLE_FORMATS, fronts=(*SESSION, "table"), aliases=("--format",)),
+    Option("table_format", "--harness-table-format", "terminal", "format of the summary's tables after its findings: "
+           + ", ".join(TABLE_FORMATS) + ", or brief (the findings alone; every table is written to files either way)", None, "FORMAT",
+           choices=SUMMARY_FORMATS, fronts=(*SESSION, "table"), aliases=("--format",)),
     Option("gate", "--harness-gate", (), "bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5'", _gates, "GATES",
-           shown_default="none", fronts=(PYTEST,)),
+           shown_default="none", fronts=(PYTEST, "gate")),
     Option("baseline", "--harness-baseline", None,
            "fail a row whose ASR(non-target) rose or ACC fell beyond --harness-baseline-tolerance against this saved file",
-           _folder, "FILE", shown_default="none", fronts=(PYTEST,)),
+           _folder, "FILE", shown_default="none", fronts=(PYTEST, "gate")),
     Option("update_baseline", "--harness-update-baseline", False,
            "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", fronts=(PYTEST,)),
     Option("baseline_tolerance", "--harness-baseline-tolerance", 2.0, "percentage points a row may move against the baseline",
-           _points, "POINTS", shown_default="2", fronts=(PYTEST,)),
+           _points, "POINTS", shown_default="2", fronts=(PYTEST, "gate")),
     # The commands' own arguments.
     Option("encoder", "encoder", None, ".safetensors, or a weights-only PyTorch state dict (.pt/.pth), in any recognised layout",
            _folder, "ENCODER", fronts=ENCODER_FILE),
@@ -266,8 +282,14 @@ OPTIONS: tuple[Option, ...] = (
            "layout), convert's .pt/.pth or .safetensors, export's folder of PNG files", _folder, "PATH",
            fronts=("purify", "convert", "export"), required=("purify", "convert", "export")),
     Option("force", "--force", False, "replace output files that exist (never an input)", kind="flag",
-           fronts=(*ENCODER_FILE, "export")),
-    Option("rows_dir", "results_dir", None, "a results directory: its rows.jsonl", _folder, "RESULTS_DIR", fronts=("table",)),
+           fronts=(*ENCODER_FILE, "export", "report", "merge")),
+    Option("report_dirs", "results_dirs", (), "results directories whose rows.jsonl the page shows", _folder, "RESULTS_DIR",
+           kind="list", fronts=("report",)),
+    Option("report_out", "--out", Path("report.html"), "the HTML file to write", _folder, "REPORT.html", fronts=("report",)),
+    Option("rows_dir", "results_dir", None, "a results directory: its rows.jsonl", _folder, "RESULTS_DIR", fronts=("table", "gate")),
+    Option("merge_dirs", "results_dirs", (), "the shards' results directories", _folder, "RESULTS_DIR", kind="list", fronts=("merge",)),
+    Option("merge_out", "--out", None, "the results directory to write the merged rows, tables and report into", _folder, "DIR",
+           fronts=("merge",), required=("merge",)),
     Option("what", "what", None, "attacks, defenses, profiles, or a profile's fields", None, "WHAT",
            choices=("attacks", "defenses", "profiles", "fields"), fronts=("list",)),
 )
@@ -287,6 +309,7 @@ class Settings:
     seed: int
     seeds: int
     device: str
+    shard: tuple[int, int] | None  # (i, n): this machine's share of the grid (harness/planner.py shard_of)
     precision: str  # fp32 or bf16 (harness/compute.py)
     deterministic: bool
     data_root: Path | None
@@ -431,6 +454,8 @@ def add_to_argparse(parser: argparse.ArgumentParser, command: str) -> None:
             kwargs["type"] = _argparse_type(opt)
         if opt.positional:
             kwargs.pop("dest"), kwargs.pop("default")
+            if opt.kind == "list":
+                kwargs.update(action="store", nargs="+")
             parser.add_argument(opt.name, **kwargs)
         else:
             parser.add_argument(*opt.cli_flags, required=command in opt.required, **kwargs)
@@ -470,8 +495,17 @@ RUN_OPTIONS = tuple(o for o in OPTIONS if RUN in o.fronts)
 
 
 def device_for_worker(requested: str, worker: int | None, cuda_devices: int) -> str:
-    """The device a process builds on: pytest-xdist's worker N takes GPU N mod the count when the device is
-    `auto` or `cuda`, so several GPUs each carry one worker; cpu and an explicit `cuda:N` are kept as given."""
+    """The device a process builds on: pytest-xdist's worker N takes GPU N (mod the count: `cuda` shares GPUs between
+    workers when there are more workers, `auto` refuses that in `gpu_workers_fit`); cpu and an explicit `cuda:N` are
+    kept as given."""
     if worker is None or cuda_devices == 0 or requested not in ("auto", "cuda"):
         return requested
     return f"cuda:{worker % cuda_devices}"
+
+
+def gpu_workers_fit(requested: str, workers: int, cuda_devices: int) -> None:
+    """Refuse, in one line, more pytest-xdist workers than GPUs with `--harness-device auto`: two workers on one GPU
+    only when asked (`--harness-device cuda`)."""
+    if requested == "auto" and cuda_devices and workers > cuda_devices:
+        raise OptionError(f"-n {workers} would put two workers on one of this machine's {cuda_devices} GPU(s); use -n {cuda_devices} "
+                          "(or -n auto), or --harness-device cuda to share them")

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from harness.cache_keys import artifact_key, code_version
+from harness.cache_keys import artifact_key, code_version, project_version
 from harness.store import ArtifactStore
 from harness.augment import AugmentConfig
 from harness.compute import describe, resolve_precision
@@ -464,7 +464,8 @@ class Workbench:
             evaluation = {"probe": dataclasses.asdict(self.probe_config())}
         seconds["evaluate"] = metrics["seconds"]
         settings = RowSettings.from_dict({
-            "compute": {"device": describe(self.device, self.precision), "precision": self.precision},
+            "code": project_version(),
+            "compute": {"device": describe(self.device, self.precision), "precision": self.precision, "torch": torch.__version__},
             "profile": dataclasses.asdict(self.profile),
             "profile_changes": changed_fields(self.profile),
             **evaluation,

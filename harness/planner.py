@@ -105,6 +105,18 @@ def plan(settings: "Settings", suite: str) -> list[Case]:
     return planners[suite](settings)
 
 
+def shard_of(cases: Iterable[Case], shard: tuple[int, int] | None) -> list[Case]:
+    """The cases of shard i of n. Cases that share a suspect (an xdist group; a case without one counts alone) go to one
+    shard, so each suspect is built on one machine; the suspects are dealt out round-robin in the plan's order, so the
+    shards get even shares and every machine, given the same options, computes the same split."""
+    cases = list(cases)
+    if shard is None:
+        return cases
+    i, n = shard
+    order = {key: k % n for k, key in enumerate(dict.fromkeys(c.group or c.id for c in cases))}
+    return [c for c in cases if order[c.group or c.id] == i - 1]
+
+
 def planned_rows(cases: Iterable[Case]) -> list[RowSpec]:
     """The rows the cases read, each once, in the order they are first read."""
     return list(dict.fromkeys(spec for case in cases for spec in case.rows))

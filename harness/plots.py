@@ -39,19 +39,19 @@ def sweep_points(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
-    """Write `plot-<suite>-<sweep>.png` (both through `file_part`) for every sweep in the rows; returns the paths written."""
+def sweep_figures(frame: pd.DataFrame) -> list[tuple[str, bytes]]:
+    """One PNG per sweep in the rows: (`plot-<suite>-<sweep>.png`, both through `file_part`; its bytes)."""
     points = sweep_points(frame)
     if points.empty:
         return []
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    from harness.atomic import atomic_write
-
-    paths = []
+    figures = []
     for (suite, sweep), group in points.groupby(["suite", "sweep"], sort=True):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         for i, ((attack, downstream, defense), line) in enumerate(group.groupby(["attack", "downstream", "defense"], sort=True)):
@@ -66,8 +66,19 @@ def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="best")
         fig.tight_layout()
-        path = Path(root) / f"plot-{file_part(suite)}-{file_part(sweep)}.png"
-        atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
-        paths.append(path)
+        figures.append((f"plot-{file_part(suite)}-{file_part(sweep)}.png", png.getvalue()))
+    return figures
+
+
+def sweep_plots(frame: pd.DataFrame, root: Path) -> list[Path]:
+    """Write every sweep's PNG (`sweep_figures`) into `root`; returns the paths written."""
+    from harness.atomic import atomic_write_bytes
+
+    paths = []
+    for name, png in sweep_figures(frame):
+        paths.append(Path(root) / name)
+        atomic_write_bytes(paths[-1], png)
     return paths

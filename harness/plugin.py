@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import pytest
 
-from harness.options import SESSION_OPTIONS, OptionError, argparse_kwargs, given, resolve, values_of
+from harness.options import SESSION_OPTIONS, OptionError, argparse_kwargs, given, gpu_workers_fit, resolve, values_of
 from harness.pytest_progress import EtaReporter, WorkerStderr, live_logging, log_level, pytest_session_key
 from harness.session import HarnessSession
 
@@ -73,6 +73,14 @@ def _begin(config: pytest.Config) -> None:
             LOG.addHandler(handler)
     else:
         config.pluginmanager.register(EtaReporter(config), "harness-eta")
+        workers = getattr(config.option, "numprocesses", None)
+        if isinstance(workers, int) and workers > 1 and session_of(config).settings.device in ("auto", "cuda"):
+            import torch
+
+            try:
+                gpu_workers_fit(session_of(config).settings.device, workers, torch.cuda.device_count())
+            except OptionError as e:
+                raise pytest.UsageError(str(e)) from None
         if getattr(config.option, "numprocesses", None) and config.option.dist == "load" and not _dist_chosen(config):
             config.option.dist = "loadgroup"  # xdist chose `load` for -n; keep each suspect's tests on one worker
             config.stash[grouped_key] = True
@@ -115,9 +123,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In a pytest-xdist worker under --dist loadgroup, suffix each grouped test's id with its group where xdist's
-    own suffix did not take: xdist writes a field pytest 9.2's structured ids no longer read, and the tests would
-    silently spread (pytest-dev/pytest-xdist#1386). A no-op where xdist's suffix works."""
+    """--harness-shard I/N: deselect the other shards' cases (`_deselect_other_shards`). Then, in a pytest-xdist worker
+    under --dist loadgroup, suffix each grouped test's id with its group where xdist's own suffix did not take: xdist
+    writes a field pytest 9.2's structured ids no longer read, and the tests would silently spread
+    (pytest-dev/pytest-xdist#1386). A no-op where xdist's suffix works."""
+    _deselect_other_shards(config, items)
     if not hasattr(config, "workerinput") or not config.getvalue("loadgroup"):
         return
     for item in items:
@@ -125,6 +135,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         suffix = "@" + "_".join(groups)
         if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
             item._id = type(item._id).parse(item.nodeid + suffix)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` on a machine with GPUs: one worker per GPU (pytest-xdist's own choice, a worker per CPU, elsewhere)."""
+    if config.stash.get(harness_key, None) is None or session_of(config).settings.device not in ("auto", "cuda"):
+        return None
+    import torch
+
+    return torch.cuda.device_count() or None
+
+
+def _deselect_other_shards(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep this shard's cases (harness/planner.py shard_of: a suspect's cases stay together), report the rest deselected."""
+    harness = config.stash.get(harness_key, None)
+    if harness is None or harness.settings.shard is None:
+        return
+    from harness.planner import shard_of
+
+    cases = [item.callspec.params.get("case") if hasattr(item, "callspec") else None for item in items]
+    kept = set(map(id, shard_of((c for c in cases if c is not None), harness.settings.shard)))
+    mine, others = [], []
+    for item, case in zip(items, cases):
+        (mine if case is None or id(case) in kept else others).append(item)
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = mine
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

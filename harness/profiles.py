@@ -37,6 +37,7 @@ from harness.registry import Registry
 PROFILES: Registry = Registry("profile")
 
 USABLE_MARGIN = 5.0  # points of ACC by which the clean encoder must beat a random one: the usability criterion
+CONTROL_ASR_AT_MOST = 15.0  # ASR(non-target) %: a trigger alone moves few clean-encoder predictions to the target
 
 
 @dataclass(frozen=True)

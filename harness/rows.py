@@ -35,8 +35,11 @@ def jsonable(value: Any) -> Any:
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if value is None or isinstance(value, bool):
         return value
+    for kind in (str, int, float):  # their subclasses (torch's version string, numpy's numbers) as the plain type
+        if isinstance(value, kind):
+            return kind(value)
     return str(value)
 
 
@@ -47,7 +50,8 @@ class RowSettings:
 
     Each part holds JSON's own types (`jsonable`); the row is serialised once, when it is stored."""
 
-    compute: dict = field(default_factory=dict)  # device and precision of the training stages (harness/compute.py)
+    code: str = ""  # the project's code version (cache_keys.project_version): rows of other code are never merged
+    compute: dict = field(default_factory=dict)  # device, precision (harness/compute.py) and torch version
     profile: dict = field(default_factory=dict)  # every field of the resolved profile
     profile_changes: dict = field(default_factory=dict)  # the fields that differ from the registered profile
     trigger: dict = field(default_factory=dict)  # the trigger's description (triggers.Trigger.describe)
@@ -169,6 +173,39 @@ def _parse_row(line: str) -> Row | None:
         except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
             start = line.find("{", start + 1)
     return None
+
+
+class MergeError(ValueError):
+    """Results folders whose rows cannot be one table: another profile, precision or code; the message is one line."""
+
+
+def merge_folders(folders: Iterable[Path]) -> tuple[list[Row], list[str]]:
+    """The rows of several results folders (shards of one grid) as one list, and a warning line per conflict.
+
+    Refused with MergeError when the folders' rows differ in resolved profile, precision or code version: such
+    rows are not one grid. A row several shards made (a control two suspects read) counts once; where its
+    numbers differ between shards (machines round differently), the first folder's is kept and a warning says so.
+    """
+    by_identity: dict[tuple, tuple[Row, Path]] = {}
+    warnings = []
+    seen: dict[str, dict[str, Path]] = {"profile": {}, "precision": {}, "code": {}}
+    for folder in folders:
+        rows = ResultsStore(folder).rows()
+        if not rows:
+            raise MergeError(f"{folder}: no rows (no {Path(folder) / 'rows.jsonl'})")
+        for row in rows:
+            for what, value in (("profile", row.profile), ("precision", row.precision), ("code", row.settings.code)):
+                seen[what].setdefault(value, Path(folder))
+                if len(seen[what]) > 1:
+                    (a, fa), (b, fb) = list(seen[what].items())[:2]
+                    raise MergeError(f"the shards are not one grid: {what} {a or '(none)'} in {fa} but {b or '(none)'} in {fb}")
+            known = by_identity.get(row.identity)
+            if known is None:
+                by_identity[row.identity] = (row, Path(folder))
+            elif (known[0].acc, known[0].asr_all, known[0].asr_nontarget) != (row.acc, row.asr_all, row.asr_nontarget):
+                warnings.append(f"{'-'.join(map(str, row.identity))}: made in {known[1]} and {folder} with different numbers; "
+                                f"kept {known[1]}'s")
+    return [row for row, _ in by_identity.values()], warnings
 
 
 def to_frame(rows: Iterable[Row]) -> pd.DataFrame:

@@ -101,10 +101,25 @@ class HarnessSession:
         live = "" if live_logging(self.config) else "; live progress: --log-cli-level=INFO"
         device = resolve_device(self.device)
         compute = describe(device, resolve_precision(s.precision, device)) + (", deterministic" if s.deterministic else "")
+        shard = f", shard {s.shard[0]}/{s.shard[1]}" if s.shard else ""
         return (
             f"harness: profile {p.name}{overrides} ({p.arch} width {p.width}, {p.pretrain} {p.pretrain_size} images), "
-            f"seeds {self.seeds}, {compute} (training; evaluation fp32), cache {s.cache_dir}{live}"
+            f"seeds {self.seeds}{shard}, {compute} (training; evaluation fp32){self._workers()}, cache {s.cache_dir}{live}"
         )
+
+    def _workers(self) -> str:
+        """`; xdist workers on cuda:0, cuda:1` as the controller of several workers, or their CPU threads."""
+        import os
+
+        import torch
+
+        workers = getattr(self.config.option, "numprocesses", None)
+        if not isinstance(workers, int) or workers < 2:
+            return ""
+        gpus = torch.cuda.device_count()
+        if gpus and self.settings.device in ("auto", "cuda"):
+            return "; xdist workers on " + ", ".join(f"gw{i} {device_for_worker(self.settings.device, i, gpus)}" for i in range(workers))
+        return f"; {workers} xdist workers, {max(1, (os.cpu_count() or 1) // workers)} CPU thread(s) each"
 
     def add_worker_rows(self, records: Iterable[dict]) -> None:
         from harness.rows import Row
@@ -116,16 +131,18 @@ class HarnessSession:
         return list(self._rows.values()) + self._worker_rows
 
     def summary(self, write_line: Callable[[str], None], write_sep: Callable[[str, str], None]) -> None:
-        from harness.tables import render, report_sections, write_reports
+        """The findings first, then the tables in the chosen format (`brief`: none), then what was written."""
+        from harness.report import summary_lines, write_reports
 
         rows = self.session_rows()
         if not rows:
             return
         s = self.settings
-        fmt = s.table_format
-        for i, (title, table) in enumerate(report_sections(rows)):
-            write_sep("=" if i < 2 else "-", f"harness {title}")
-            for line in render(table, fmt).splitlines():
+        write_sep("=", "harness")
+        for line in summary_lines(rows, s.table_format):
+            if line.startswith("== "):
+                write_sep("-", f"harness {line[3:]}")
+            else:
                 write_line(line)
         paths = list(write_reports(rows, s.results_dir).values())
         if s.update_baseline:

@@ -2,8 +2,16 @@
 
 Encoders are encoder files (harness/encoder_files.py), results JSON. Writes are
 atomic (harness/atomic.py); a file lock per key makes two workers asking for the
-same artifact build it once, and lets the next store to open remove the
-temporary files of writers that were killed.
+same artifact build it once, and the next store to open removes the temporary
+files of writers that were killed (older than an hour, their lock free).
+
+Several machines may share one store (a folder on NFS or the like). Where the
+filesystem shares the locks too, each artifact is built once; where it does not,
+two machines may build the same key at once, and the store stays safe: each
+writes under a name of its own and renames it into place, the last rename wins,
+and a file whose digest is the other machine's is a logged miss, rebuilt. On a
+filesystem whose rename is not atomic, a reader may meet a half-written file:
+its digest does not match, so it is a miss, never served.
 
 A cache may come from elsewhere (a CI cache restored from another branch, a
 shared folder), so nothing in it is served on trust: each file has the digest of
@@ -36,6 +44,9 @@ from harness.memory import release_freed_memory
 from harness.models import Encoder
 
 _STORED_SUFFIXES = (".safetensors.sha256", ".json.sha256", ".safetensors", ".json")
+# A writer's temporary file lives for the seconds its bytes take to write; one older than this was left by a killed writer.
+# The age, not only the lock, decides, because a cache several machines share may not share its locks.
+STALE_TEMP_SECONDS = 3600
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +69,19 @@ class ArtifactStore:
         return FileLock(str(path))
 
     def _sweep_temp_files(self) -> None:
-        """Remove the temporary files of killed writers: every write holds its key's lock, so a free lock means none."""
+        """Remove the temporary files of killed writers: older than STALE_TEMP_SECONDS, and their key's lock free."""
+        now = time.time()
         for tmp in self.root.glob("*/.*.tmp"):
             match = TEMP_NAME.match(tmp.name)
             stored = match["name"] if match else ""
             key = next((stored.removesuffix(s) for s in _STORED_SUFFIXES if stored.endswith(s)), None)
             if not key or key.split("-", 1)[0] != tmp.parent.name:
                 continue  # not a name this store writes
+            try:
+                if now - tmp.stat().st_mtime < STALE_TEMP_SECONDS:
+                    continue  # a writer, perhaps on another machine, may be at it
+            except FileNotFoundError:
+                continue
             lock = self._lock(key)
             try:
                 lock.acquire(timeout=0)

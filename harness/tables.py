@@ -265,7 +265,7 @@ def render(table: pd.DataFrame, fmt: str) -> str:
     raise ValueError(f"unknown table format {fmt!r}; choose {', '.join(TABLE_FORMATS)}")
 
 
-def write_reports(rows: list[Row], root: Path) -> dict[str, Path]:
+def write_tables(rows: list[Row], root: Path) -> dict[str, Path]:
     """Every table and plot of the rows in `root`, each written atomically (see the module docstring)."""
     from harness.atomic import atomic_write_text
 

@@ -22,10 +22,9 @@ import pytest
 from harness.gates import Gate, check
 from harness.planner import plan
 from harness.plugin import parametrize_cases, require_implanted, session_of
-from harness.profiles import USABLE_MARGIN
+from harness.profiles import CONTROL_ASR_AT_MOST, USABLE_MARGIN
 
 SUITE = "effectiveness"
-CONTROL_ASR_AT_MOST = 15.0  # ASR(non-target): a trigger alone moves few clean-encoder predictions to the target
 
 pytestmark = [pytest.mark.suite(SUITE), pytest.mark.effectiveness]
 

@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from harness.encoder_files import load_encoder
-from harness.store import ArtifactStore
+from harness.store import STALE_TEMP_SECONDS, ArtifactStore
 from harness.models import build_encoder
 from harness.rows import ResultsStore
 
@@ -153,6 +153,11 @@ def test_sigkill_mid_write_never_leaves_a_corrupt_file_or_loses_a_row(tmp_path):
         attempted |= {f"{kind}-{run}-{i}" for kind in ("defense", "eval") for i in range(rounds)}
     assert any(".safetensors" in s for s in stalled_in) and any(".json" in s for s in stalled_in), stalled_in
     assert "rows.jsonl" in stalled_in, stalled_in
+    left = sorted(cache.rglob("*.tmp"))
+    ArtifactStore(cache)
+    assert left and sorted(cache.rglob("*.tmp")) == left  # too young to be a dead writer's (it may be another machine's): kept
+    for tmp in left:  # an hour later, the writers' locks free
+        os.utime(tmp, (tmp.stat().st_atime - 2 * STALE_TEMP_SECONDS, tmp.stat().st_mtime - 2 * STALE_TEMP_SECONDS))
     store = ArtifactStore(cache)  # opening the store sweeps what killed writers left
     assert not list(cache.rglob("*.tmp"))
     for path in cache.rglob("*.safetensors"):
@@ -186,3 +191,43 @@ def test_two_workers_build_a_shared_artifact_once_and_read_the_same_bytes(tmp_pa
     first, _, _ = load_encoder(path)
     second, _, _ = ArtifactStore(tmp_path / "cache").encoder("pretrain-shared", lambda: pytest.fail("rebuilt"))
     assert all((a == b).all() for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+# Two machines sharing a store on a filesystem whose locks they do not share: each process's FileLock does nothing.
+UNLOCKED_BUILDER = textwrap.dedent("""
+    import sys, torch
+    import harness.store as store_module
+
+    class NoSharedLock:
+        def __init__(self, *args, **kwargs): pass
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def acquire(self, timeout=None): return self
+        def release(self): pass
+
+    store_module.FileLock = NoSharedLock
+    from harness.models import build_encoder
+    from harness.store import ArtifactStore
+
+    store, name = ArtifactStore(sys.argv[1]), sys.argv[2]
+    torch.manual_seed(ord(name))  # the two machines build different bytes for the same keys
+    for i in range(12):
+        store.record(f"eval-k{i}", lambda: {"by": name, "pad": "x" * 200_000})
+        store.encoder(f"defense-k{i}", lambda: (build_encoder("resnet18", 4), {}, {"by": name}))
+    print("done", flush=True)
+""")
+
+
+def test_two_machines_without_shared_locks_never_leave_a_file_that_is_served_wrong(tmp_path):
+    cache = tmp_path / "shared"
+    builders = [subprocess.Popen([sys.executable, "-c", UNLOCKED_BUILDER, str(cache), name], env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for name in "ab"]
+    results = [b.communicate(timeout=300) for b in builders]
+    assert [b.returncode for b in builders] == [0, 0], [err[-500:] for _, err in results]
+    store = ArtifactStore(cache)
+    for i in range(12):
+        record = store.record(f"eval-k{i}", lambda: {"by": "rebuilt"})
+        assert record["by"] in ("a", "b", "rebuilt")  # a consistent pair, or a logged miss: never a mixed file
+        _, _, meta = store.encoder(f"defense-k{i}", lambda: (build_encoder("resnet18", 4), {}, {"by": "rebuilt"}))
+        assert meta["by"] in ("a", "b", "rebuilt")
+    assert not list(cache.rglob("*.tmp"))

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from harness.atomic import atomic_write_text
 from harness.encoder_files import ArtifactError, save_encoder
-from harness.store import ArtifactStore
+from harness.store import STALE_TEMP_SECONDS, ArtifactStore
 from harness.models import build_encoder
 from harness.plots import sweep_plots
 from harness.rows import ResultsStore, to_frame
@@ -122,20 +123,22 @@ def test_stale_temp_files_are_swept_when_the_store_opens_but_not_a_live_writers(
     folder.mkdir()
     stale = folder / ".defense-dead.safetensors.0a1b2c3d.tmp"
     live = folder / ".defense-live.safetensors.4e5f6a7b.tmp"
-    stale.write_bytes(b"half an encoder")
-    live.write_bytes(b"an encoder being written")
+    young = folder / ".defense-other-host.safetensors.8c9d0e1f.tmp"  # another machine's write, its lock not shared
+    for path, age in ((stale, 2 * STALE_TEMP_SECONDS), (live, 2 * STALE_TEMP_SECONDS), (young, 10)):
+        path.write_bytes(b"part of an encoder")
+        os.utime(path, (time.time() - age, time.time() - age))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"})
     try:
         assert holder.stdout.readline().strip() == "holding"
         ArtifactStore(tmp_path)
-        assert not stale.exists() and live.exists()
+        assert not stale.exists() and live.exists() and young.exists()
     finally:
         holder.kill()
         holder.wait()
     ArtifactStore(tmp_path)
-    assert not live.exists()
+    assert not live.exists() and young.exists()
 
 
 # 10. file modes follow the umask --------------------------------------------------------------------------------------------

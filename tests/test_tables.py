@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from harness.rows import ResultsStore, Row, RowSettings, to_frame
 from harness.statistics import ci95
-from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, verdict_table, write_reports
+from harness.report import write_reports
+from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, verdict_table
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
