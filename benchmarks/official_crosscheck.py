@@ -23,8 +23,9 @@ What the launcher changes, each said in the output when it fired:
 - uniform betas where every MI estimate is 0: their MI is estimated on the random
   student and clipped at 0, and their weight update then divides 0 by 0 (NaN);
 - the device: `.cuda(...)` calls and `map_location='cuda:0'` go to the run's device;
-- no DataLoader workers (theirs re-spawn five for each of thousands of passes) and
-  no `setproctitle` (not a dependency here);
+- no DataLoader workers (theirs re-spawn five for each of thousands of passes), no
+  `setproctitle`, and silent progress bars where tqdm is not installed (neither is
+  a dependency here);
 - the last epoch's student is saved (theirs only at multiples of 1,000 epochs).
 
 Recipes: `tiny` is the profile's budget (the reference's 1,000 epochs and 200 MI
@@ -56,16 +57,37 @@ OFFICIAL_FILES = ("MIMIC.py", "models/__init__.py", "models/scheduler.py", "mode
 
 # The launcher: run in the official checkout's place, with their modules patched in memory before their main runs.
 LAUNCHER = r'''
-import json, math, runpy, sys, types
+import importlib.machinery, json, math, runpy, sys, types
 import numpy as np
 import torch
+
+
+def stand_in(name, **attributes):
+    """A module of `name` holding `attributes`, for a package the official code imports and this run does without."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attributes)
+    return module
+
 
 settings = json.loads(sys.argv[1])
 official, device = settings["official"], torch.device(settings["device"])
 sys.path.insert(0, official)
 fired = []
 
-sys.modules["setproctitle"] = types.SimpleNamespace(setproctitle=lambda title: None)
+sys.modules["setproctitle"] = stand_in("setproctitle", setproctitle=lambda title: None)
+try:
+    import tqdm
+except ImportError:  # their progress bars: a silent stand-in where tqdm is not installed
+    class Bar:
+        def __init__(self, iterable, *args, **kwargs):
+            self.iterable = iterable
+        def __iter__(self):
+            return iter(self.iterable)
+        def set_description(self, text):
+            pass
+    sys.modules["tqdm"] = stand_in("tqdm", tqdm=Bar)
+    fired.append("tqdm not installed: progress bars silenced")
 
 if device.type == "cpu":
     torch.nn.Module.cuda = lambda self, device=None: self.to("cpu")
