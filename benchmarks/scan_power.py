@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in missing:
         print(f"missing from {args.cache_dir}: {item}")
     decree = DecreeConfig()
-    steps = decree.steps(bench.budget())["inversion_steps"]  # as the DECREE defense runs it on this profile
+    steps = decree.steps(bench.budget()).inversion_steps  # as the DECREE defense runs it on this profile
     entry = {
         **summarise(records, implanted_asr),
         "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "

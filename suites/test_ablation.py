@@ -33,6 +33,6 @@ def test_variant(harness, case) -> None:
     *_controls, row = harness.rows(case)
     require_implanted(row)
     overrides = VARIANTS[row.variant]
-    assert row.settings["defense_overrides"] == overrides
+    assert row.settings.defense_overrides == overrides
     guided = overrides.get("mi_guidance", True) and overrides.get("attention", True)
-    assert len(row.settings["defense_meta"]["mi_per_stage"]) == (4 if guided else 0)
+    assert len(row.settings.defense_meta["mi_per_stage"]) == (4 if guided else 0)
