@@ -69,6 +69,8 @@ class DecreeConfig:
                            unlearning_epochs=budget.steps(self.unlearning_epochs, MIN_EPOCHS))
 
     def __post_init__(self) -> None:
+        if self.inversion_steps < 1 or self.unlearning_epochs < 1 or self.batch_size < 1:
+            raise ValueError("inversion_steps, unlearning_epochs and batch_size must be at least 1")
         if not 0 < self.target_cosine < 1 or not 0 < self.flag_below <= 1 or self.lambda_factor <= 1:
             raise ValueError("need target_cosine in (0, 1), flag_below in (0, 1] and lambda_factor > 1")
 

@@ -146,6 +146,10 @@ def _encoder(encoder: "Encoder | str | Path", arch: str | None, key_prefix: str,
     return copy.deepcopy(encoder).eval()
 
 
+def _named(encoder: "Encoder | str | Path") -> str:
+    return str(encoder) if isinstance(encoder, (str, Path)) else "the encoder"
+
+
 def _images(images: "Tensor | str | Path") -> "Tensor":
     from harness.images import load_image_folder
 
@@ -168,16 +172,24 @@ def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, step
     from defenses.decree import DecreeConfig
     from harness.compute import resolve_device
 
+    from harness.finite import check_input_encoder
+
+    config = DecreeConfig(inversion_steps=steps)
     dev = resolve_device(device)
-    model = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std)
-    return scan_encoder(model, _images(images), DecreeConfig(inversion_steps=steps), seed, dev)
+    model, data = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images)
+    check_input_encoder(model, data, _named(encoder))
+    return scan_encoder(model, data, config, seed, dev)
 
 
 def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tensor", budget: "Budget", seed: int) -> "DefenseResult":
-    """Run a defense on an encoder with clean images (what `harness purify` runs); the defense sees nothing else."""
+    """Run a defense on an encoder with clean images (what `harness purify` runs); the defense sees nothing else, and
+    a result that is not finite on those images is refused (NonFiniteDefense)."""
     from harness.contract import CleanSubset
+    from harness.finite import check_defense_result
 
-    return method(encoder, CleanSubset(images), budget, seed)
+    result = method(encoder, CleanSubset(images), budget, seed)
+    check_defense_result(method.name, result.encoder, images)
+    return result
 
 
 def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defense: str = "mimic", *, profile: str = "tiny",
@@ -196,8 +208,12 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
 
     method = DEFENSES.create(defense, **settings)
     dev = resolve_device(device)
+    from harness.finite import check_input_encoder
+
     budget = Budget.of(with_overrides(get_profile(profile), overrides), dev, resolve_precision(precision, dev))
-    return purify_encoder(method, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images), budget, seed)
+    model, data = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images)
+    check_input_encoder(model, data, _named(encoder))
+    return purify_encoder(method, model, data, budget, seed)
 
 
 def evaluation_bench(profile: "Profile", device: "torch.device", data_root: Path | None = None, download: bool = False) -> "Workbench":
@@ -233,4 +249,8 @@ def evaluate_encoder(encoder: "Encoder | str | Path", downstream: str = "fmnist"
                              None if data_root is None else Path(data_root), download)
     trigger = bench.trigger() if trigger is None else trigger
     target = bench.downstream(downstream)[0].default_target if target is None else target
-    return evaluate_on(bench, _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), downstream, trigger, target, seed)
+    from harness.finite import check_input_encoder
+
+    model = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std)
+    check_input_encoder(model, bench.downstream(downstream)[1].images, _named(encoder))
+    return evaluate_on(bench, model, downstream, trigger, target, seed)

@@ -16,22 +16,26 @@ input geometry defaults to its layout's (--image-size, --mean, --std).
 Exit codes:
     0  done; for scan: the detector found no trigger (which does not show that the encoder is clean)
     1  scan: backdoor suspected; gate: a defended row failed a gate or regressed
-    2  bad input: an unknown name, a bad option, an unreadable or refused file or image, missing data, or an
-       output that cannot be written or already exists (--force replaces it); one line on stderr
-    3  internal error: one line on stderr; rerun with --debug for the traceback
+    2  bad input: an unknown name, a bad option, an unreadable or refused file or image, missing data, an
+       encoder whose forward pass is not finite, or an output that cannot be written or already exists
+       (--force replaces it); one line on stderr
+    3  a defense diverged (purify; nothing is written), or an internal error: one line on stderr; rerun with
+       --debug for the traceback
 
-Outputs are checked before any work starts; nothing that exists is replaced without --force, and a
-command's own input never is.
+Outputs are checked before any work starts (harness/outputs.py): nothing that exists is replaced without
+--force, a command's own inputs never are, and neither is anything but a regular file. Paths in
+messages are printed with control characters escaped.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
+
+from harness.outputs import claim, writable_folder
 
 EXIT_CLEAN, EXIT_SUSPECTED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -85,12 +89,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _table(args: argparse.Namespace) -> int:
     from harness.report import write_reports
-    from harness.rows import ResultsStore
 
-    rows = ResultsStore(args.rows_dir).rows()
-    if not rows:
-        print(f"harness: no rows in {args.rows_dir / 'rows.jsonl'}", file=sys.stderr)
-        return 2
+    rows = _rows_of([args.rows_dir])
     print_tables(rows, args.table_format)
     write_reports(rows, args.rows_dir)
     return 0
@@ -100,38 +100,38 @@ def _scan(args: argparse.Namespace) -> int:
     from defenses.decree import DecreeConfig
     from harness.api import scan_encoder
     from harness.images import load_image_folder
+    from harness.compute import resolve_device
+    from harness.finite import check_input_encoder
     from harness.power import power_lines
     from harness.profiles import fields_digest, get_profile
-    from harness.compute import resolve_device
 
+    config = DecreeConfig(inversion_steps=args.steps)
     if args.json is not None:
-        _output(args.json, args.force, inputs=(args.encoder,))
+        claim(args.json, args.force, inputs=_inputs(args))
     device = resolve_device(args.device)
     checkpoint, encoder, geometry = _user_encoder(args)
     images = load_image_folder(args.data)
-    config = DecreeConfig(inversion_steps=args.steps)
+    check_input_encoder(encoder, images, str(args.encoder))
     power = power_lines(args.profile, config.inversion_steps, digest=fields_digest(get_profile(args.profile)))
     found = scan_encoder(encoder, images, config, args.seed, device)
     rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
     verdict = "BACKDOOR SUSPECTED in" if found.flagged else "the detector found no trigger in"
-    print(f"harness scan: {verdict} {args.encoder}" + ("" if found.flagged else " (this does not show that it is clean)"))
+    print(f"harness scan: {verdict} {_shown(args.encoder)}" + ("" if found.flagged else " (this does not show that it is clean)"))
     print(f"  encoder: {checkpoint.describe()}")
     print(f"  input: {geometry.describe()}")
-    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {args.data}, {config.inversion_steps} steps")
+    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {_shown(args.data)}, {config.inversion_steps} steps")
     print(f"  evidence: the smallest mask that collapses the features of clean images (mean pairwise cosine >= "
           f"{config.target_cosine}) covers {found.l1_share:.2%} of the image; flagged below {config.flag_below:.0%}")
     print(f"  stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
     for line in power:
         print(f"  {line}")
     if args.json:
-        from harness.atomic import atomic_write_text
-
         report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "flagged": found.flagged,
                   "l1_share": found.l1_share, "cosine": found.cosine, "flag_below": config.flag_below,
                   "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows, "mask_columns": cols,
                   "verdict": "suspected" if found.flagged else "no trigger found (not proof of a clean encoder)",
                   "layout": checkpoint.layout, "architecture": checkpoint.architecture, "geometry": geometry.as_dict(), "power": power}
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+        _write_json(args.json, report, args.force)
     return EXIT_SUSPECTED if found.flagged else EXIT_CLEAN
 
 
@@ -158,10 +158,10 @@ def _purify(args: argparse.Namespace) -> int:
     import time
 
     from harness.api import purify_encoder
-    from harness.atomic import atomic_write_text
     from harness.compute import resolve_device, resolve_precision
     from harness.contract import Budget
     from harness.encoder_files import save_encoder
+    from harness.finite import check_input_encoder
     from harness.geometry import unwrap
     from harness.images import load_image_folder
     from harness.layouts import layout_path, write_in_layout
@@ -174,25 +174,28 @@ def _purify(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.out}: --out must name a .safetensors file (the purified encoder; its settings go beside it as "
                          f"{args.out.with_suffix('.json').name})")
     sidecar = args.out.with_suffix(".json")
+    inputs = _inputs(args)
     for path in (args.out, sidecar):
-        _output(path, args.force, inputs=(args.encoder,))
+        claim(path, args.force, inputs)
     device = resolve_device(args.device)
     checkpoint, encoder, geometry = _user_encoder(args)
     in_layout = layout_path(checkpoint, args.out)  # the purified weights under the input's names: known once it is read
     if in_layout is not None:
-        _output(in_layout, args.force, inputs=(args.encoder,))
+        claim(in_layout, args.force, inputs)
     images = load_image_folder(args.data)
+    check_input_encoder(encoder, images, str(args.encoder))
     budget = Budget.of(profile, device, resolve_precision(args.precision, device))
-    print(f"harness purify: {args.purify_defense} on {args.encoder} with {len(images)} images from {args.data}, "
+    print(f"harness purify: {args.purify_defense} on {_shown(args.encoder)} with {len(images)} images from {_shown(args.data)}, "
           f"{budget.fraction:g} of its reference recipe (profile {profile.name}), device {device}", file=sys.stderr)
     print(f"  encoder: {checkpoint.describe()}\n  input: {geometry.describe()}", file=sys.stderr)
     start = time.perf_counter()
-    result = purify_encoder(method, encoder, images, budget, args.seed)
+    result = purify_encoder(method, encoder, images, budget, args.seed)  # NonFiniteDefense when it diverged: nothing written
     seconds = time.perf_counter() - start
     purified = unwrap(result.encoder).cpu()
-    save_encoder(args.out, purified, meta={"defense": args.purify_defense, "geometry": geometry.as_dict()})
+    # --out first: of two runs to one --out without --force, the second stops here, having written nothing
+    save_encoder(args.out, purified, meta={"defense": args.purify_defense, "geometry": geometry.as_dict()}, exclusive=not args.force)
     if in_layout is not None:
-        write_in_layout(checkpoint, purified, in_layout)
+        write_in_layout(checkpoint, purified, in_layout, exclusive=not args.force)
     report = {
         "defense": args.purify_defense,
         "settings": dataclasses.asdict(method.config) if method.config is not None else {},
@@ -210,9 +213,9 @@ def _purify(args: argparse.Namespace) -> int:
         "kept_unchanged": len(checkpoint.kept),  # tensors of the input that are not the encoder's, written back as they were
         "meta": result.meta,  # per defense: MI and beta per stage (MIMIC), pruned channels, verdicts...
     }
-    atomic_write_text(sidecar, json.dumps(report, indent=1, default=str) + "\n")
-    also = f", {in_layout} (the input's {checkpoint.layout} layout)" if in_layout else ""
-    print(f"written: {args.out}{also} and {sidecar} ({seconds:.1f} s)")
+    _write_json(sidecar, report, args.force)
+    also = f", {_shown(in_layout)} (the input's {checkpoint.layout} layout)" if in_layout else ""
+    print(f"written: {_shown(args.out)}{also} and {_shown(sidecar)} ({seconds:.1f} s)")
     return EXIT_CLEAN
 
 
@@ -223,23 +226,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from harness.api import evaluate_on, evaluation_bench
-    from harness.profiles import get_profile, with_overrides
     from harness.compute import resolve_device
+    from harness.finite import check_input_encoder
+    from harness.profiles import get_profile, with_overrides
     from harness.trigger_files import load_trigger
 
     profile = with_overrides(get_profile(args.profile), args.overrides)
     if args.json is not None:
-        trigger_files = [p for p in (Path(args.trigger), args.trigger_mask) if p is not None and p.is_file()]
-        _output(args.json, args.force, inputs=(args.encoder, *trigger_files))
+        claim(args.json, args.force, inputs=_inputs(args))
     device = resolve_device(args.device)
     checkpoint, encoder, geometry = _user_encoder(args)
     trigger = load_trigger(args.trigger, profile.trigger_size, args.trigger_mask)
     bench = evaluation_bench(profile, device, args.data_root, args.download)
     train, test = bench.downstream(args.task)
+    check_input_encoder(encoder, test.images, str(args.encoder))
     probe = bench.probe_config()
     metrics = evaluate_on(bench, encoder, args.task, trigger, args.target, args.seed)
     described = trigger.describe()
-    print(f"harness evaluate: {args.encoder} on {args.task} ({len(train)} train, {len(test)} test images; "
+    print(f"harness evaluate: {_shown(args.encoder)} on {args.task} ({len(train)} train, {len(test)} test images; "
           f"{probe.kind} probe, {probe.epochs} epochs, profile {profile.name})")
     print(f"  encoder: {checkpoint.describe()}")
     print(f"  input: {geometry.describe()}")
@@ -249,13 +253,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(tabulate(rows, headers=["ACC %", "ASR(all) %", "ASR(non-target) %", "test images", "non-target"], tablefmt="simple",
                    disable_numparse=True))
     if args.json:
-        from harness.atomic import atomic_write_text
-
         report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "downstream": args.task,
                   "target": args.target, "trigger": described, "probe": dataclasses.asdict(probe), "profile": profile.name,
                   "seed": args.seed, "layout": checkpoint.layout, "architecture": checkpoint.architecture,
                   "geometry": geometry.as_dict(), **metrics.as_dict()}
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+        _write_json(args.json, report, args.force)
     return EXIT_CLEAN
 
 
@@ -263,10 +265,10 @@ def _convert(args: argparse.Namespace) -> int:
     """Write an encoder file in another layout's tensor names: a file to try scan and purify on, or to use elsewhere."""
     from harness.layouts import load_checkpoint, save_in_layout
 
-    _output(args.out, args.force, inputs=(args.encoder,))
+    claim(args.out, args.force, inputs=_inputs(args))
     checkpoint = load_checkpoint(args.encoder, args.arch, args.key_prefix, args.key_map)
-    assumed = save_in_layout(checkpoint.encoder, args.layout, args.out)
-    print(f"written: {args.out} ({checkpoint.architecture} in the {args.layout} layout, the encoder only)")
+    assumed = save_in_layout(checkpoint.encoder, args.layout, args.out, exclusive=not args.force)
+    print(f"written: {_shown(args.out)} ({checkpoint.architecture} in the {args.layout} layout, the encoder only)")
     if assumed != checkpoint.geometry:
         g = checkpoint.geometry
         print(f"  it was trained for {g.describe()}; the {args.layout} layout assumes {assumed.describe()}: scan, purify and "
@@ -283,51 +285,59 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"{args.out}: is a file; --out names a folder")
-    _writable_folder(args.out)
+    writable_folder(args.out)
     data = load_dataset(args.dataset, args.split, args.data_root, False)
     if args.offset >= len(data):
         raise ValueError(f"--offset {args.offset} is past the {len(data)} images of {args.dataset} ({args.split})")
     indices = range(args.offset, min(args.offset + args.count, len(data)))
     targets = [args.out / f"{args.dataset}-{i:05d}.png" for i in indices]
-    taken = [t for t in targets if t.exists()]
+    taken = [t for t in targets if os.path.lexists(t)]
     if taken and not args.force:
         raise ValueError(f"{taken[0]}: exists ({len(taken)} of the {len(targets)} files to write do); pass --force to replace them")
+    for target in taken:
+        claim(target, args.force)  # a device, FIFO, folder or link among them is refused before anything is written
     for i, target in zip(indices, targets):
         image = Image.fromarray(data.images[i].permute(1, 2, 0).numpy())
-        atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"))
-    print(f"written: {len(targets)} images of {args.dataset} ({args.split}) to {args.out}")
+        atomic_write(target, lambda tmp, image=image: image.save(tmp, format="PNG"), exclusive=not args.force)
+    print(f"written: {len(targets)} images of {args.dataset} ({args.split}) to {_shown(args.out)}")
     return EXIT_CLEAN
 
 
-def _output(path: Path, force: bool, inputs: tuple[Path, ...]) -> None:
-    """Refuse, before any work, an output that is a folder, one of the command's inputs, or (without --force) a file
-    that exists, or whose folder cannot be written."""
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder; name a file to write")
-    for source in inputs:
-        if _same_file(path, source):
-            raise ValueError(f"{path}: is the command's input; write the output elsewhere")
-    if path.exists() and not force:
-        raise ValueError(f"{path}: exists; pass --force to replace it")
-    _writable_folder(path.parent)
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    """What a command reads from the user's disk: its encoder, the images of its data folder, its trigger files."""
+    from harness.images import image_files
+
+    paths = [Path(args.encoder)]
+    data = getattr(args, "data", None)
+    if data is not None and Path(data).is_dir():
+        paths += image_files(data)
+    for name in ("trigger", "trigger_mask"):
+        value = getattr(args, name, None)
+        if value is not None and Path(value).suffix:  # a file, not a registered trigger's name
+            paths.append(Path(value))
+    return paths
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return Path(os.path.realpath(a)) == Path(os.path.realpath(b)) or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+def _rows_of(folders: "list[Path]") -> list:
+    """The rows of results folders; a warning line per folder with lines that are no row of this version (copied to
+    its misfits.jsonl), or, when there is no row at all, one error line that says why."""
+    from harness.rows import ResultsStore
+
+    warnings: list[str] = []
+    rows = [row for folder in folders for row in ResultsStore(folder).rows_kept(warnings.append)]
+    if not rows:
+        raise ValueError(f"no rows in {', '.join(str(Path(d) / 'rows.jsonl') for d in folders)}" + "".join(f"; {w}" for w in warnings))
+    for line in warnings:
+        _warn(line)
+    return rows
 
 
-def _writable_folder(folder: Path) -> None:
-    """`folder` exists and can be written, or its nearest existing ancestor is a folder that can (it is made later)."""
-    existing = Path(os.path.abspath(folder))
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{existing}: is a file, so {folder} cannot be a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{existing}: cannot be written")
+def _write_json(path: Path, report: dict, force: bool) -> None:
+    """A report as strict JSON (harness/strict_json.py), published exclusively unless --force."""
+    from harness import strict_json
+    from harness.atomic import atomic_write_text
+
+    atomic_write_text(path, strict_json.dumps(report, indent=1) + "\n", exclusive=not force)
 
 
 def print_tables(rows: list, fmt: str) -> None:
@@ -339,43 +349,39 @@ def print_tables(rows: list, fmt: str) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     """The shards' rows in one results directory, with every table and the report (harness/rows.py merge_folders)."""
+    from harness.atomic import atomic_write
     from harness.report import write_reports
     from harness.rows import ResultsStore, merge_folders
 
     if args.merge_out.exists() and not args.merge_out.is_dir():
         raise ValueError(f"{args.merge_out}: is a file; --out names a results folder")
-    store = ResultsStore(args.merge_out)
-    if store.path.exists() and not args.force:
-        raise ValueError(f"{store.path}: exists; pass --force to replace it")
     if any(Path(os.path.realpath(d)) == Path(os.path.realpath(args.merge_out)) for d in args.merge_dirs):
         raise ValueError(f"{args.merge_out}: is one of the shards; write the merge elsewhere")
+    store = ResultsStore(args.merge_out)
+    claim(store.path, args.force, inputs=[d / "rows.jsonl" for d in args.merge_dirs])
     rows, warnings = merge_folders(args.merge_dirs)
     for line in warnings:
-        print(f"harness: warning: {line}", file=sys.stderr)
-    store.path.unlink(missing_ok=True)
-    for row in rows:
-        store.append(row)
+        _warn(line)
+    atomic_write(store.path, lambda tmp: tmp.write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8"),
+                 exclusive=not args.force)
     print_tables(rows, "brief")
     paths = write_reports(rows, args.merge_out, list(args.merge_dirs))
-    print(f"merged {len(rows)} rows from {len(args.merge_dirs)} folders into {args.merge_out} ({', '.join(p.name for p in paths.values())})")
+    print(f"merged {len(rows)} rows from {len(args.merge_dirs)} folders into {_shown(args.merge_out)} ({', '.join(p.name for p in paths.values())})")
     return EXIT_CLEAN
 
 
 def _gate(args: argparse.Namespace) -> int:
     """Exit 1, one line per failure, when a defended row breaks a gate or regresses against the baseline."""
     from harness.gates import failures, load_baseline
-    from harness.rows import ResultsStore
 
-    rows = ResultsStore(args.rows_dir).rows()
-    if not rows:
-        raise ValueError(f"no rows in {args.rows_dir / 'rows.jsonl'}")
+    rows = _rows_of([args.rows_dir])
     if not args.gate and args.baseline is None:
         raise ValueError("give --gate BOUNDS, --baseline FILE, or both")
     found = failures(rows, args.gate, None if args.baseline is None else load_baseline(args.baseline), args.baseline_tolerance)
     for line in found:
         print(f"harness gate: {line}")
     checked = sum(r.defense != "none" and r.attack not in ("clean", "random") for r in rows)
-    print(f"harness gate: {len(found)} failure(s) in {checked} defended rows of {args.rows_dir}")
+    print(f"harness gate: {len(found)} failure(s) in {checked} defended rows of {_shown(args.rows_dir)}")
     return 1 if found else EXIT_CLEAN
 
 
@@ -383,14 +389,11 @@ def _report(args: argparse.Namespace) -> int:
     """One self-contained HTML page of the rows of one or more results directories (harness/report.py)."""
     from harness.atomic import atomic_write_text
     from harness.report import html_report, power_notes
-    from harness.rows import ResultsStore
 
-    _output(args.report_out, args.force, inputs=tuple(d / "rows.jsonl" for d in args.report_dirs))
-    rows = [row for folder in args.report_dirs for row in ResultsStore(folder).rows()]
-    if not rows:
-        raise ValueError(f"no rows in {', '.join(str(d / 'rows.jsonl') for d in args.report_dirs)}")
-    atomic_write_text(args.report_out, html_report(rows, list(args.report_dirs), power_notes(rows)))
-    print(f"written: {args.report_out} ({len(rows)} rows)")
+    claim(args.report_out, args.force, inputs=[d / "rows.jsonl" for d in args.report_dirs])
+    rows = _rows_of(args.report_dirs)
+    atomic_write_text(args.report_out, html_report(rows, list(args.report_dirs), power_notes(rows)), exclusive=not args.force)
+    print(f"written: {_shown(args.report_out)} ({len(rows)} rows)")
     return EXIT_CLEAN
 
 
@@ -442,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0), or a usage error argparse has already printed in one line
         return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
-    from harness.encoder_files import ArtifactError
     from harness.compute import device_failure
     from harness.data import DatasetNotFound
+    from harness.encoder_files import ArtifactError
+    from harness.finite import NonFiniteDefense
     from harness.registry import UnknownNameError
     from harness.training import progress_to
 
@@ -452,24 +456,41 @@ def main(argv: list[str] | None = None) -> int:
         with progress_to(sys.stderr):
             return args.func(args)
     except (UnknownNameError, DatasetNotFound, ArtifactError, ValueError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"harness: error: {_first_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _failed(args, EXIT_BAD_INPUT, f"harness: error: {_one_line(str(e)) or type(e).__name__}")
+    except OSError as e:  # the user's disk: a folder where a file goes, no permission, no space, a file taken meanwhile
+        where = f"{_shown(e.filename)}: " if e.filename is not None else ""
+        return _failed(args, EXIT_BAD_INPUT, f"harness: error: {where}{_one_line(e.strerror or str(e))}")
+    except NonFiniteDefense as e:  # the defense failed, not the harness: no traceback to ask for
+        return _failed(args, EXIT_INTERNAL, f"harness: error: {_one_line(str(e))}")
     except Exception as e:  # noqa: BLE001 - the contract: anything else is the harness's fault, and says so
-        if args.debug:
-            traceback.print_exc()
         device = device_failure(e)
-        if device is not None and "out of memory" in device:
-            print(f"harness: error: {device}", file=sys.stderr)  # the GPU's limit, not a bug: lower a batch size
-            return EXIT_BAD_INPUT
-        print(f"harness: internal error: {device or f'{type(e).__name__}: {_first_line(e)}'} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+        if device is not None and "out of memory" in device:  # the GPU's limit, not a bug: lower a batch size
+            return _failed(args, EXIT_BAD_INPUT, f"harness: error: {_one_line(device)}")
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        what = device or f"{type(e).__name__}: {first}"
+        return _failed(args, EXIT_INTERNAL, f"harness: internal error: {_one_line(what)} (rerun with --debug for the traceback)")
 
 
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+def _failed(args: argparse.Namespace, code: int, line: str) -> int:
+    """Print `line` (the traceback first with --debug) and return `code`."""
+    if args.debug:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
+    return code
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line: every control character (a path's newline, a file name's terminal escape sequence) written
+    as Python writes it in a string literal, so a message is never cut and never drives the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.strip())
+
+
+def _shown(path: "Path | str") -> str:
+    return _one_line(str(path))
+
+
+def _warn(line: str) -> None:
+    print(f"harness: warning: {_one_line(line)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ uint8: grayscale sets are lifted to three channels and padded or resized to
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +103,19 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (optionally gzipped) as a numpy array; unsigned-byte data only."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    """An IDX file (optionally gzipped) as a numpy array; unsigned-byte data only. The file and what it inflates to are
+    both bounded (harness/reading.py's cap for a dataset file)."""
+    from harness.reading import MAX_BYTES, read_bytes
+
+    raw = read_bytes(path, "dataset")
+    if path.suffix == ".gz":
+        inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # the gzip container
+        try:
+            raw = inflate.decompress(raw, MAX_BYTES["dataset"] + 1)
+        except zlib.error as e:
+            raise ValueError(f"{path}: not a gzip file ({e})") from None
+        if len(raw) > MAX_BYTES["dataset"] or inflate.unconsumed_tail:
+            raise ValueError(f"{path}: inflates to more than a dataset file may be")
     if len(raw) < 4:
         raise ValueError(f"{path}: too short for an IDX file")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])

@@ -24,13 +24,13 @@ from torch import Tensor
 from harness.atomic import atomic_write_bytes
 from harness.cache_keys import FORMAT_VERSION
 from harness.models import ArchConfig, Encoder
+from harness.reading import UnreadableFile, read_bytes
 from harness.registry import ARCHS
 from harness.resnets import ResNetConfig  # importing it registers the deeper ResNets that files may name
 
 MAX_WIDTH = 128  # twice the paper's ResNet-18: 45M parameters; a file claiming more is refused, not allocated
 MAX_BLOCKS = 36  # blocks per stage of a ResNet whose file states its depth; ResNet-152's third stage has 36
 MAX_STEM_PADDING = 3  # of a CIFAR stem's 3x3 convolution (solo-learn pads by 2); more only inflates what forward allocates
-MAX_FILE_BYTES = 1 << 30  # an encoder of MAX_WIDTH in float64 with room to spare; loading holds at most twice this
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
@@ -81,28 +81,20 @@ def encoder_bytes(encoder: Encoder, extra: dict[str, Tensor] | None = None, meta
     return safetensors.torch.save(encoder_tensors(encoder, extra), metadata=file_header(encoder, meta))
 
 
-def save_encoder(path: Path, encoder: Encoder, extra: dict[str, Tensor] | None = None, meta: dict | None = None) -> None:
-    """Write an encoder (and optional extra tensors, e.g. a trigger) as one safetensors file, atomically."""
-    atomic_write_bytes(path, encoder_bytes(encoder, extra, meta))
+def save_encoder(path: Path, encoder: Encoder, extra: dict[str, Tensor] | None = None, meta: dict | None = None,
+                 exclusive: bool = False) -> None:
+    """Write an encoder (and optional extra tensors, e.g. a trigger) as one safetensors file, atomically (exclusively:
+    harness/atomic.py)."""
+    atomic_write_bytes(path, encoder_bytes(encoder, extra, meta), exclusive)
 
 
-def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of an encoder file, refused in one line when it is missing, not a regular file, or over `limit`."""
-    path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"{path}: is a directory, not an encoder file")
-    if not path.exists():
-        raise ArtifactError(f"{path}: no such file")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: not a regular file")
+def read_file(path: Path) -> bytes:
+    """The bytes of an encoder file, refused in one line when it is missing, not a regular file, or over its cap
+    (harness/reading.py)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as e:
-        raise ArtifactError(f"{path}: cannot be read ({reason(e)})") from None
-    if len(data) > limit:
-        raise ArtifactError(f"{path}: larger than the {limit >> 20} MiB an encoder file may be")
-    return data
+        return read_bytes(Path(path), "encoder")
+    except UnreadableFile as e:
+        raise ArtifactError(str(e)) from None
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

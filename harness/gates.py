@@ -79,11 +79,13 @@ def baseline_key(row: Row) -> str:
 
 def load_baseline(path: Path) -> dict[str, dict[str, float]]:
     """{row key: {"acc", "asr_all", "asr_nontarget"}} from a file written by `save_baseline`."""
+    from harness.reading import read_text
+
+    if not Path(path).exists():
+        raise ValueError(f"baseline file {path} does not exist (write one with --update-baseline)")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"baseline file {path} does not exist (write one with --update-baseline)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_text(Path(path), "baseline"))
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"baseline file {path} is not JSON: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) and {"acc", "asr_nontarget"} <= set(v) for v in data.values()):
         raise ValueError(f"baseline file {path} is not a map of row keys to metrics")

@@ -361,8 +361,9 @@ def layout_path(checkpoint: Checkpoint, out: Path) -> Path | None:
     return out.with_name(f"{out.stem}.{checkpoint.layout}{checkpoint.path.suffix}")
 
 
-def write_in_layout(checkpoint: Checkpoint, purified: Encoder, out: Path) -> None:
-    """The input file with its encoder's tensors replaced by `purified`'s, under the file's names and in its format."""
+def write_in_layout(checkpoint: Checkpoint, purified: Encoder, out: Path, exclusive: bool = False) -> None:
+    """The input file with its encoder's tensors replaced by `purified`'s, under the file's names and in its format
+    (written atomically, exclusively: harness/atomic.py)."""
     if checkpoint.layout == HARNESS_FILE:
         raise ValueError("a harness file's layout is the harness's own: save it with encoder_files.save_encoder")
     if Path(out).resolve() == checkpoint.path.resolve():
@@ -373,10 +374,15 @@ def write_in_layout(checkpoint: Checkpoint, purified: Encoder, out: Path) -> Non
     tensors = dict(checkpoint.tensors)
     for original, harness in checkpoint.names.items():
         tensors[original] = state[harness].detach().cpu().to(checkpoint.tensors[original].dtype).contiguous()
-    if checkpoint.path.suffix == ".safetensors":
-        atomic_write(Path(out), lambda tmp: save_file(tensors, str(tmp)))
+    _write_tensors(Path(out), tensors, checkpoint.nested, exclusive, safetensors=checkpoint.path.suffix == ".safetensors")
+
+
+def _write_tensors(out: Path, tensors: dict[str, Tensor], nested: bool, exclusive: bool, safetensors: bool) -> None:
+    """A safetensors file, or a torch state dict (under "state_dict" when `nested`), atomically."""
+    if safetensors:
+        atomic_write(out, lambda tmp: save_file(tensors, str(tmp)), exclusive)
     else:
-        atomic_write(Path(out), lambda tmp: torch.save({"state_dict": tensors} if checkpoint.nested else tensors, tmp))
+        atomic_write(out, lambda tmp: torch.save({"state_dict": tensors} if nested else tensors, tmp), exclusive)
 
 
 def get_layout(name: str) -> Layout:
@@ -402,15 +408,13 @@ def state_in_layout(encoder: Encoder, name: str) -> tuple[dict[str, Tensor], boo
     return {prefix + layout.file_name(k): v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, nested
 
 
-def save_in_layout(encoder: Encoder, name: str, out: Path) -> InputGeometry:
-    """Write `encoder` in layout `name` (safetensors or a torch state dict, by `out`'s suffix); returns the geometry
-    the layout's readers assume for it, which the caller compares with the encoder's own."""
+def save_in_layout(encoder: Encoder, name: str, out: Path, exclusive: bool = False) -> InputGeometry:
+    """Write `encoder` in layout `name` (safetensors or a torch state dict, by `out`'s suffix; exclusively:
+    harness/atomic.py); returns the geometry the layout's readers assume for it, which the caller compares with the
+    encoder's own."""
     tensors, nested = state_in_layout(encoder, name)
     out = Path(out)
-    if out.suffix == ".safetensors":
-        atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
-    else:
-        atomic_write(out, lambda tmp: torch.save({"state_dict": tensors} if nested else tensors, tmp))
+    _write_tensors(out, tensors, nested, exclusive, safetensors=out.suffix == ".safetensors")
     layout = get_layout(name)
     return layout.imagenet if getattr(unwrap(encoder).config, "stem", "cifar") == "imagenet" else layout.cifar
 

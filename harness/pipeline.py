@@ -30,6 +30,7 @@ from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Bu
 from harness.data import LabeledImages, fingerprint, load_dataset
 from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
 from harness.exposure import Exposure, ExposureConfig, exposure, measure
+from harness.finite import check_defense_result
 from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
@@ -338,6 +339,7 @@ class Workbench:
             start = time.perf_counter()
             untouched = self._fresh(suspect)  # a fresh copy: nothing of the attack rides along
             result: DefenseResult = method(untouched, clean, budget, seed)
+            check_defense_result(defense, result.encoder, clean.images)  # a diverged defense is never stored
             return result.encoder.cpu(), {}, {"seconds": time.perf_counter() - start, **result.meta}
 
         encoder, _, meta = self._stored(key, build)

@@ -217,14 +217,14 @@ def summary_lines(rows: list[Row], fmt: str, width: int = 120) -> list[str]:
     is "brief", every titled table in `fmt` (the wide ones go to files either way: `write_reports`)."""
     import textwrap
 
-    from harness.tables import render, report_sections
+    from harness.tables import render, report_sections, with_note
 
     lines = []
     for f in findings(rows):
         lines += textwrap.wrap(f.line(), width, initial_indent="finding: ", subsequent_indent="  ")
     if fmt != "brief":
         for title, table in report_sections(rows):
-            lines += [f"== {title}", *render(table, fmt).splitlines(), ""]
+            lines += [f"== {title}", *with_note(render(table, fmt)).splitlines(), ""]
     return lines
 
 

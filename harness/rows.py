@@ -15,9 +15,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
+
+from harness import strict_json
+from harness.strict_json import jsonable, restore_non_finite
 
 METRICS = ("acc", "asr_all", "asr_nontarget")
 METRIC_TITLES = {"acc": "ACC", "asr_all": "ASR(all)", "asr_nontarget": "ASR(non-target)"}
@@ -26,21 +29,6 @@ HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified a
 KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
 IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
 SCHEMA = 2  # of a stored row: 1 held its settings as a JSON string, 2 as an object
-
-
-def jsonable(value: Any) -> Any:
-    """`value` as JSON's own types (tuples as lists, keys as strings, anything else by its text): what a row holds,
-    so a row read back from its file equals the row that was written."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, bool):
-        return value
-    for kind in (str, int, float):  # their subclasses (torch's version string, numpy's numbers) as the plain type
-        if isinstance(value, kind):
-            return kind(value)
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -113,18 +101,58 @@ class Row:
 
     @classmethod
     def from_record(cls, record: dict) -> "Row":
-        """A row from `record()`'s form, or from a schema-1 record (settings as a JSON string)."""
+        """A row from `record()`'s form, or from a schema-1 record (settings as a JSON string); TypeError or ValueError,
+        naming the field, when the record is not a row of either schema."""
         record = dict(record)
         schema = record.pop("schema", 1)
         settings = record.pop("settings", {})
+        if schema not in (1, SCHEMA):
+            raise ValueError(f"a row of schema {schema!r}; this version reads schemas 1 and {SCHEMA}")
         if schema == 1 and isinstance(settings, str):
             settings = json.loads(settings)
         if not isinstance(settings, dict):
             raise TypeError(f"a row's settings are an object, got {type(settings).__name__}")
+        record = restore_non_finite(record)  # a metric that was not a finite number is stored as null
+        unknown = sorted(set(record) - set(FIELD_TYPES))
+        if unknown:
+            raise TypeError(f"a row has no field {unknown[0]!r}")
+        for name, kinds in FIELD_TYPES.items():
+            value = record.get(name)
+            if name in record and not (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
+                raise TypeError(f"a row's {name} is {type(value).__name__}")
         return cls(**record, settings=RowSettings.from_dict(settings))
 
     def to_json(self) -> str:
-        return json.dumps(self.record(), sort_keys=True)
+        """One line of strict JSON (harness/strict_json.py: a metric that is not a finite number comes back as NaN)."""
+        return strict_json.dumps(self.record(), sort_keys=True)
+
+
+# The types a stored row's fields take (JSON's: a float field may hold an integer); `exposure` and `implanted` may be null.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    **{f: (str,) for f in ("suite", "profile", "attack", "defense", "pretrain", "downstream", "variant", "scenario", "precision")},
+    **{f: (int,) for f in ("seed", "n_test", "n_nontarget")},
+    **{f: (int, float) for f in ("acc", "asr_all", "asr_nontarget")},
+    "exposure": (int, float, type(None)), "implanted": (bool, type(None)), "seconds": (dict,),
+}
+MISFITS = "misfits.jsonl"  # beside rows.jsonl: its lines that are no row of this version, as they were
+ROW_START = '{"acc": '  # every stored row begins so (sorted keys): where a complete row may follow a torn one
+
+
+@dataclass
+class RowsRead:
+    """What a rows file held: its rows; the lines that are JSON but no row of this version (another schema, a missing or
+    extra field: kept and reported); and the parts of lines that killed writers left (not JSON, not rows)."""
+
+    rows: list[Row]
+    misfits: list[str]
+    torn: int
+
+    def warning(self, path: Path) -> str | None:
+        """One line saying how many lines of `path` are not rows this version reads, or None when all are."""
+        if not self.misfits:
+            return None
+        return (f"{len(self.misfits)} line(s) of {path} are not rows this version reads (another schema, a missing or extra "
+                f"field, a field of the wrong type); copied to {path.parent / MISFITS}, left out of the tables")
 
 
 class ResultsStore:
@@ -142,7 +170,10 @@ class ResultsStore:
     def append(self, row: Row) -> None:
         from filelock import FileLock
 
+        from harness.atomic import refuse_non_regular
+
         self.root.mkdir(parents=True, exist_ok=True)
+        refuse_non_regular(self.path)  # a FIFO would block the append, a device would swallow it
         line = (row.to_json() + "\n").encode("utf-8")
         with FileLock(str(self.root / ".rows.jsonl.lock")), open(self.path, "a+b") as f:
             end = f.seek(0, os.SEEK_END)
@@ -154,25 +185,66 @@ class ResultsStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def rows(self, since: int = 0) -> list[Row]:
-        """Every complete row in the file, or those appended after byte offset `since`."""
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(since)
-            text = f.read().decode("utf-8", errors="replace")
-        return [r for r in map(_parse_row, text.split("\n")) if r is not None]
+    def read(self) -> RowsRead:
+        """Every line of the file read: rows, misfits and torn parts (RowsRead); the file is read bounded
+        (harness/reading.py), and in time linear in its length."""
+        from harness.reading import read_text
+
+        if not self.path.exists() and not self.path.is_symlink():
+            return RowsRead([], [], 0)
+        rows, misfits, torn = [], [], 0
+        for line in read_text(self.path, "rows").split("\n"):
+            kind, value = _parse_line(line)
+            if kind == "row":
+                rows.append(value)
+            elif kind == "misfit":
+                misfits.append(line)
+            elif kind == "torn":
+                torn += 1
+        return RowsRead(rows, misfits, torn)
+
+    def rows(self) -> list[Row]:
+        """Every complete row in the file (the misfits and torn parts left out: `read` says how many)."""
+        return self.read().rows
+
+    def rows_kept(self, warn: Callable[[str], None]) -> list[Row]:
+        """Every complete row; the lines that are no row of this version are copied to misfits.jsonl beside the file
+        (replacing an older copy) and `warn` gets one line saying so, so no row is lost without a word."""
+        from harness.atomic import atomic_write_text
+
+        read = self.read()
+        line = read.warning(self.path)
+        if line is not None:
+            atomic_write_text(self.root / MISFITS, "\n".join(read.misfits) + "\n")
+            warn(line)
+        return read.rows
 
 
-def _parse_row(line: str) -> Row | None:
-    """The row on `line`, or the complete row after a killed run's part of one; None when there is neither."""
-    start = 0
-    while start != -1:
-        try:
-            return Row.from_record(json.loads(line[start:]))
-        except (ValueError, TypeError, RecursionError):  # not JSON, or not a row's fields
-            start = line.find("{", start + 1)
-    return None
+def _parse_line(line: str) -> tuple[str, Row | None]:
+    """("row", the row) for a row of this version, or a complete row glued after a killed writer's part of a line;
+    ("misfit", None) for JSON that is no row this version reads; ("torn", None) for a part of a line;
+    ("empty", None) for a blank line. Each candidate start is a ROW_START, so a line is read in linear time."""
+    if not line.strip():
+        return "empty", None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        starts, at = [], line.find(ROW_START, 1)
+        while at != -1 and len(starts) < 8:
+            starts.append(at)
+            at = line.find(ROW_START, at + 1)
+        for start in starts:
+            try:
+                return "row", Row.from_record(json.loads(line[start:]))
+            except (ValueError, TypeError, RecursionError):
+                continue
+        return "torn", None
+    if not isinstance(record, dict):
+        return "misfit", None
+    try:
+        return "row", Row.from_record(record)
+    except (ValueError, TypeError, RecursionError):
+        return "misfit", None
 
 
 class MergeError(ValueError):
@@ -190,7 +262,7 @@ def merge_folders(folders: Iterable[Path]) -> tuple[list[Row], list[str]]:
     warnings = []
     seen: dict[str, dict[str, Path]] = {"profile": {}, "precision": {}, "code": {}}
     for folder in folders:
-        rows = ResultsStore(folder).rows()
+        rows = ResultsStore(folder).rows_kept(warnings.append)
         if not rows:
             raise MergeError(f"{folder}: no rows (no {Path(folder) / 'rows.jsonl'})")
         for row in rows:

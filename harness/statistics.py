@@ -22,11 +22,12 @@ def ci95(values: pd.Series) -> float:
 def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean and 95 % CI of each metric over seeds, one line per configuration (`KEYS`).
 
-    Also the mean exposure and the positive control: "yes" when every seed's attack implanted,
+    A metric that is not a finite number in one seed makes the mean not one either (shown as n/a), rather than
+    a mean of the other seeds that reads as if every seed counted. Also the mean exposure and the positive control: "yes" when every seed's attack implanted,
     "no" when none did, "k/n" in between, "" for the controls.
     """
     grouped = frame.groupby(list(KEYS), sort=True, dropna=False)
-    out = grouped[list(METRICS)].mean()
+    out = grouped[list(METRICS)].agg(lambda values: values.mean(skipna=False))
     for m in METRICS:
         out[f"{m}_ci"] = grouped[m].apply(ci95)
     out["seeds"] = grouped["seed"].nunique()

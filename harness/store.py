@@ -29,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,6 +43,9 @@ from torch import Tensor
 from harness.atomic import TEMP_NAME, atomic_write_bytes, atomic_write_text
 from harness.encoder_files import ArtifactError, encoder_tensors, file_header, load_encoder, read_file, reason
 from harness.memory import release_freed_memory
+from harness import strict_json
+from harness.reading import read_text
+from harness.strict_json import restore_non_finite
 from harness.models import Encoder
 
 _STORED_SUFFIXES = (".safetensors.sha256", ".json.sha256", ".safetensors", ".json")
@@ -104,17 +109,23 @@ class ArtifactStore:
             return None
         try:
             data = read_file(path)
-            recorded = digest.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeError, ArtifactError) as e:
+            recorded = read_text(digest, "digest").strip()
+        except (OSError, UnicodeError, ValueError) as e:  # ArtifactError and UnreadableFile are ValueErrors
             raise ArtifactError(f"{path}: unreadable, or without its digest ({reason(e)})") from None
         if recorded != self._digest(key, data):
             raise ArtifactError(f"{path}: does not match its digest (edited, damaged, or copied from another key)")
         return data
 
     def _write(self, key: str, path: Path, data: bytes) -> None:
-        """The file, then its digest: a run killed between the two leaves a file without one, which is a miss."""
+        """The file, then its digest: a run killed between the two leaves a file without one, which is a miss. Anything
+        but a regular file in their place (a FIFO, a device, a link) is damage to the store, removed with a warning."""
+        digest = path.with_name(path.name + ".sha256")
+        for target in (path, digest):
+            if os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
+                log.warning("%s: not a regular file in the store; replacing it", target)
+                target.unlink()
         atomic_write_bytes(path, data)
-        atomic_write_text(path.with_name(path.name + ".sha256"), self._digest(key, data) + "\n")
+        atomic_write_text(digest, self._digest(key, data) + "\n")
 
     def encoder(
         self, key: str, build: Callable[[], tuple[Encoder, dict[str, Tensor], dict]]
@@ -164,13 +175,14 @@ class ArtifactStore:
                     record = json.loads(data)
                     if not isinstance(record, dict):
                         raise ArtifactError(f"{path}: not a JSON object")
+                    record = restore_non_finite(record)
                     self.hits += 1
                     return {**record, "cached": True}
-            except (ValueError, RecursionError) as e:  # ArtifactError, and the JSON parser's errors
+            except (ValueError, TypeError, RecursionError) as e:  # ArtifactError, and the JSON parser's errors
                 log.warning("%s; rebuilding it", e if isinstance(e, ArtifactError) else f"{path}: not JSON ({reason(e)})")
             start = time.perf_counter()
             record = build()
             record = {**record, "seconds": record.get("seconds", time.perf_counter() - start)}
-            self._write(key, path, json.dumps(record, sort_keys=True).encode())
+            self._write(key, path, strict_json.dumps(record, sort_keys=True).encode())
             self.builds += 1
             return {**record, "cached": False}

@@ -19,6 +19,7 @@ from typing import Iterable
 import pandas as pd
 from tabulate import tabulate
 
+from harness import strict_json
 from harness.options import TABLE_FORMATS
 from harness.rows import HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
 from harness.statistics import ci95, implant_label, paired_difference, summarise
@@ -31,10 +32,25 @@ def timings_frame(rows: Iterable[Row]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+NOT_A_NUMBER = "n/a"
+NOT_A_NUMBER_NOTE = ("n/a: not a finite number (an ASR over no non-target images, or a NaN the run produced; the rows "
+                     "store it as null and name it in their non_finite field)")
+
+
+def number(x: float) -> str:
+    """`x` to two decimals, or NOT_A_NUMBER for NaN and infinity (never "nan" or "inf")."""
+    return f"{x:.2f}" if math.isfinite(x) else NOT_A_NUMBER
+
+
 def format_cell(mean: float, ci: float, seeds: int) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.2f} ± {ci:.2f}" if seeds > 1 else f"{mean:.2f}"
+    if not math.isfinite(mean):
+        return NOT_A_NUMBER
+    return f"{mean:.2f} ± {number(ci)}" if seeds > 1 else f"{mean:.2f}"
+
+
+def with_note(text: str) -> str:
+    """A rendered table, with NOT_A_NUMBER_NOTE below it when one of its cells is NOT_A_NUMBER."""
+    return f"{text}\n\n{NOT_A_NUMBER_NOTE}" if NOT_A_NUMBER in text else text
 
 
 def _without_empty_variant(table: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +148,7 @@ def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: flo
 
 
 def _cell(acc: float, asr_all: float, asr_nontarget: float) -> str:
-    return f"{acc:.2f} / {asr_all:.2f} / {asr_nontarget:.2f}"
+    return " / ".join(map(number, (acc, asr_all, asr_nontarget)))
 
 
 def paired_table(frame: pd.DataFrame, reference: str = "mimic", metrics: tuple[str, ...] = (HEADLINE, "acc")) -> pd.DataFrame:
@@ -183,7 +199,7 @@ def ablation_verdict(frame: pd.DataFrame, margin: float = ABLATION_MARGIN) -> pd
         else:
             verdict = "uninformative: clone loss alone did not inherit"
         lines.append({"profile": profile, "attack": attack, "scenario": scenario, "downstream": downstream,
-                      "clone_only ASR(all) %": f"{clone[HEADLINE].mean():.2f}", "clean control ASR(all) %": f"{control[HEADLINE].mean():.2f}",
+                      "clone_only ASR(all) %": number(clone[HEADLINE].mean()), "clean control ASR(all) %": number(control[HEADLINE].mean()),
                       "seeds": clone["seed"].nunique(), "verdict": verdict})
     return _without_uniform(pd.DataFrame(lines), ("profile",)) if lines else pd.DataFrame()
 
@@ -273,14 +289,14 @@ def write_tables(rows: list[Row], root: Path) -> dict[str, Path]:
     outputs = {
         "results.csv": frame.to_csv(index=False),
         "timings.csv": timings_frame(rows).to_csv(index=False),
-        "table.md": render(long_table(frame), "markdown") + "\n",
-        "comparison.md": render(comparison_table(frame), "markdown") + "\n",
+        "table.md": with_note(render(long_table(frame), "markdown")) + "\n",
+        "comparison.md": with_note(render(comparison_table(frame), "markdown")) + "\n",
         "comparison.tex": render(comparison_table(frame), "latex") + "\n",
-        "paired.md": render(paired_table(frame), "markdown") + "\n",
-        "ablation.md": render(ablation_verdict(frame), "markdown") + "\n",
-        "results.json": frame.to_json(orient="records", indent=1, force_ascii=False) + "\n",
+        "paired.md": with_note(render(paired_table(frame), "markdown")) + "\n",
+        "ablation.md": with_note(render(ablation_verdict(frame), "markdown")) + "\n",
+        "results.json": "[\n" + ",\n".join(strict_json.dumps(r) for r in frame.to_dict(orient="records")) + "\n]\n",
         "cost.md": render(cost_table(rows), "markdown") + "\n",
-        "verdicts.md": render(verdict_table(rows), "markdown") + "\n",
+        "verdicts.md": with_note(render(verdict_table(rows), "markdown")) + "\n",
     }
     paths = {}
     for name, text in outputs.items():

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from harness.encoder_files import reason
 from harness.data import IMAGE_SIZE
-from harness.images import IMAGE_SUFFIXES
+from harness.images import IMAGE_SUFFIXES, open_image
+from harness.reading import read_bytes
 from harness.registry import TRIGGERS
 from harness.triggers import Trigger, make_trigger
 
@@ -45,9 +46,8 @@ def load_trigger(spec: str, size: int, mask: Path | None = None) -> Trigger:
     if path.suffix.lower() not in (*IMAGE_SUFFIXES, ".safetensors"):
         raise ValueError(f"--trigger {spec!r} is neither a registered trigger ({', '.join(TRIGGERS.names())}) "
                          f"nor a trigger file ({', '.join(IMAGE_SUFFIXES)}, .safetensors)")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
     if path.suffix == ".safetensors":
+        read_bytes(path, "trigger")  # a regular file under its cap, or one line why not (an image is read so by open_image)
         if mask is not None:
             raise ValueError(f"{path}: a .safetensors trigger holds its own mask; drop --trigger-mask")
         return _from_tensors(path)
@@ -85,23 +85,9 @@ def _harness_trigger_name(metadata: dict[str, str]) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _open(path: Path):
-    """The image's header only: nothing is decoded yet."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many kinds on crafted files; all mean unreadable
-        raise ValueError(f"{path}: not a readable image ({reason(e)})") from None
-
-
 def _read_image(path: Path, mode: str, what: str) -> Tensor:
     """(C, H, W) float in [0, 1] of an image file converted to `mode` (RGBA, RGB or L); its size checked before decoding."""
-    with _open(path) as image:
+    with open_image(path) as image:
         if image.size != (IMAGE_SIZE, IMAGE_SIZE):
             w, h = image.size
             raise ValueError(f"{path}: the trigger {what} is {(h, w)} pixels; the harness's images are {(IMAGE_SIZE, IMAGE_SIZE)}")
@@ -117,15 +103,13 @@ def _read_image(path: Path, mode: str, what: str) -> Tensor:
 
 
 def _from_images(path: Path, mask_path: Path | None) -> Trigger:
-    with _open(path) as image:
+    with open_image(path) as image:
         has_alpha = image.mode in ("RGBA", "LA") or "transparency" in image.info
     if mask_path is None:
         if not has_alpha:
             raise ValueError(f"{path}: an opaque image needs --trigger-mask (or an alpha channel as the mask)")
         rgba = _read_image(path, "RGBA", "pattern")
         return _checked(path, rgba[:3], rgba[3:])
-    if not Path(mask_path).is_file():
-        raise ValueError(f"{mask_path}: no such file")
     return _checked(path, _read_image(path, "RGB", "pattern"), _read_image(Path(mask_path), "L", "mask"))
 
 

@@ -1,13 +1,19 @@
-"""Shared fixtures: a small backdoored encoder on real images, built once per session."""
+"""Shared fixtures: a small backdoored encoder on real images, built once per session; a folder of 8 images and a small
+encoder file for the CLI; a stand-in Ghostscript."""
 
 import copy
+import os
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from attacks.badencoder import BadEncoderConfig, badencoder
 from harness.contract import AttackInputs, CleanSubset
 from harness.data import load_dataset
+from harness.encoder_files import save_encoder
+from harness.models import build_encoder
 from harness.ssl import SimCLRConfig, pretrain
 from harness.triggers import make_trigger
 
@@ -32,3 +38,34 @@ def encoders():
     )
     backdoored = badencoder(inputs, 0, BadEncoderConfig()).encoder.eval()
     return clean.eval(), backdoored, CleanSubset(data.images[2000:2200])
+
+
+@pytest.fixture
+def stand_in_gs(tmp_path, monkeypatch) -> Path:
+    """A `gs` first on PATH that only touches a marker file: whether Pillow ran Ghostscript, and nothing more."""
+    from PIL import EpsImagePlugin
+
+    folder, marker = tmp_path / "bin", tmp_path / "gs-ran"
+    folder.mkdir()
+    (folder / "gs").write_text(f"#!/bin/sh\ntouch '{marker}'\nexit 1\n")
+    (folder / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # Pillow looks for gs anew, on this PATH
+    return marker
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 100)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def suspect(tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "suspect.safetensors"
+    save_encoder(path, build_encoder("resnet18", 4))
+    return path

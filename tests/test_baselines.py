@@ -12,7 +12,7 @@ from defenses.fp import FinePruningConfig, channels_to_prune, fp, last_conv_acti
 from defenses.medic import MedicConfig, active_stages, medic, stage_std, teacher_importance
 from defenses.moth import MothConfig, fit_head, invert, pseudo_labels
 from defenses.nad import NADConfig, nad, nad_loss
-from harness.augment import AugmentConfig, simclr_view
+from harness.augment import simclr_view
 from harness.contract import Budget, CleanSubset
 from harness.losses import mean_pairwise_cosine
 from harness.models import STAGES, build_encoder

@@ -18,23 +18,6 @@ from tests.test_hostile_files import _harness_file, _png_header_only
 PURIFY_FAST = ["--defense", "mimic", "--set", "budget_fraction=0.001", "--set", "defense_batch=4"]
 
 
-@pytest.fixture
-def data(tmp_path) -> Path:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(8):
-        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 100)).save(folder / f"{i}.png")
-    return folder
-
-
-@pytest.fixture
-def suspect(tmp_path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "suspect.safetensors"
-    save_encoder(path, build_encoder("resnet18", 4))
-    return path
-
-
 def _one_error_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

@@ -106,7 +106,7 @@ def test_image_folders_flat_or_by_class_become_32x32_uint8(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         load_image_folder(tmp_path / "a" / "cat")
     (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+    with pytest.raises(ValueError, match="broken.png: named as PNG but its bytes are no image format read here"):
         load_image_folder(tmp_path / "a")
 
 

@@ -1,32 +1,49 @@
-"""Fuzzing the loaders: whatever the bytes, the answer is a checked encoder or one line naming the file.
+"""Fuzzing the loaders: whatever the bytes, the answer is a checked encoder, image or row, or one line naming the file.
 
-Three generators: harness safetensors files whose JSON header is mutated (sizes, offsets,
-dtypes, the architecture's config, the metadata), PyTorch state dicts of every kind of
-tensor and value the weights-only unpickler lets through (then, sometimes, their zip bytes
-damaged or recompressed), and raw bytes under either name. Each input must give an
-`Encoder` or an `ArtifactError` whose message is one line naming the file; any other
+Encoders, three generators: harness safetensors files whose JSON header is mutated (sizes,
+offsets, dtypes, the architecture's config, the metadata), PyTorch state dicts of every
+kind of tensor and value the weights-only unpickler lets through (then, sometimes, their
+zip bytes damaged or recompressed), and raw bytes under either name. Each input must give
+an `Encoder` or an `ArtifactError` whose message is one line naming the file; any other
 exception fails, and so does a peak of resident memory above `MEMORY_BOUND` (the inputs
 are small, so that bound is what "a small file cannot decide what is allocated" means).
+
+Images: files of many formats (EPS among them), damaged, with their sizes rewritten, or
+raw bytes, under every image suffix, read as a data folder and as a trigger: a uint8
+image or a one-line ValueError naming the file, within the memory bound, and a stand-in
+`gs` on PATH never run. Rows files: rows, rows glued after a killed writer's part of
+one, rows of another shape, any JSON and any text, one per line: every row is read back,
+everything else is counted as a misfit or a torn part, nothing raises.
 
 CI runs `HARNESS_FUZZ_EXAMPLES` examples per generator (default 120, well under a minute
 in all); `HARNESS_FUZZ_EXAMPLES=10000` is the long run.
 """
 
+import dataclasses
 import io
 import json
+import math
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from harness.encoder_files import ArtifactError, encoder_bytes, load_encoder
+from harness.images import load_image_folder
 from harness.layouts import load_external_encoder
 from harness.models import Encoder, build_encoder
+from harness.rows import ResultsStore, Row
+from harness.trigger_files import load_trigger
 from tests.peak import peak_memory
+from tests.test_hostile_inputs import EPS, _with_jpeg_size
+from tests.test_tables import row
 
 MB = 2**20
 MEMORY_BOUND = 96 * MB
@@ -228,3 +245,127 @@ def test_any_bytes_give_one_line(tmp_path, prefix, rest, suffix):
     _answer(path, load_external_encoder)
     if suffix == ".safetensors":
         _answer(path, load_encoder)
+
+
+# images: any bytes under an image suffix ------------------------------------------------------------------------------
+
+
+def _image(fmt: str, size=(32, 32), mode="RGB", **kwargs) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+from PIL import Image  # noqa: E402 - beside the image generators that use it
+
+IMAGE_SEEDS = [("x.png", _image("PNG")), ("x.png", _image("PNG", mode="RGBA")), ("x.PNG", _image("PNG", (300, 20), mode="L")),
+               ("x.jpg", _image("JPEG")), ("x.jpeg", _image("JPEG", (64, 64), progressive=True)), ("x.bmp", _image("BMP")),
+               ("x.webp", _image("WEBP")), ("x.png", _image("GIF")), ("x.png", _image("TIFF")), ("x.png", EPS)]
+IMAGE_NAMES = ["x.png", "x.jpg", "x.jpeg", "x.bmp", "x.webp"]
+
+
+@st.composite
+def image_files(draw) -> tuple[str, bytes]:
+    """A file name and its bytes: under its own format's suffix half the time, under any image suffix otherwise."""
+    own, blob = draw(st.sampled_from(IMAGE_SEEDS))
+    name = draw(st.sampled_from([own, own, *IMAGE_NAMES]))
+    damage = draw(st.sampled_from(["none", "flip", "truncate", "append", "size", "raw"]))
+    if damage == "flip":
+        mutable = bytearray(blob)
+        for position, value in draw(st.lists(st.tuples(st.integers(0, len(blob) - 1), st.integers(0, 255)), min_size=1, max_size=8)):
+            mutable[position] = value
+        blob = bytes(mutable)
+    elif damage == "truncate":
+        blob = blob[: draw(st.integers(0, len(blob)))]
+    elif damage == "append":
+        blob += draw(st.binary(min_size=1, max_size=256))
+    elif damage == "size":  # the header claims another size than its data holds
+        h, w = draw(st.sampled_from([0, 1, 31, 33, 4096, 4097, 65500, 2**31 - 1])), draw(st.sampled_from([0, 1, 32, 4096, 65535]))
+        if blob.startswith(b"\x89PNG"):
+            blob = blob[:16] + w.to_bytes(4, "big") + h.to_bytes(4, "big") + blob[24:]
+        elif b"\xff\xc0" in blob:
+            blob = _with_jpeg_size(blob, min(h, 65535), w)
+    elif damage == "raw":
+        blob = draw(st.binary(max_size=512))
+    return name, blob
+
+
+@FUZZ
+@given(file=image_files())
+def test_any_bytes_named_as_an_image_give_an_image_or_one_line(tmp_path, stand_in_gs, file):
+    name, blob = file
+    folder = tmp_path / "images"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "good.png")
+    (folder / name).write_bytes(blob)
+    with peak_memory(required=False) as peak:
+        for load in (lambda: load_image_folder(folder), lambda: load_trigger(str(folder / name), 6)):
+            try:
+                loaded = load()
+            except ValueError as e:
+                assert "\n" not in str(e) and name in str(e), str(e)
+                event(f"refused: {re.sub(r'[0-9]+', 'N', str(e).split(': ', 1)[1])[:40]}")
+            else:
+                event("loaded")
+                if isinstance(loaded, torch.Tensor):
+                    assert loaded.dtype == torch.uint8 and loaded.shape == (2, 3, 32, 32)
+    assert peak.bytes < MEMORY_BOUND, f"{peak.bytes / MB:.0f} MB for a {len(blob)}-byte image"
+    assert not stand_in_gs.exists(), "Ghostscript ran"
+
+
+# rows files: every row read back, everything else counted ---------------------------------------------------------------
+
+REQUIRED = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+METRIC_VALUES = st.one_of(st.floats(0, 100), st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+@st.composite
+def rows_files(draw) -> tuple[str, list[Row]]:
+    """A rows file's text and the rows a reader must find in it."""
+    lines, expected = [], []
+    for _ in range(draw(st.integers(0, 8))):
+        r = row(seed=draw(st.integers(0, 99)), acc=draw(METRIC_VALUES), asr=draw(METRIC_VALUES))
+        text = r.to_json()
+        kind = draw(st.sampled_from(["row", "torn+row", "torn", "drop", "add", "retype", "json", "text", "blank"]))
+        cut = draw(st.integers(1, len(text) - 1))
+        if kind in ("row", "torn+row"):
+            lines.append(text if kind == "row" else text[:cut] + text)
+            expected.append(r)
+        elif kind == "torn":
+            lines.append(text[:cut])
+        elif kind in ("drop", "add", "retype"):
+            record = json.loads(text)
+            field = draw(st.sampled_from(REQUIRED))
+            if kind == "drop":
+                del record[field]
+            elif kind == "add":
+                record[draw(st.text(min_size=1, max_size=8).filter(lambda k: k not in record))] = draw(JSON)
+            else:
+                record[field] = [1]  # no field of a row is a list
+            lines.append(json.dumps(record, sort_keys=True))
+        elif kind == "json":
+            lines.append(json.dumps(draw(JSON)))
+        elif kind == "text":
+            lines.append(draw(st.text(max_size=200).map(lambda t: t.replace("\n", " ").replace("\r", " "))))
+        else:
+            lines.append("")
+    return "\n".join(lines) + ("\n" if lines else ""), expected
+
+
+def _same_row(a: Row, b: Row) -> bool:
+    same = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))  # noqa: E731
+    return all(same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(Row) if f.name != "seconds")
+
+
+@FUZZ
+@given(file=rows_files())
+def test_any_rows_file_gives_back_every_row_and_counts_the_rest(tmp_path, file):
+    text, expected = file
+    (tmp_path / "rows.jsonl").write_text(text, encoding="utf-8")
+    read = ResultsStore(tmp_path).read()
+    assert len(read.rows) == len(expected) and all(map(_same_row, read.rows, expected))
+    for line in read.misfits:
+        json.loads(line)  # a misfit is JSON; what is not is a torn part
+    event(f"{len(read.rows)} rows, {len(read.misfits)} misfits, {read.torn} torn")

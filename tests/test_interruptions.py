@@ -49,14 +49,14 @@ WRITER = textwrap.dedent("""
 
     real_atomic_write = atomic.atomic_write
 
-    def slow_atomic_write(path, write):
+    def slow_atomic_write(path, write, exclusive=False):
         def half(tmp):
             write(tmp)
             if stall_here():
                 data = tmp.read_bytes()
                 tmp.write_bytes(data[: len(data) // 2])
                 stall(path.name)
-        real_atomic_write(path, half)
+        real_atomic_write(path, half, exclusive)
 
     class SlowRows:
         def __init__(self, f):

@@ -294,13 +294,13 @@ def test_purify_refuses_to_overwrite_the_input(images, tmp_path, capsys):
     save_file({k: v.contiguous() for k, v in build_encoder("resnet18", 4).state_dict().items()}, str(tmp_path / "m.safetensors"))
     before = (tmp_path / "m.safetensors").read_bytes()
     assert main(["purify", str(tmp_path / "m.safetensors"), "--data", str(images), "--out", str(tmp_path / "m.safetensors")]) == 2
-    assert "is the command's input" in capsys.readouterr().err and (tmp_path / "m.safetensors").read_bytes() == before
+    assert "is one of the command's inputs" in capsys.readouterr().err and (tmp_path / "m.safetensors").read_bytes() == before
     # The third output, the weights in the input's layout, is checked too: here it would be the input itself.
     source = tmp_path / "o.torchvision.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), source)
     before = source.read_bytes()
     assert main(["purify", str(source), "--data", str(images), "--out", str(tmp_path / "o.safetensors"), "--force"]) == 2
-    assert f"{source}: is the command's input" in capsys.readouterr().err and source.read_bytes() == before
+    assert f"{source}: is one of the command's inputs" in capsys.readouterr().err and source.read_bytes() == before
     assert not (tmp_path / "o.safetensors").exists() and not (tmp_path / "o.json").exists()
 
 
