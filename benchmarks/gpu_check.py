@@ -13,14 +13,14 @@ defense, variant, seed) and compared.
 What is expected, and why. Floating-point reductions run in another order on
 another device, and training amplifies that: on this project's CPUs a change of
 thread count alone moved the clean encoder's ACC by under a point and MIMIC's
-ASR(all) with the exposed trigger by up to 16 points (README). So the check
+ASR(all) with the exposed trigger by up to 16 points (an earlier round). So the check
 asks for the same findings, not the same digits:
 - every row's ACC within ACC_TOLERANCE (3) points of the CPU's;
 - the controls' ASR(all) within CONTROL_ASR_TOLERANCE (5) points; the clean
   encoder usable (USABLE_MARGIN above random) on every device;
 - the undefended suspect implanted on every device;
 - defended rows' ASR is printed and its difference shown, not gated: with the
-  exposed trigger it is the number the README reports as machine-sensitive.
+  exposed trigger it is the number docs/DESIGN.md ("Determinism") calls machine-sensitive.
 Beside the comparison: seconds per stage and throughput on CUDA (SimCLR,
 BadEncoder and MIMIC's distillation in source images per second, each image
 seen as two views; MINE steps per second; the probe's seconds).

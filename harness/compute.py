@@ -9,7 +9,7 @@ rows computed in different precisions.
 fp32 is the default on a GPU too because bf16 did not pay where it was
 measured: on one H200 at the paper's width and MIMIC's batch of 128, a SimCLR
 step ran at 0.73x and a MIMIC distillation step at 0.93x of fp32's throughput
-(README, "On a GPU"). At these sizes a step is bound by launching kernels, not
+(docs/RESULTS.md, "On one GPU"). At these sizes a step is bound by launching kernels, not
 by arithmetic, and autocast adds casts.
 
 bf16 autocast covers the encoder and projector forwards of the training loops
@@ -24,7 +24,7 @@ features and the exposure are measurements, and cost little).
 
 On CUDA, cuDNN picks its fastest convolution algorithms (`cudnn.benchmark`),
 which may differ between runs; `deterministic=True` asks PyTorch for
-deterministic algorithms instead (README: what that covers).
+deterministic algorithms instead (docs/DESIGN.md, "Determinism": what that covers).
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("precision", "--harness-precision", "fp32", "of the training stages: fp32, or bf16 (autocast of the forwards); rows of "
            "different precisions are never merged", None, "PRECISION", choices=("fp32", "bf16"), fronts=(*SESSION, "purify")),
     Option("deterministic", "--harness-deterministic", False, "ask PyTorch for deterministic algorithms (and no cuDNN autotuning); "
-           "slower on a GPU, and README says what it does not cover", kind="flag"),
+           "slower on a GPU; docs/DESIGN.md says what it does not cover", kind="flag"),
     Option("data_root", "--harness-data-root", None,
            "folder holding the datasets in torchvision's layout (Fashion-MNIST also from Debian's package)", _folder, "DIR",
            shown_default="none", fronts=(*SESSION, "evaluate", "export")),

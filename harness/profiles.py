@@ -125,7 +125,7 @@ def tiny() -> Profile:
         # only 152 steps and 2 of the 6 task-seed pairs passed; tried 256, 64, 32, kept the one passing the
         # most pairs, then with the largest smallest margin (32: 5 of 6, digits seed 1 short by 0.14 points).
         # Measured by `python benchmarks/calibrate.py usability --set ssl_batch=N --threads 1`. On another
-        # machine of the same kind 32 passed 4 of 6 (README): the digits margin is within machine variation.
+        # machine of the same kind 32 passed 4 of 6 (an earlier round): the digits margin is within machine variation.
         ssl_batch=32,
         crop_scale=(0.25, 1.0),  # small crops of 32x32 garments carry too little to learn from in 8 epochs
         # Attack side, fixed by the implant criterion (BadEncoder ASR(all) >= 90 % on both tasks):
@@ -175,12 +175,14 @@ def small() -> Profile:
 
 @PROFILES.register("gpu")
 def gpu() -> Profile:
-    """The paper's encoder on one GPU, Fashion-MNIST offline: minutes per Table I on one H200.
+    """The paper's encoder on one GPU, Fashion-MNIST offline.
 
     Criteria (the rule of this module's docstring, plus one of this profile's): the clean encoder beats the
     random encoder by USABLE_MARGIN and a linear probe on raw pixels, on both tasks; BadEncoder (both
     scenarios) and BASSL implant, ASR(all) >= 90 %, on both tasks. `python benchmarks/calibrate.py
-    usability --profile gpu` and `... implant ATTACK --profile gpu` measure them.
+    usability --profile gpu` and `... implant ATTACK --profile gpu` measure them. What has been measured of them
+    (one H200, seed 0, bf16 autocast) is in docs/RESULTS.md, "On one GPU"; BASSL's implant and the fp32 runs
+    have not been, and a full Table I's time on this profile has not been either.
     """
     return Profile(
         name="gpu",
