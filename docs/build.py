@@ -266,16 +266,16 @@ BLOCK = re.compile(r"(<!-- generated: (?P<name>[a-z-]+) -->\n)(?P<body>.*?)(<!--
 
 
 def readme_blocks() -> dict[str, str]:
-    """The README's generated blocks, by name: the demo's finding and table, and its time."""
+    """The README's generated block, by name: the demo's time, finding and table."""
     rows = rows_of("demo")
     frame = to_frame(rows)
     p = provenance("demo")
-    table = long_table(frame).drop(columns=[c for c in ("scenario", "downstream", "seeds", "exposure") if c in long_table(frame)])
+    table = long_table(frame)
+    table = table.drop(columns=[c for c in ("scenario", "downstream", "seeds", "exposure", "implanted") if c in table])
     return {
-        "demo-time": f"The demo took {_minutes(p['wall_seconds'])} on {p['machine']} ({p['wall_note']}); its rows are "
-                     f"`docs/results/demo/rows.jsonl`.\n",
-        "demo-output": "```console\n" + "\n".join(f"finding: {f.line()}" for f in findings(rows)) + "\n\n"
-                       + render(table, "terminal") + "\n```\n",
+        "demo-output": f"It took {_minutes(p['wall_seconds'])} on {p['machine']} ({p['wall_note']}) and printed "
+                       "(`docs/results/demo/`):\n\n```console\n"
+                       + "\n".join(f"finding: {f.line()}" for f in findings(rows)) + "\n\n" + render(table, "terminal") + "\n```\n",
     }
 
 

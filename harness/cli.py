@@ -372,7 +372,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     """Exit 1, one line per failure, when a defended row breaks a gate or regresses against the baseline."""
-    from harness.gates import failures, load_baseline
+    from harness.gates import failures, gated, load_baseline
 
     rows = _rows_of([args.rows_dir])
     if not args.gate and args.baseline is None:
@@ -380,8 +380,10 @@ def _gate(args: argparse.Namespace) -> int:
     found = failures(rows, args.gate, None if args.baseline is None else load_baseline(args.baseline), args.baseline_tolerance)
     for line in found:
         print(f"harness gate: {line}")
-    checked = sum(r.defense != "none" and r.attack not in ("clean", "random") for r in rows)
-    print(f"harness gate: {len(found)} failure(s) in {checked} defended rows of {_shown(args.rows_dir)}")
+    checked = len(gated(rows))
+    skipped = sum(r.defense != "none" and r.implanted is False for r in rows)
+    print(f"harness gate: {len(found)} failure(s) in {checked} defended rows of {_shown(args.rows_dir)}"
+          + (f"; {skipped} row(s) of suspects that did not implant not gated" if skipped else ""))
     return 1 if found else EXIT_CLEAN
 
 

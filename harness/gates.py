@@ -106,13 +106,12 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
     """What `harness gate` reports: each defended row that breaks a gate or regresses against the baseline, one line each.
 
     A defended row is read against the undefended row of its suspect (same identity, defense `none`, its own
-    variant where there is one, else the plain row), as the suites read it.
+    variant where there is one, else the plain row), as the suites read it. A row whose attack did not implant is
+    not gated, as the suites skip it: it can show no defense working (`gated` counts the rows that are).
     """
     undefended = {r.identity: r for r in rows if r.defense == "none"}
     found = []
-    for row in rows:
-        if row.defense == "none" or row.attack in ("clean", "random"):
-            continue
+    for row in gated(rows):
         plain = dataclasses.replace(row, defense="none")
         reference = undefended.get(plain.identity) or undefended.get(dataclasses.replace(plain, variant="").identity)
         for check_one in [*(lambda g=g: check(row, g, reference) for g in gates),
@@ -122,6 +121,11 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
             except (AssertionError, ValueError) as e:
                 found.append(str(e))
     return found
+
+
+def gated(rows: list[Row]) -> list[Row]:
+    """The defended rows a gate reads: not the controls, not the undefended rows, not a suspect that did not implant."""
+    return [r for r in rows if r.defense != "none" and r.attack not in ("clean", "random") and r.implanted is not False]
 
 
 def check_baseline(row: Row, baseline: dict[str, dict[str, float]], tolerance: float) -> None:

@@ -96,6 +96,15 @@ def test_the_gates_apply_to_merged_rows(tmp_path, capsys):
     assert main(["gate", str(tmp_path / "merged"), "--gate", "asr_all<=80"]) == 0
 
 
+def test_the_gate_skips_suspects_that_did_not_implant_as_the_suites_do(tmp_path, capsys):
+    store = ResultsStore(tmp_path / "merged")
+    for r in (row(0, acc=80, asr=30), row(0, acc=70, asr=25, defense="mimic")):
+        store.append(dataclasses.replace(r, implanted=False))
+    assert main(["gate", str(tmp_path / "merged"), "--gate", "asr_all<=20"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"harness gate: 0 failure(s) in 0 defended rows of {tmp_path / 'merged'}; 1 row(s) of suspects that did not implant not gated")
+
+
 @pytest.mark.parametrize("workers, gpus, device, fits", [(2, 2, "auto", True), (4, 2, "auto", False), (4, 2, "cuda", True),
                                                          (8, 0, "auto", True)])
 def test_workers_never_share_a_gpu_unless_asked(workers, gpus, device, fits):
