@@ -139,6 +139,41 @@ def implant_only(name: str) -> str:
     ])
 
 
+def demo(name: str) -> str:
+    rows = rows_of(name)
+    return "\n\n".join([where_from(name), finding_list(rows), markdown(long_table(to_frame(rows)))])
+
+
+def side_by_side(runs: dict[str, str]) -> pd.DataFrame:
+    """The same grid's rows from several result folders, ACC and ASR(all) per folder, one line per row identity."""
+    identity = ["attack", "scenario", "downstream", "defense", "seed"]
+    merged = None
+    for label, folder in runs.items():
+        frame = to_frame(rows_of(folder))[[*identity, "acc", "asr_all"]]
+        frame = frame.rename(columns={"acc": f"ACC {label}", "asr_all": f"ASR(all) {label}"})
+        merged = frame if merged is None else merged.merge(frame, on=identity, how="outer")
+    return merged
+
+
+def threads_and_shards(name: str) -> str:
+    """The demo at one process of two threads against two xdist workers of one thread each, and the latter in shards."""
+    one, two, shards = provenance("demo"), provenance(name), provenance("demo-shards")
+    frame = side_by_side({"1 process": "demo", "-n 2": name})
+    differ = frame[(frame["ACC 1 process"] != frame["ACC -n 2"]) | (frame["ASR(all) 1 process"] != frame["ASR(all) -n 2"])]
+    sharded = side_by_side({"-n 2": name, "2 shards merged": "demo-shards"})
+    same = ((sharded["ACC -n 2"] == sharded["ACC 2 shards merged"]) & (sharded["ASR(all) -n 2"] == sharded["ASR(all) 2 shards merged"])).sum()
+    return "\n\n".join([
+        where_from(name),
+        f"Wall time from an empty cache: {_minutes(one['wall_seconds'])} in one process (two threads), "
+        f"{_minutes(two['wall_seconds'])} with two xdist workers of one thread each: {one['wall_seconds'] / two['wall_seconds']:.2f}x. "
+        f"The thread count changes the numbers: {len(differ)} of {len(frame)} rows differ in ACC or ASR(all) "
+        "(docs/DESIGN.md, \"Determinism\"):",
+        markdown(frame),
+        f"The same grid in two shards (`{shards['command']}`), each shard on the `-n 2` run's cache as two machines "
+        f"sharing a store would be, then `harness merge`: {same} of {len(sharded)} rows identical to the unsharded run's.",
+    ])
+
+
 def scan_power(_: str) -> str:
     table = json.loads((ROOT / "harness" / "scan_power.json").read_text())
     lines = [f"- command: `{table['command']}`", f"- detector: {table['detector']}"]
@@ -182,8 +217,11 @@ def gpu(name: str) -> str:
     ])
 
 
+DEMO = "pytest suites/test_effectiveness.py --attack=badencoder --downstream=fmnist -k patch"
 SUITE = "pytest suites/{} --harness-seeds=3 -n 2 --harness-results-dir docs/results/{}"
 SECTIONS = (
+    Section("The demo (tiny, seed 0)", "demo", demo, DEMO),
+    Section("The demo at two thread counts, and in two shards", "demo-n2", threads_and_shards, DEMO + " -n 2"),
     Section("Table I: BadEncoder against every defense (tiny, 3 seeds)", "table-i-badencoder", table_i),
     Section("The ablation, the paper's trigger (tiny, 3 seeds)", "ablation", ablation),
     Section("MIMIC's weights swept (tiny, 3 seeds)", "weight-sweeps", sweep,
