@@ -310,10 +310,20 @@ def readme_blocks() -> dict[str, str]:
     p = provenance("demo")
     table = long_table(frame)
     table = table.drop(columns=[c for c in ("scenario", "downstream", "seeds", "exposure", "implanted") if c in table])
+    caution = ""
+    if (RESULTS / "demo-n2").is_dir():
+        both = side_by_side({"one": "demo", "two": "demo-n2"})
+        defended = both[~both["defense"].isin(("none",)) & ~both["attack"].isin(("clean", "random"))]
+        reordered = list(defended.sort_values("ASR(all) one")["defense"]) != list(defended.sort_values("ASR(all) two")["defense"])
+        caution = (f"One seed is one draw: the same slice with `-n 2` (one thread per worker) moved these ASR(all) by up to "
+                   f"{(both['ASR(all) one'] - both['ASR(all) two']).abs().max():.0f} points"
+                   + (" and reordered the defenses" if reordered else "")
+                   + " (docs/RESULTS.md); compare defenses over seeds (`--harness-seeds=3`).\n")
     return {
         "demo-output": f"It took {_minutes(p['wall_seconds'])} on {p['machine']} ({p['wall_note']}) and printed "
                        "(`docs/results/demo/`):\n\n```console\n"
-                       + "\n".join(f"finding: {f.line()}" for f in findings(rows)) + "\n\n" + render(table, "terminal") + "\n```\n",
+                       + "\n".join(f"finding: {f.line()}" for f in findings(rows)) + "\n\n" + render(table, "terminal") + "\n```\n\n"
+                       + caution,
     }
 
 

@@ -32,7 +32,8 @@ import pandas as pd
 from harness.profiles import CONTROL_ASR_AT_MOST, USABLE_MARGIN
 from harness.rows import HEADLINE, Row, to_frame
 from harness.statistics import ci95, implant_label
-from harness.tables import ablation_verdict, comparison_table, cost_table, long_table, paired_table, verdict_table
+from harness.tables import (BEST_MAX_ACC_DROP, ablation_verdict, comparison_table, cost_table, long_table, paired_table,
+                            verdict_table)
 
 CONFIGURATION = ("profile", "precision", "attack", "scenario", "downstream")  # what one finding is about
 CONTROLS = ("clean", "random")
@@ -54,6 +55,7 @@ class Finding:
     reached: tuple[tuple[str, float], ...]  # (defense, ASR(all) %) at the clean control's level
     missed: tuple[tuple[str, float], ...]  # (defense, ASR(all) %) above it
     failed_controls: tuple[str, ...]  # what went wrong with the controls, each in a few words
+    acc_cost: tuple[tuple[str, float], ...] = ()  # (defense, ACC lost against none) where it lost over BEST_MAX_ACC_DROP
 
     @property
     def where(self) -> str:
@@ -69,8 +71,10 @@ class Finding:
             return f"{self.where}: no clean control row to read the defenses against"
         level = f"the clean control's ASR(all) {self.clean_asr:.1f}" + (f" ± {self.clean_ci:.1f}" if self.seeds > 1 else "")
 
-        def named(pairs: tuple[tuple[str, float], ...]) -> str:
-            return ", ".join(f"{d} {a:.1f}" for d, a in pairs)
+        cost = dict(self.acc_cost)
+
+        def named(pairs: tuple[tuple[str, float], ...]) -> str:  # a low ASR bought with the encoder's accuracy says so
+            return ", ".join(f"{d} {a:.1f}" + (f" (ACC -{cost[d]:.1f})" if d in cost else "") for d, a in pairs)
 
         parts = []
         if self.missed:
@@ -102,14 +106,18 @@ def findings(rows: Iterable[Row]) -> list[Finding]:
         if len(clean) and clean["asr_nontarget"].mean() > CONTROL_ASR_AT_MOST:
             failed.append(f"the trigger alone moves clean predictions: ASR(non-target) {clean['asr_nontarget'].mean():.1f}")
         clean_asr, clean_ci = (clean[HEADLINE].mean(), ci95(clean[HEADLINE])) if len(clean) else (None, 0.0)
-        reached, missed = [], []
+        reached, missed, acc_cost = [], [], []
         for defense, rows_of in group[group["defense"] != "none"].groupby("defense", sort=True):
             asr = rows_of[HEADLINE].mean()
             at_level = clean_asr is not None and asr <= clean_asr + clean_ci
             (reached if at_level else missed).append((defense, float(asr)))
+            lost = undefended[undefended["seed"].isin(seeds)]["acc"].mean() - rows_of["acc"].mean()
+            if lost > BEST_MAX_ACC_DROP:
+                acc_cost.append((defense, float(lost)))
         out.append(Finding(profile, precision, attack, scenario, downstream, len(seeds), implanted,
                            None if clean_asr is None else float(clean_asr), float(clean_ci),
-                           tuple(sorted(reached, key=lambda p: p[1])), tuple(sorted(missed, key=lambda p: -p[1])), tuple(failed)))
+                           tuple(sorted(reached, key=lambda p: p[1])), tuple(sorted(missed, key=lambda p: -p[1])), tuple(failed),
+                           tuple(acc_cost)))
     return out
 
 

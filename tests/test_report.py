@@ -50,6 +50,13 @@ def test_each_configuration_is_read_against_its_own_clean_control():
     assert digits.failed_controls and "clean encoder not usable" in digits.line() and "no defense is read here" in digits.line()
 
 
+def test_a_low_asr_bought_with_the_encoders_accuracy_says_what_it_cost():
+    one = [r for r in known_rows() if r.seed == 0 and r.downstream == "fmnist" and r.scenario == "patch10"]
+    broken = _row("badencoder", "medic", 45, 10, implanted=True)  # 32 ACC points below the undefended 77
+    (patch,) = findings([*one, broken])
+    assert "down to it: medic 10.0 (ACC -32.0), ft 11.0" in patch.line()  # ft lost 2 points: no note
+
+
 def test_one_seed_reads_at_the_controls_mean_and_a_control_a_trigger_moves_fails():
     one = [r for r in known_rows() if r.seed == 0 and r.downstream == "fmnist" and r.scenario == "patch10"]
     (patch,) = findings(one)
