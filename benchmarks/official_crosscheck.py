@@ -259,8 +259,11 @@ def crosscheck(args: argparse.Namespace) -> int:
     print(f"official_crosscheck: {args.attack} ({args.scenario}) on {args.downstream}, seed {args.seed}, profile {profile.name} "
           f"(width {profile.width}), {epochs} epochs and {mi_epochs} MI epochs, batch {profile.defense_batch}, lr {profile.defense_lr:g}; "
           f"{describe(device, 'fp32')}; official code at {commit or 'an unknown commit'}", flush=True)
-    suspect = bench.suspect(args.attack, args.downstream, args.seed, scenario=args.scenario)
     clean = bench.clean_subset()
+    if len(clean) < profile.defense_batch:  # their loader drops the last batch: no batch at all, then a division by zero
+        raise ValueError(f"the official MIMIC needs at least one batch of {profile.defense_batch} clean images; this profile's "
+                         f"defender has {len(clean)} (raise pretrain_size or clean_ratio, or lower defense_batch)")
+    suspect = bench.suspect(args.attack, args.downstream, args.seed, scenario=args.scenario)
     train, test = bench.downstream(args.downstream)
     probe = bench.probe_config()
 

@@ -195,6 +195,9 @@ def test_not_a_checkout_and_a_narrow_encoder_are_one_line_errors(fake_checkout, 
     assert check.main(["--official", str(tmp_path)]) == 2 and "not a checkout of wssun/MIMIC (no MIMIC.py)" in capsys.readouterr().err
     assert check.main(["--official", str(fake_checkout), "--any-commit", "--cache-dir", str(tmp_path / "c")]) == 2
     assert "ResNet-18 at width 64" in capsys.readouterr().err
+    few = [a for f in MICRO for a in ("--set", f)] + ["--set", "clean_ratio=0.05"]  # 6 images, batches of 16
+    assert check.main(["--official", str(fake_checkout), "--any-commit", "--cache-dir", str(tmp_path / "c"), *few]) == 2
+    assert "needs at least one batch of 16 clean images; this profile's defender has 6" in capsys.readouterr().err
 
 
 def test_the_fake_official_run_is_patched_read_back_and_probed(fake_checkout, tmp_path, capsys):
