@@ -107,11 +107,12 @@ def findings(rows: Iterable[Row]) -> list[Finding]:
             failed.append(f"the trigger alone moves clean predictions: ASR(non-target) {clean['asr_nontarget'].mean():.1f}")
         clean_asr, clean_ci = (clean[HEADLINE].mean(), ci95(clean[HEADLINE])) if len(clean) else (None, 0.0)
         reached, missed, acc_cost = [], [], []
+        undefended_acc = undefended[undefended["seed"].isin(seeds)]["acc"].mean()
         for defense, rows_of in group[group["defense"] != "none"].groupby("defense", sort=True):
             asr = rows_of[HEADLINE].mean()
             at_level = clean_asr is not None and asr <= clean_asr + clean_ci
             (reached if at_level else missed).append((defense, float(asr)))
-            lost = undefended[undefended["seed"].isin(seeds)]["acc"].mean() - rows_of["acc"].mean()
+            lost = undefended_acc - rows_of["acc"].mean()
             if lost > BEST_MAX_ACC_DROP:
                 acc_cost.append((defense, float(lost)))
         out.append(Finding(profile, precision, attack, scenario, downstream, len(seeds), implanted,
