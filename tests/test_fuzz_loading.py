@@ -180,6 +180,14 @@ def tensors(draw, like: torch.Tensor | None = None) -> torch.Tensor:
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.lists(st.integers(), max_size=3))
 
 
+def _flipped(draw, data: bytes) -> bytes:
+    """`data` with one to eight bytes overwritten at drawn places."""
+    mutable = bytearray(data)
+    for position, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), min_size=1, max_size=8)):
+        mutable[position] = value
+    return bytes(mutable)
+
+
 @st.composite
 def state_dict_files(draw) -> bytes:
     state: dict = {k: v for k, v in _STATE.items()}
@@ -204,10 +212,7 @@ def state_dict_files(draw) -> bytes:
     data = buffer.getvalue()
     damage = draw(st.sampled_from(["none", "none", "flip", "truncate", "deflate", "append"]))
     if damage == "flip" and data:
-        mutable = bytearray(data)
-        for position, value in draw(st.lists(st.tuples(st.integers(0, len(data) - 1), st.integers(0, 255)), min_size=1, max_size=8)):
-            mutable[position] = value
-        data = bytes(mutable)
+        data = _flipped(draw, data)
     elif damage == "truncate":
         data = data[: draw(st.integers(0, len(data)))]
     elif damage == "deflate":
@@ -272,10 +277,7 @@ def image_files(draw) -> tuple[str, bytes]:
     name = draw(st.sampled_from([own, own, *IMAGE_NAMES]))
     damage = draw(st.sampled_from(["none", "flip", "truncate", "append", "size", "raw"]))
     if damage == "flip":
-        mutable = bytearray(blob)
-        for position, value in draw(st.lists(st.tuples(st.integers(0, len(blob) - 1), st.integers(0, 255)), min_size=1, max_size=8)):
-            mutable[position] = value
-        blob = bytes(mutable)
+        blob = _flipped(draw, blob)
     elif damage == "truncate":
         blob = blob[: draw(st.integers(0, len(blob)))]
     elif damage == "append":
