@@ -1,3 +1,3 @@
 """Attacks, one module each; importing the package registers them all in `harness.registry.ATTACKS`."""
 
-from attacks import adaptive, adaptive_mi, badencoder, badnets, bassl  # noqa: F401
+from attacks import adaptive, adaptive_mi, badencoder, badnets, bassl, ctrl, drupe  # noqa: F401

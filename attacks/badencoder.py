@@ -75,10 +75,15 @@ class TamperBatch:
     triggered_stages: dict[str, Tensor]
 
 
-def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, objective: Callable[[TamperBatch], Tensor]) -> AttackResult:
+def tamper(
+    inputs: AttackInputs, seed: int, stage: str, weight_decay: float, objective: Callable[[TamperBatch], Tensor],
+    end_epoch: Callable[[int], dict] | None = None,
+) -> AttackResult:
     """Train a copy of the clean encoder (BatchNorm frozen) to minimise `objective` over the shadow set.
 
-    The loop BadEncoder and attacks built on it (attacks/adaptive.py) share; each keeps its loss in its module.
+    The loop BadEncoder and attacks built on it (attacks/adaptive.py, attacks/drupe.py) share; each keeps its loss
+    in its module. `end_epoch(epoch)`, when given, runs after each epoch (a schedule that adapts the loss's weights)
+    and returns what to add to the result's metadata.
     """
     gen = seed_everything(seed, stage)
     device = inputs.device
@@ -91,6 +96,7 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
     suspect = inputs.clean_encoder().to(device).eval()  # eval: BatchNorm frozen
     optimizer = make_optimizer(suspect.parameters(), inputs.optimizer, inputs.lr, weight_decay)
     progress = Progress(stage, inputs.epochs)
+    schedule: dict = {}
     for epoch in range(inputs.epochs):
         running = RunningMeans()
         for idx in shuffled_batches(len(shadow_images), inputs.batch_size, gen, device=device):
@@ -105,6 +111,8 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
             descend(optimizer, loss)
             running.add(n, loss=loss)
         progress.epoch(epoch, running.images, **running.means())
+        if end_epoch:
+            schedule = end_epoch(epoch)
 
     triggered = batched_features(suspect, inputs.trigger.stamp(shadow_images), device)
     refs = batched_features(suspect, inputs.references, device)
@@ -113,6 +121,7 @@ def tamper(inputs: AttackInputs, seed: int, stage: str, weight_decay: float, obj
         "shadow_trigger_cosine": mean_cosine(triggered.unsqueeze(1), refs.unsqueeze(0)).item(),
         "shadow_utility_cosine": mean_cosine(batched_features(suspect, shadow_images, device), shadow_clean).item(),
         "seconds": progress.seconds,
+        **schedule,
     }
     return AttackResult(suspect.cpu(), inputs.trigger, inputs.target, meta)
 

@@ -304,12 +304,12 @@ class Workbench:
         def build():
             result: AttackResult = method(inputs, seed)
             tensors = {f"meta.{k}": v for k, v in result.meta.items() if isinstance(v, Tensor)}  # stored as tensors, not JSON
-            extra = {"trigger.pattern": result.trigger.pattern, "trigger.mask": result.trigger.mask, **tensors}
+            extra = {**{f"trigger.{k}": v for k, v in result.trigger.tensors().items()}, **tensors}
             meta = {k: v for k, v in result.meta.items() if not isinstance(v, Tensor)}
             return result.encoder.cpu(), extra, {**meta, "target": result.target, "trigger_name": result.trigger.name}
 
         encoder, extra, meta = self._stored(key, build)
-        trigger = Trigger(meta["trigger_name"], extra["trigger.pattern"], extra["trigger.mask"])
+        trigger = Trigger.from_tensors(meta["trigger_name"], {k.removeprefix("trigger."): v for k, v in extra.items() if k.startswith("trigger.")})
         tensors = {k.removeprefix("meta."): v for k, v in extra.items() if k.startswith("meta.")}
         return Suspect(Built(key, encoder, meta), trigger, int(meta["target"]), tensors)
 

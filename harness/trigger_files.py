@@ -9,7 +9,7 @@ resizes the image, as with every trigger here. Accepted:
 - an image file: RGBA (the alpha channel is the mask) or RGB/grayscale with
   `mask` a grayscale image (255 replaces the pixel, 0 keeps it, between blends);
 - a .safetensors file holding `pattern` (3, 32, 32) and `mask` (1, 32, 32) floats in
-  [0, 1], with or without a `trigger.` or `extra.trigger.` prefix (a suspect the
+  [0, 1], and optionally an additive `offset` (3, 32, 32) in [-1, 1], with or without a `trigger.` or `extra.trigger.` prefix (a suspect the
   harness built stores its trigger as `extra.trigger.*`).
 
 Images are never resized: a trigger of another size is an error, not a guess, and
@@ -67,13 +67,19 @@ def _from_tensors(path: Path) -> Trigger:
                 found = tuple(f.get_slice(prefix + what).get_shape())
                 if found != shape:
                     raise ValueError(f"{path}: the trigger {what} has shape {found}; it must be {shape}")
+            offset = None
+            if prefix + "offset" in names:
+                found = tuple(f.get_slice(prefix + "offset").get_shape())
+                if found != _SHAPES["pattern"]:
+                    raise ValueError(f"{path}: the trigger offset has shape {found}; it must be {_SHAPES['pattern']}")
+                offset = f.get_tensor(prefix + "offset")
             pattern, mask = f.get_tensor(prefix + "pattern"), f.get_tensor(prefix + "mask")
             name = _harness_trigger_name(f.metadata() or {}) or path.stem
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({reason(e)})") from None
-    if not (pattern.is_floating_point() and mask.is_floating_point()):
-        raise ValueError(f"{path}: the trigger tensors are {pattern.dtype} and {mask.dtype}; they must be floats in [0, 1]")
-    return _checked(path, pattern.float(), mask.float(), name)
+    if not all(t.is_floating_point() for t in (pattern, mask, *([offset] if offset is not None else []))):
+        raise ValueError(f"{path}: the trigger tensors must be floats (pattern and mask in [0, 1], an offset in [-1, 1])")
+    return _checked(path, pattern.float(), mask.float(), name, None if offset is None else offset.float())
 
 
 def _harness_trigger_name(metadata: dict[str, str]) -> str | None:
@@ -113,16 +119,16 @@ def _from_images(path: Path, mask_path: Path | None) -> Trigger:
     return _checked(path, _read_image(path, "RGB", "pattern"), _read_image(Path(mask_path), "L", "mask"))
 
 
-def _checked(path: Path, pattern: Tensor, mask: Tensor, name: str | None = None) -> Trigger:
+def _checked(path: Path, pattern: Tensor, mask: Tensor, name: str | None = None, offset: Tensor | None = None) -> Trigger:
     expected = (IMAGE_SIZE, IMAGE_SIZE)
-    for t, what in ((pattern, "pattern"), (mask, "mask")):
+    for t, what in ((pattern, "pattern"), (mask, "mask"), *(((offset, "offset"),) if offset is not None else ())):
         if tuple(t.shape[-2:]) != expected:
             raise ValueError(f"{path}: the trigger {what} is {tuple(t.shape[-2:])} pixels; the harness's images are {expected}")
         if not torch.isfinite(t).all():
             raise ValueError(f"{path}: the trigger {what} holds NaN or Inf values")
-    if not (mask > 0).any():
-        raise ValueError(f"{path}: the trigger mask touches no pixel")
+    if not (mask > 0).any() and (offset is None or not offset.any()):
+        raise ValueError(f"{path}: the trigger touches no pixel")
     try:
-        return Trigger(name or path.stem, pattern, mask)
+        return Trigger(name or path.stem, pattern, mask, offset)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None

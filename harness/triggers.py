@@ -1,10 +1,12 @@
-"""Triggers: a pattern and a mask, stamped onto images.
+"""Triggers: a pattern and a mask, stamped onto images, and an optional additive offset.
 
-`stamp` computes (1 - mask) * image + mask * pattern for float images in [0, 1]
-and for uint8 images (pattern scaled to 0..255, rounded). A mask of ones and
-zeros pastes an opaque patch; a fractional mask blends. The attack and the
-evaluation stamp through this one function, so what the encoder learned is what
-the downstream test sees.
+`stamp` computes clamp((1 - mask) * image + mask * pattern + offset, 0, 1) for
+float images in [0, 1] and for uint8 images (pattern and offset scaled to
+0..255, rounded). A mask of ones and zeros pastes an opaque patch; a fractional
+mask blends; an offset adds a fixed perturbation to every pixel it touches (a
+frequency-domain trigger such as CTRL's is linear, so it is one fixed offset).
+The attack and the evaluation stamp through this one function, so what the
+encoder learned is what the downstream test sees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class Trigger:
     name: str
     pattern: Tensor  # (3, H, W) float in [0, 1]
     mask: Tensor  # (1, H, W) float in [0, 1]; 1 replaces the pixel by the pattern
+    offset: Tensor | None = None  # (3, H, W) float in [-1, 1], added after the blend (then clamped to [0, 1])
 
     def __post_init__(self) -> None:
         if self.pattern.ndim != 3 or self.pattern.shape[0] != 3:
@@ -32,6 +35,11 @@ class Trigger:
         for t, what in ((self.pattern, "pattern"), (self.mask, "mask")):
             if not torch.is_floating_point(t) or t.min() < 0 or t.max() > 1:
                 raise ValueError(f"trigger {what} must be float in [0, 1]")
+        if self.offset is not None:
+            if self.offset.shape != self.pattern.shape:
+                raise ValueError(f"trigger offset must be (3, H, W) = {tuple(self.pattern.shape)}, got {tuple(self.offset.shape)}")
+            if not torch.is_floating_point(self.offset) or not torch.isfinite(self.offset).all() or self.offset.abs().max() > 1:
+                raise ValueError("trigger offset must be float in [-1, 1]")
 
     def stamp(self, images: Tensor) -> Tensor:
         """Images (N, 3, H, W), uint8 or float in [0, 1], with the trigger applied; dtype kept."""
@@ -40,17 +48,28 @@ class Trigger:
         mask = self.mask.to(images.device)
         if images.dtype == torch.uint8:
             pattern = self.pattern.to(images.device) * 255
-            return ((1 - mask) * images.float() + mask * pattern).round().to(torch.uint8)
+            stamped = (1 - mask) * images.float() + mask * pattern
+            if self.offset is not None:
+                stamped = (stamped + self.offset.to(images.device) * 255).clamp(0, 255)
+            return stamped.round().to(torch.uint8)
         pattern = self.pattern.to(images.device, images.dtype)
         mask = mask.to(images.dtype)
-        return (1 - mask) * images + mask * pattern
+        stamped = (1 - mask) * images + mask * pattern
+        if self.offset is not None:
+            stamped = (stamped + self.offset.to(images.device, images.dtype)).clamp(0, 1)
+        return stamped
 
     def fingerprint(self) -> str:
-        return fingerprint(self.pattern, self.mask)
+        return fingerprint(self.pattern, self.mask) if self.offset is None else fingerprint(self.pattern, self.mask, self.offset)
+
+    def touched(self) -> Tensor:
+        """(H, W) bool: the pixels the trigger changes on some image (under its mask or its offset)."""
+        touched = self.mask[0] > 0
+        return touched if self.offset is None else touched | (self.offset != 0).any(0)
 
     def box(self) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of the pixels the trigger touches, inclusive."""
-        rows, cols = torch.nonzero(self.mask[0] > 0, as_tuple=True)
+        rows, cols = torch.nonzero(self.touched(), as_tuple=True)
         if not rows.numel():
             raise ValueError(f"trigger {self.name} touches no pixel")
         return int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())
@@ -62,10 +81,19 @@ class Trigger:
         if not (0 <= top <= h - (b - t + 1) and 0 <= left <= w - (r - l + 1)):
             raise ValueError(f"trigger {self.name} ({b - t + 1}x{r - l + 1}) does not fit at ({top}, {left}) in {h}x{w}")
         shift = (top - t, left - l)
-        return Trigger(self.name, torch.roll(self.pattern, shift, dims=(1, 2)), torch.roll(self.mask, shift, dims=(1, 2)))
+        offset = None if self.offset is None else torch.roll(self.offset, shift, dims=(1, 2))
+        return Trigger(self.name, torch.roll(self.pattern, shift, dims=(1, 2)), torch.roll(self.mask, shift, dims=(1, 2)), offset)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What stores the trigger: `pattern`, `mask` and, when it has one, `offset` (`from_tensors` reads them back)."""
+        return {"pattern": self.pattern, "mask": self.mask, **({} if self.offset is None else {"offset": self.offset})}
+
+    @classmethod
+    def from_tensors(cls, name: str, tensors: dict[str, Tensor]) -> Trigger:
+        return cls(name, tensors["pattern"], tensors["mask"], tensors.get("offset"))
 
     def describe(self) -> dict:
-        pixels = int((self.mask[0] > 0).sum())
+        pixels = int(self.touched().sum())
         return {"name": self.name, "pixels": pixels, "box": list(self.box()) if pixels else [], "fingerprint": self.fingerprint()}
 
 

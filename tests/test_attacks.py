@@ -1,18 +1,23 @@
-"""BASSL's and BadNets' poisoning, the adaptive attack's regulariser, and the attack contract at micro size."""
+"""BASSL's, BadNets' and CTRL's poisoning, the adaptive attack's regulariser, DRUPE's loss and schedule, and the attack
+contract at micro size."""
 
+import copy
 import dataclasses
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from attacks.adaptive import AdaptiveConfig, adaptive_loss, attention_gap
 from attacks.badencoder import TamperBatch, badencoder_loss
 from attacks.badnets import BadNetsConfig, badnets, poison_labelled
 from attacks.bassl import BASSLConfig, bassl, insert, poison
+from attacks.ctrl import YUV_TO_RGB, CTRLConfig, ctrl, dct_matrix, frequency_trigger
+from attacks.drupe import DRUPEConfig, DRUPESchedule, distribution_shift, sliced_wasserstein
 from harness.contract import AttackInputs, AttackNotApplicable
 from harness.models import STAGES, build_encoder
+from harness.registry import ATTACKS, SUPERVISED
 from harness.ssl import SimCLRConfig
 from harness.triggers import Trigger, make_trigger
 
@@ -149,3 +154,119 @@ def test_badnets_trains_a_classifier_and_needs_the_pre_training_classes():
     assert result.meta["poisoned_images"] == 7 and result.trigger.name == "checkerboard3"
     with pytest.raises(ValueError, match="poison_rate"):
         BadNetsConfig(poison_rate=1.0)
+
+
+# -- CTRL -------------------------------------------------------------------------------
+
+
+def yuv_dct(images: torch.Tensor, window: int) -> torch.Tensor:
+    """Per window, the orthonormal 2-D DCT of the images' YUV channels on the 0..255 scale (the inverse of CTRL's path)."""
+    yuv = torch.einsum("ck,nkhw->nchw", torch.linalg.inv(YUV_TO_RGB.double()), images.double() * 255)
+    c = dct_matrix(window)
+    n, ch, h, w = yuv.shape
+    blocks = yuv.view(n, ch, h // window, window, w // window, window).permute(0, 1, 2, 4, 3, 5)
+    return c @ blocks @ c.T  # (N, C, rows of windows, columns of windows, window, window)
+
+
+@given(magnitude=st.floats(10, 150), channels=st.sampled_from([(1,), (2,), (1, 2), (0, 1, 2)]),
+       window=st.sampled_from([8, 16, 32]), seed=st.integers(0, 1000))
+@settings(max_examples=30, deadline=None)
+def test_ctrl_trigger_changes_only_the_chosen_frequencies_by_its_magnitude(magnitude, channels, window, seed):
+    positions = ((window // 2 - 1, window // 2 - 1), (window - 1, window - 1))
+    config = CTRLConfig(magnitude=magnitude, channels=channels, positions=positions, window=window)
+    trigger = frequency_trigger(config)
+    # Mid-grey images with little texture, where the clamp to [0, 1] does not bite: the change is exactly the trigger's.
+    x = 0.5 + 0.1 * torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    assume(bool(((x + trigger.offset >= 0) & (x + trigger.offset <= 1)).all()))
+    change = yuv_dct(trigger.stamp(x), window) - yuv_dct(x, window)
+    expected = torch.zeros_like(change)
+    for channel in channels:
+        for row, col in positions:
+            expected[:, channel, :, :, row, col] = magnitude
+    assert torch.allclose(change, expected, atol=1e-3)
+    assert trigger.mask.sum() == 0 and trigger.offset.abs().max() <= 1  # no pixel replaced, every pixel nudged
+
+
+def test_ctrl_stamps_uint8_and_float_images_alike_and_clamps():
+    trigger = frequency_trigger(CTRLConfig())
+    x = images()
+    as_float = trigger.stamp(x.float() / 255)
+    assert (as_float >= 0).all() and (as_float <= 1).all()
+    assert (trigger.stamp(x).float() - as_float * 255).abs().max() <= 0.5 + 1e-3  # uint8: the same, rounded
+
+
+def test_ctrl_poisons_the_target_class_in_place_or_inserts_its_downstream_images():
+    config = CTRLConfig(poison_ratio=0.05)  # int(0.05 * 70) = 3
+    inside = ctrl(attack_inputs(target_in_pretrain=True), 0, config)
+    assert inside.meta["poisoned_images"] == 3 and inside.meta["inserted_images"] == 0 and inside.target == 3
+    outside = ctrl(attack_inputs(target_in_pretrain=False), 0, config)
+    assert outside.meta["inserted_images"] == 3 and outside.meta["poisoned_share_of_pretraining"] == pytest.approx(3 / 73)
+    assert outside.trigger.name == "ctrl100" and outside.encoder(torch.rand(2, 3, 32, 32)).shape == (2, 32)
+
+
+def test_ctrl_settings_are_checked():
+    for bad in ({"window": 5}, {"channels": (3,)}, {"positions": ((32, 0),)}, {"poison_ratio": 0.0}, {"magnitude": 0.0}):
+        with pytest.raises(ValueError):
+            CTRLConfig(**bad)
+
+
+# -- DRUPE ------------------------------------------------------------------------------
+
+
+def test_sliced_wasserstein_is_zero_between_a_sample_and_its_shuffle_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 8, generator=g)
+    assert sliced_wasserstein(a, a[torch.randperm(64, generator=g)], 50, g).item() == pytest.approx(0.0, abs=1e-6)
+    near, far = (sliced_wasserstein(a, a + shift, 50, torch.Generator().manual_seed(1)).item() for shift in (0.1, 1.0))
+    assert 0 < near < far
+
+
+def test_drupe_schedule_follows_the_reference_landmarks_scaled_to_the_run():
+    schedule = DRUPESchedule(DRUPEConfig(), epochs=200)
+    assert [schedule.landmark(e) for e in (1, 5, 20)] == [1, 5, 20]
+    short = DRUPESchedule(DRUPEConfig(), epochs=8)
+    assert [short.landmark(e) for e in (1, 5, 20)] == [1, 1, 1]  # warm-up one epoch, then the full loss and the schedule
+
+
+def test_drupe_weights_grow_while_the_backdoor_holds_and_shrink_otherwise():
+    schedule = DRUPESchedule(DRUPEConfig(), epochs=8)
+    good = dict(l0=-0.99, l1=-0.95, l2=-0.95, sim_triggered=0.3, shift=1.0)
+    bad = dict(good, l0=-0.5)
+    for epoch, means, cost, cost_dist in ((0, good, 0.1, 0.001), (1, good, 0.125, 0.00125), (2, bad, 0.125 / 1.25**1.25, 0.00125 / 1.25**1.25)):
+        schedule._sums, schedule._count = dict(means), 1
+        recorded = schedule.end_epoch(epoch)  # epoch 0 is the warm-up: nothing adapts before the landmark
+        assert recorded["cost"] == pytest.approx(cost) and recorded["cost_dist"] == pytest.approx(cost_dist)
+
+
+def test_drupe_keeps_triggered_embeddings_closer_to_clean_ones_than_badencoder_at_a_comparable_backdoor():
+    base = attack_inputs(target_in_pretrain=True, epochs=20)
+    clean = base.clean_encoder()
+    inputs = dataclasses.replace(base, shadow=images(1, 48), clean_encoder=lambda: copy.deepcopy(clean))
+    held_out = images(4, 64).float() / 255
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - the same directions for both
+    results = {name: ATTACKS.create(name)(inputs, 0) for name in ("badencoder", "drupe")}
+    with torch.no_grad():
+        shift = {n: distribution_shift(r.encoder(r.trigger.stamp(held_out)), r.encoder(held_out), 50, gen()).item() for n, r in results.items()}
+        pull = {n: r.meta["shadow_trigger_cosine"] for n, r in results.items()}
+    assert shift["drupe"] < shift["badencoder"], (shift, pull)
+    assert pull["drupe"] > 0.9, (shift, pull)
+
+
+# -- every attack -----------------------------------------------------------------------
+
+ENCODER_ATTACKS = [a for a in ATTACKS.names() if not ATTACKS.has_tag(a, SUPERVISED)]  # a new attack gets these tests with no edit
+
+
+@pytest.mark.parametrize("name", ENCODER_ATTACKS)
+def test_every_encoder_attack_returns_a_suspect_of_the_clean_architecture_its_trigger_and_target_and_is_seeded(name):
+    def run():
+        base = attack_inputs(target_in_pretrain=True)
+        clean = base.clean_encoder()
+        return ATTACKS.create(name)(dataclasses.replace(base, clean_encoder=lambda: copy.deepcopy(clean)), 0)
+
+    result, again = run(), run()
+    reference = build_encoder("resnet18", 4)
+    assert type(result.encoder) is type(reference) and result.encoder.state_dict().keys() == reference.state_dict().keys()
+    assert result.target == 3 and not torch.equal(result.trigger.stamp(images()), images())  # the trigger changes images
+    assert all(torch.equal(a, b) for a, b in zip(result.encoder.state_dict().values(), again.encoder.state_dict().values()))
+    assert result.trigger.fingerprint() == again.trigger.fingerprint()

@@ -84,3 +84,16 @@ def test_a_trigger_image_is_measured_before_it_is_decoded(tmp_path, monkeypatch)
     Image.new("RGB", (32, 32)).save(tmp_path / "pattern.png")
     with pytest.raises(ValueError, match="deep.png: I;16 pixels"):
         load_trigger(str(tmp_path / "pattern.png"), 10, tmp_path / "deep.png")
+
+
+def test_a_suspect_file_with_an_additive_trigger_carries_its_offset(tmp_path):
+    from attacks.ctrl import CTRLConfig, frequency_trigger
+
+    reference = frequency_trigger(CTRLConfig())
+    save_encoder(tmp_path / "suspect.safetensors", build_encoder("resnet18", 4),
+                 extra={f"trigger.{k}": v for k, v in reference.tensors().items()}, meta={"trigger_name": reference.name})
+    loaded = load_trigger(str(tmp_path / "suspect.safetensors"), 10)
+    assert loaded.fingerprint() == reference.fingerprint() and torch.equal(loaded.offset, reference.offset)
+    save_file({"pattern": reference.pattern, "mask": reference.mask, "offset": torch.zeros(3, 8, 8)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="offset has shape"):
+        load_trigger(str(tmp_path / "bad.safetensors"), 10)

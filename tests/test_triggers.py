@@ -152,3 +152,27 @@ def test_placed_moves_the_box_and_refuses_to_leave_the_image(family, size, top, 
     assert torch.equal(moved.mask.sum(), trig.mask.sum())
     t, l, _, _ = trig.box()
     assert torch.equal(moved.pattern[:, top : top + size, left : left + size], trig.pattern[:, t : t + size, l : l + size])
+
+
+offsets = st.integers(0, 2**31 - 1).map(lambda s: (torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(s)) - 0.5) * 0.2)
+
+
+@given(images=images_u8, offset=offsets)
+@settings(max_examples=40, deadline=None)
+def test_an_offset_is_added_after_the_blend_and_clamped(images, offset):
+    square = make_trigger("patch", 5)
+    additive = Trigger("additive", square.pattern, square.mask, offset)
+    x = images.float() / 255
+    expected = (square.stamp(x) + offset).clamp(0, 1)
+    assert torch.allclose(additive.stamp(x), expected, atol=1e-6)
+    assert (additive.stamp(images).float() - expected * 255).abs().max() <= 0.5 + 1e-3  # uint8: the same, rounded
+    assert additive.fingerprint() != square.fingerprint() and additive.box() == (0, 0, 31, 31)
+    back = Trigger.from_tensors("additive", additive.tensors())
+    assert back.fingerprint() == additive.fingerprint()
+    assert Trigger.from_tensors("patch5", square.tensors()).fingerprint() == square.fingerprint() and "offset" not in square.tensors()
+
+
+def test_an_offset_is_checked():
+    for bad in (torch.zeros(1, 32, 32), torch.full((3, 32, 32), 1.5), torch.full((3, 32, 32), float("nan"))):
+        with pytest.raises(ValueError, match="offset"):
+            Trigger("bad", torch.zeros(3, 32, 32), torch.zeros(1, 32, 32), bad)
