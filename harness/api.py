@@ -181,6 +181,16 @@ def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, step
     return scan_encoder(model, data, config, seed, dev)
 
 
+def purifier(defense: str, **settings: Any) -> "Method[Callable]":
+    """The defense bound to its settings, if it returns a purified encoder (a test-time input detector does not)."""
+    from harness.registry import DEFENSES, INPUT_DETECTION
+
+    if DEFENSES.has_tag(defense, INPUT_DETECTION):
+        raise ValueError(f"{defense} flags triggered inputs at test time and leaves the encoder as it is; it purifies nothing "
+                         f"(its rows come from the suites: pytest suites/ --defense={defense})")
+    return DEFENSES.create(defense, **settings)
+
+
 def purify_encoder(method: "Method[Callable]", encoder: "Encoder", images: "Tensor", budget: "Budget", seed: int) -> "DefenseResult":
     """Run a defense on an encoder with clean images (what `harness purify` runs); the defense sees nothing else, and
     a result that is not finite on those images is refused (NonFiniteDefense)."""
@@ -204,9 +214,8 @@ def purify(encoder: "Encoder | str | Path", images: "Tensor | str | Path", defen
     from harness.compute import resolve_device, resolve_precision
     from harness.contract import Budget
     from harness.profiles import get_profile, with_overrides
-    from harness.registry import DEFENSES
 
-    method = DEFENSES.create(defense, **settings)
+    method = purifier(defense, **settings)
     dev = resolve_device(device)
     from harness.finite import check_input_encoder
 

@@ -157,7 +157,7 @@ def _purify(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from harness.api import purify_encoder
+    from harness.api import purifier, purify_encoder
     from harness.compute import resolve_device, resolve_precision
     from harness.contract import Budget
     from harness.encoder_files import save_encoder
@@ -166,9 +166,8 @@ def _purify(args: argparse.Namespace) -> int:
     from harness.images import load_image_folder
     from harness.layouts import layout_path, write_in_layout
     from harness.profiles import get_profile, with_overrides
-    from harness.registry import DEFENSES
 
-    method = DEFENSES.create(args.purify_defense)
+    method = purifier(args.purify_defense)
     profile = with_overrides(get_profile(args.profile), args.overrides)
     if args.out.suffix != ".safetensors":
         raise ValueError(f"{args.out}: --out must name a .safetensors file (the purified encoder; its settings go beside it as "

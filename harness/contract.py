@@ -5,9 +5,13 @@ An attack returns `AttackResult`: the suspect encoder and what evaluation needs
 
     defense(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config=...)
 
-and returns `DefenseResult`. Nothing through which a trigger, a target, labels or
-poisoned test data could arrive is part of that call: `CleanSubset` holds
-unlabeled images only, `Budget` holds sizes and the device.
+and returns `DefenseResult` (a purified encoder), or, for a defense of the
+second kind, tagged `input_detection` in the registry, `DetectionResult`: an
+`InputDetector` that flags inputs at test time while the suspect stays as it
+is. Nothing through which a trigger, a target, labels or poisoned test data
+could arrive is part of that call: `CleanSubset` holds unlabeled images only,
+`Budget` holds sizes and the device; a detector's threshold is fixed on the
+defender's clean images before it ever sees a test input.
 """
 
 from __future__ import annotations
@@ -140,3 +144,33 @@ class Budget:
 class DefenseResult:
     encoder: Encoder  # same interface as the suspect
     meta: dict = field(default_factory=dict)  # timings, per-stage weights, inverted triggers...
+
+
+class InputScorer(Protocol):
+    """Float images (N, 3, H, W) in [0, 1] on the run's device -> (N,) scores; higher is more suspicious."""
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True, eq=False)
+class InputDetector:
+    """A test-time detector: an input is flagged (and rejected) when its score exceeds `threshold`."""
+
+    score: InputScorer
+    threshold: float
+
+    @torch.no_grad()
+    def flags(self, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
+        """(N,) bool on the CPU for images (N, 3, H, W), uint8 or float in [0, 1]."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].to(device)
+            x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+            out.append((self.score(x) > self.threshold).cpu())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+@dataclass(frozen=True, eq=False)
+class DetectionResult:
+    detector: InputDetector
+    meta: dict = field(default_factory=dict)  # timings, the threshold's calibration, steps

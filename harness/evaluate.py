@@ -6,6 +6,13 @@ ways, both kept in every row because the literature uses both:
   (what the BadEncoder/MIMIC reference code reports);
 - `asr_nontarget`: the same over test images whose true class is not the target
   (the NAD/ANP convention; a clean encoder scores near 0 here).
+
+Behind a test-time input detector (a defense tagged `input_detection`), a flagged
+input is rejected: it is neither a correct clean prediction nor a successful
+triggered one, so ACC counts clean test images accepted and classified right,
+ASR triggered test images accepted and classified as the target, each over all
+of its images; the detector's true-positive rate (triggered images flagged) and
+false-positive rate (clean images flagged) are reported beside them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.contract import InputDetector
 from harness.data import LabeledImages
 from harness.models import Encoder
 from harness.training import batched_features, seed_everything, shuffled_batches
@@ -40,9 +48,11 @@ class Metrics:
     asr_nontarget: float  # the same over test images of other classes, %
     n_test: int
     n_nontarget: int
+    tpr: float | None = None  # behind a detector: triggered test images flagged, %
+    fpr: float | None = None  # behind a detector: clean test images flagged, %
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def extract_features(encoder: Encoder, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
@@ -99,25 +109,35 @@ def evaluate(
     probe: ProbeConfig,
     seed: int,
     device: torch.device,
+    detector: InputDetector | None = None,
 ) -> Metrics:
-    """ACC and ASR of a probe on `encoder`'s frozen features; see the module docstring."""
+    """ACC and ASR of a probe on `encoder`'s frozen features, behind `detector` when given; see the module docstring."""
     if not 0 <= target < test.num_classes:
         raise ValueError(f"target class {target} is not a class of {test.name} (0..{test.num_classes - 1})")
     head = train_probe(extract_features(encoder, train.images, device), train.labels, train.num_classes, probe, seed, device)
-    return classifier_metrics(encoder, head, test, trigger, target, device)
+    return classifier_metrics(encoder, head, test, trigger, target, device, detector)
 
 
-def classifier_metrics(encoder: Encoder, head: nn.Module, test: LabeledImages, trigger: Trigger, target: int, device: torch.device) -> Metrics:
-    """ACC and ASR of the classifier head(normalised encoder features) on clean and triggered test images."""
+def classifier_metrics(encoder: Encoder, head: nn.Module, test: LabeledImages, trigger: Trigger, target: int, device: torch.device,
+                       detector: InputDetector | None = None) -> Metrics:
+    """ACC and ASR of the classifier head(normalised encoder features) on clean and triggered test images, with the
+    inputs `detector` flags rejected when one is given."""
+    stamped = trigger.stamp(test.images)
     clean = predict(head, extract_features(encoder, test.images, device), device)
-    triggered = predict(head, extract_features(encoder, trigger.stamp(test.images), device), device)
-    hit = triggered == target
+    triggered = predict(head, extract_features(encoder, stamped, device), device)
+    correct, hit = clean == test.labels, triggered == target
+    rates = {}
+    if detector is not None:
+        flagged_clean, flagged_triggered = detector.flags(test.images, device), detector.flags(stamped, device)
+        correct, hit = correct & ~flagged_clean, hit & ~flagged_triggered
+        rates = {"tpr": 100.0 * flagged_triggered.float().mean().item(), "fpr": 100.0 * flagged_clean.float().mean().item()}
     others = test.labels != target
     n_nontarget = int(others.sum())
     return Metrics(
-        acc=100.0 * (clean == test.labels).float().mean().item(),
+        acc=100.0 * correct.float().mean().item(),
         asr_all=100.0 * hit.float().mean().item(),
         asr_nontarget=100.0 * hit[others].float().mean().item() if n_nontarget else float("nan"),
         n_test=len(test),
         n_nontarget=n_nontarget,
+        **rates,
     )

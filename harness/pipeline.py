@@ -26,7 +26,7 @@ from harness.cache_keys import artifact_key, code_version, project_version
 from harness.store import ArtifactStore
 from harness.augment import AugmentConfig
 from harness.compute import describe, resolve_precision
-from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Budget, CleanSubset, DefenseResult
+from harness.contract import AttackInputs, AttackNotApplicable, AttackResult, Budget, CleanSubset, DefenseResult, DetectionResult
 from harness.data import LabeledImages, fingerprint, load_dataset
 from harness.evaluate import ProbeConfig, classifier_metrics, evaluate, extract_features, train_probe
 from harness.exposure import Exposure, ExposureConfig, exposure, measure
@@ -34,7 +34,7 @@ from harness.finite import check_defense_result
 from harness.geometry import GeometryEncoder, InputGeometry, with_geometry
 from harness.models import Encoder, build_encoder, clone_architecture
 from harness.profiles import Profile, changed_fields, resolved_id
-from harness.registry import ATTACKS, DEFENSES, OWN_TRIGGER, SUPERVISED
+from harness.registry import ATTACKS, DEFENSES, INPUT_DETECTION, OWN_TRIGGER, SUPERVISED
 from harness.rows import Row, RowSettings
 from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
 from harness.ssl import SimCLRConfig, pretrain
@@ -345,6 +345,35 @@ class Workbench:
         encoder, _, meta = self._stored(key, build)
         return Built(key, encoder, meta)
 
+    def detect(
+        self, defense: str, suspect: Built, downstream: str, trigger: Trigger, target: int, seed: int,
+        clean_ratio: float | None = None, poisoned: tuple[Trigger, float] | None = None, overrides: dict | None = None,
+    ) -> dict:
+        """A test-time input detector fitted on the suspect with only the clean subset and the budget, then the probe's
+        ACC and ASR with the inputs it flags rejected, its detection rates, and (`defense_meta`) what it reported.
+
+        One stored record: a detector is not an encoder, so it is refitted whenever the record is missing."""
+        method = DEFENSES.create(defense, **(overrides or {}))
+        clean = self.clean_subset(clean_ratio, poisoned)
+        budget = self.budget()
+        train, test = self.downstream(downstream)
+        probe = self.probe_config()
+        key = artifact_key(
+            "detection", defense=defense, config=method.config, seed=seed, budget=budget, upstream=suspect.key, trigger=trigger,
+            target=target, probe=probe, data=fingerprint(clean.images, train.images, train.labels, test.images, test.labels),
+            code=(code_version(DEFENSES.get(defense).module), code_version("harness.evaluate")),
+        )
+
+        def build() -> dict:
+            start = time.perf_counter()
+            result: DetectionResult = method(self._fresh(suspect), clean, budget, seed)
+            meta = {"seconds": time.perf_counter() - start, **result.meta}
+            start = time.perf_counter()
+            metrics = evaluate(suspect.encoder, train, test, trigger, target, probe, seed, self.device, result.detector)
+            return {**metrics.as_dict(), "seconds": time.perf_counter() - start, "defense_meta": meta}
+
+        return self.store.record(key, build)
+
     def evaluate(self, built: Built, downstream: str, trigger: Trigger, target: int, seed: int) -> dict:
         train, test = self.downstream(downstream)
         probe = self.probe_config()
@@ -452,14 +481,22 @@ class Workbench:
             evidence["control"] = {"undefended_asr_all": undefended["asr_all"], "implant_asr_all": self.profile.implant_asr_all,
                                    "implanted": undefended["asr_all"] >= self.profile.implant_asr_all}
         defense_meta: dict = {}
-        if defense != UNDEFENDED:
+        detects = defense != UNDEFENDED and DEFENSES.has_tag(defense, INPUT_DETECTION)
+        if detects:
+            if supervised:
+                raise AttackNotApplicable(f"{defense} flags inputs to an encoder; {attack!r} backdoors a classifier")
+            metrics = self.detect(defense, built, downstream, trigger, target, seed, spec.clean_ratio, poisoned, defense_overrides)
+            defense_meta = {**metrics["defense_meta"], "detection": {"tpr": metrics["tpr"], "fpr": metrics["fpr"]}}
+        elif defense != UNDEFENDED:
             built = self.defend(defense, built, seed, spec.clean_ratio, poisoned, defense_overrides)
             defense_meta = built.meta
+        if defense != UNDEFENDED:
             seconds["defense"] = defense_meta["seconds"]
             phases = {k.removesuffix("_seconds"): v for k, v in defense_meta.items() if k.endswith("_seconds") and k != "seconds"}
             seconds.update({f"defense_{phase}": v for phase, v in phases.items()})
         refit = supervised and (spec.refit_head or defense != UNDEFENDED)
-        metrics = self._metrics(built, suspect, downstream, trigger, target, seed, supervised, refit)
+        if not detects:
+            metrics = self._metrics(built, suspect, downstream, trigger, target, seed, supervised, refit)
         if supervised:
             evaluation = {"classifier": "head refitted on the labelled clean subset" if refit else "the attack's head"}
         else:

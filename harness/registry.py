@@ -18,8 +18,10 @@ package first; and `import harness` stays light, because nothing is imported
 until a registry is read.
 
 Tags are the registry's vocabulary for what callers must know of an entry:
-SUPERVISED (an attack that backdoors a classifier, not an encoder) and OWN_TRIGGER
-(an attack that brings its own trigger, so the profile's scenarios do not apply).
+SUPERVISED (an attack that backdoors a classifier, not an encoder), OWN_TRIGGER
+(an attack that brings its own trigger, so the profile's scenarios do not apply)
+and INPUT_DETECTION (a defense that flags inputs at test time instead of
+purifying the encoder; harness/contract.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SUPERVISED = "supervised"  # an attack that backdoors a classifier (its backbone is the encoder)
 OWN_TRIGGER = "own_trigger"  # an attack that brings its own trigger (the profile's scenarios do not apply)
+INPUT_DETECTION = "input_detection"  # a defense that returns a test-time input detector, not a purified encoder
 
 
 class UnknownNameError(KeyError):

@@ -32,8 +32,8 @@ import pandas as pd
 from harness.profiles import CONTROL_ASR_AT_MOST, USABLE_MARGIN
 from harness.rows import HEADLINE, Row, to_frame
 from harness.statistics import ci95, implant_label
-from harness.tables import (BEST_MAX_ACC_DROP, ablation_verdict, comparison_table, cost_table, long_table, paired_table,
-                            verdict_table)
+from harness.tables import (BEST_MAX_ACC_DROP, ablation_verdict, comparison_table, cost_table, detection_table, long_table,
+                            paired_table, verdict_table)
 
 CONFIGURATION = ("profile", "precision", "attack", "scenario", "downstream")  # what one finding is about
 CONTROLS = ("clean", "random")
@@ -196,6 +196,9 @@ def html_report(rows: list[Row], sources: list[Path], power: list[str] | None = 
     for title, table, note in (
         ("Paired against MIMIC", paired_table(frame), "Differences on the same suspects, mean ± 95 % CI over seeds."),
         ("Detectors' verdicts", verdict_table(rows), " ".join(power or [])),
+        ("Test-time input detectors", detection_table(rows),
+         "TPR: triggered test images flagged; FPR: clean test images flagged, at the threshold the detector fixed on the "
+         "defender's clean images; ACC and ASR(all) count flagged inputs as rejected."),
         ("The ablation's positive control", ablation_verdict(frame), "Informative only where clone loss alone inherits the backdoor."),
     ):
         if len(table):

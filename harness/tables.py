@@ -7,7 +7,8 @@ stage and whether it came from the cache), `results.json` (the same rows),
 the controls, exposure and the positive control), `paired.md` (each defense
 against MIMIC, paired over seeds), `ablation.md` (the ablation's positive
 control), `cost.md` (seconds per defense and phase), `verdicts.md` (detectors'
-verdicts and evidence) and a PNG per sweep (harness/plots.py).
+verdicts and evidence), `detection.md` (test-time input detectors' rates) and a
+PNG per sweep (harness/plots.py).
 """
 
 from __future__ import annotations
@@ -205,19 +206,45 @@ def ablation_verdict(frame: pd.DataFrame, margin: float = ABLATION_MARGIN) -> pd
 
 
 def verdict_table(rows: Iterable[Row]) -> pd.DataFrame:
-    """Detectors' verdicts: one line per encoder a defense that reports `flagged` (DECREE) judged, with its evidence.
+    """Detectors' verdicts: one line per encoder a defense that reports `flagged` (DECREE, SSL-Cleanse) judged, with its evidence.
 
-    Suites that share an encoder (effectiveness and cost) record the same verdict; it is listed once.
+    Suites that share an encoder (effectiveness and cost) record the same verdict; it is listed once. A detector leaves
+    empty the evidence columns of another's.
     """
     latest = {r.identity: r for r in rows}  # a row made again counts once: the latest, as in to_frame
     lines = []
     for r in sorted(latest.values(), key=lambda r: r.identity):
         meta = r.settings.defense_meta
         if "flagged" in meta:
-            evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine") if k in meta}
+            evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine", "anomaly_index") if k in meta}
             lines.append({"attack": r.attack, "scenario": r.scenario, "downstream": r.downstream, "defense": r.defense, "variant": r.variant, "seed": r.seed,
                           "verdict": "backdoor" if meta["flagged"] else "clean", **{k: f"{v:.4f}" for k, v in evidence.items()}})
-    return _without_empty_variant(pd.DataFrame(lines).drop_duplicates(ignore_index=True))
+    return _without_empty_variant(pd.DataFrame(lines).fillna("").drop_duplicates(ignore_index=True))
+
+
+def detection_table(rows: Iterable[Row]) -> pd.DataFrame:
+    """Test-time input detectors (a defense tagged `input_detection`, e.g. DeDe): per configuration, the share of
+    triggered test images flagged (TPR) and of clean test images flagged (FPR) at the threshold the detector fixed on
+    the defender's clean images, and the ACC and ASR(all) left once flagged inputs are rejected (mean ± 95 % CI over seeds)."""
+    # one row per configuration and seed: suites that share an encoder (effectiveness and cost) record the same detection
+    latest = {(r.attack, r.scenario, r.downstream, r.defense, r.variant, r.seed): r for r in rows}
+    records = [{"attack": r.attack, "scenario": r.scenario, "downstream": r.downstream, "defense": r.defense, "variant": r.variant,
+                "tpr": r.settings.defense_meta["detection"]["tpr"], "fpr": r.settings.defense_meta["detection"]["fpr"],
+                "acc": r.acc, "asr_all": r.asr_all, "implanted": r.implanted}
+               for r in latest.values() if "detection" in r.settings.defense_meta]
+    if not records:
+        return pd.DataFrame(columns=["attack", "defense", "seeds", "TPR %", "FPR %"])
+    frame = pd.DataFrame.from_records(records)
+    lines = []
+    for keys, group in frame.groupby(["attack", "scenario", "downstream", "defense", "variant"], sort=True):
+        line = dict(zip(["attack", "scenario", "downstream", "defense", "variant"], keys))
+        line["seeds"] = len(group)
+        for column, title in (("tpr", "TPR %"), ("fpr", "FPR %"), ("acc", "ACC % after rejection"), ("asr_all", "ASR(all) % after rejection")):
+            line[title] = format_cell(group[column].mean(), ci95(group[column]), len(group))
+        implanted = group["implanted"].dropna()
+        line["implanted"] = "" if implanted.empty else ("yes" if implanted.all() else "no" if not implanted.any() else "some")
+        lines.append(line)
+    return _without_empty_variant(pd.DataFrame(lines))
 
 
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
@@ -261,7 +288,10 @@ def report_sections(rows: list[Row]) -> list[tuple[str, pd.DataFrame]]:
                      long_table(frame)))
     sections.append(("paired differences against MIMIC on the same suspects (mean ± 95 % CI over seeds)", paired_table(frame)))
     sections.append(("ablation's positive control (clone loss alone must inherit the backdoor)", ablation_verdict(frame)))
-    sections.append(("detectors' verdicts (DECREE: L1 share of the smallest collapsing mask; flagged below its threshold)", verdict_table(rows)))
+    sections.append(("detectors' verdicts (DECREE: L1 share of the smallest collapsing mask, flagged below its threshold; SSL-Cleanse: "
+                     "L1 share of the smallest cluster trigger's mask and its anomaly index, flagged above its threshold)", verdict_table(rows)))
+    sections.append(("test-time input detectors (TPR: triggered test images flagged; FPR: clean ones; at the threshold fixed on "
+                     "the defender's clean images; ACC and ASR(all) with flagged inputs rejected)", detection_table(rows)))
     sections.append(("seconds per defense (mean ± 95 % CI over runs; per phase where the defense reports phases)", cost_table(rows)))
     return [(title, table) for title, table in sections if len(table)]
 
@@ -297,6 +327,7 @@ def write_tables(rows: list[Row], root: Path) -> dict[str, Path]:
         "results.json": "[\n" + ",\n".join(strict_json.dumps(r) for r in frame.to_dict(orient="records")) + "\n]\n",
         "cost.md": render(cost_table(rows), "markdown") + "\n",
         "verdicts.md": with_note(render(verdict_table(rows), "markdown")) + "\n",
+        "detection.md": with_note(render(detection_table(rows), "markdown")) + "\n",
     }
     paths = {}
     for name, text in outputs.items():

@@ -103,6 +103,8 @@ def test_purify_in_one_call_with_defense_settings(encoder_and_images):
         harness.purify(encoder, images, "mimick")
     with pytest.raises(TypeError, match="has no setting"):
         harness.purify(encoder, images, "mimic", lambda9=1.0)
+    with pytest.raises(ValueError, match="purifies nothing"):
+        harness.purify(encoder, images, "dede")  # a test-time input detector
 
 
 def test_the_api_reads_any_recognised_layout_behind_its_geometry(tmp_path, encoder_and_images):

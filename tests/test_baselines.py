@@ -16,7 +16,7 @@ from harness.augment import simclr_view
 from harness.contract import Budget, CleanSubset
 from harness.losses import mean_pairwise_cosine
 from harness.models import STAGES, build_encoder
-from harness.registry import DEFENSES
+from harness.registry import DEFENSES, INPUT_DETECTION
 from harness.training import batched_features, to_float
 from tests.conftest import TRIGGER
 
@@ -33,7 +33,11 @@ def suspect_and_clean(seed: int = 0):
     return suspect, clean
 
 
-@pytest.mark.parametrize("name", BASELINES)
+PURIFIERS = [n for n in BASELINES if not DEFENSES.has_tag(n, INPUT_DETECTION)]
+DETECTORS = [n for n in BASELINES if DEFENSES.has_tag(n, INPUT_DETECTION)]
+
+
+@pytest.mark.parametrize("name", PURIFIERS)
 def test_runs_end_to_end_keeps_the_interface_and_the_same_seed_gives_the_same_encoder(name):
     suspect, clean = suspect_and_clean()
     reference = build_encoder("resnet18", 4)
@@ -50,6 +54,21 @@ def test_runs_end_to_end_keeps_the_interface_and_the_same_seed_gives_the_same_en
     assert result.meta["steps"] == DEFENSES.get(name).default_config().steps(BUDGET).as_dict()  # the loops the budget rule gave it
     again = DEFENSES.create(name)(*suspect_and_clean(), BUDGET, seed=3).encoder
     assert all(torch.equal(x, y) for x, y in zip(encoder.state_dict().values(), again.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_an_input_detector_runs_end_to_end_leaves_the_suspect_alone_and_the_same_seed_gives_the_same_verdicts(name):
+    suspect, clean = suspect_and_clean()
+    weights = copy.deepcopy(suspect.state_dict())
+    result = DEFENSES.create(name)(suspect, clean, BUDGET, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(weights.values(), suspect.state_dict().values()))  # nothing purified
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(9))
+    flags = result.detector.flags(images, CPU)
+    assert flags.dtype == torch.bool and flags.shape == (16,) and torch.isfinite(torch.tensor(result.detector.threshold))
+    assert any(k.endswith("_seconds") for k in result.meta)
+    assert result.meta["steps"] == DEFENSES.get(name).default_config().steps(BUDGET).as_dict()
+    again = DEFENSES.create(name)(*suspect_and_clean(), BUDGET, seed=3)
+    assert torch.equal(again.detector.flags(images, CPU), flags) and again.detector.threshold == result.detector.threshold
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -12,6 +12,7 @@ EXPECTED = {
     "tiny": {  # fraction 0.075
         "anp": {"mask_iterations": 150},
         "decree": {"inversion_steps": 300, "unlearning_epochs": 8},
+        "dede": {"decoder_epochs": 15},
         "fp": {"finetune_epochs": 8},
         "ft": {"finetune_epochs": 8},
         "medic": {"cloning_epochs": 5},
@@ -22,6 +23,7 @@ EXPECTED = {
     "paper": {  # fraction 1: the reference recipes themselves
         "anp": {"mask_iterations": 2000},
         "decree": {"inversion_steps": 4000, "unlearning_epochs": 100},
+        "dede": {"decoder_epochs": 200},
         "fp": {"finetune_epochs": 100},
         "ft": {"finetune_epochs": 100},
         "medic": {"cloning_epochs": 60},

@@ -115,6 +115,13 @@ def test_purify_out_must_be_a_safetensors_file_beside_its_own_sidecar(tmp_path, 
     assert not (tmp_path / "purified.json").exists()
 
 
+def test_purify_refuses_an_input_detector_in_one_line_and_writes_nothing(tmp_path, data, suspect, capsys):
+    out = tmp_path / "purified.safetensors"
+    assert main(["purify", str(suspect), "--data", str(data), "--out", str(out), *PURIFY_FAST, "--defense", "dede"]) == 2
+    assert "purifies nothing" in _one_error_line(capsys)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
 def test_purify_checks_its_outputs_before_any_work(tmp_path, data, suspect, capsys, monkeypatch):
     import harness.images
 

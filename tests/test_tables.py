@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from harness.rows import ResultsStore, Row, RowSettings, to_frame
 from harness.statistics import ci95
 from harness.report import write_reports
-from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, long_table, render, verdict_table
+from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, detection_table, long_table, render, verdict_table
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -217,6 +217,20 @@ def test_verdict_table_lists_an_encoder_once_and_names_its_variant():
             dataclasses.replace(effectiveness, suite="generalisation", variant="blend")]
     table = verdict_table(rows)
     assert table[["variant", "verdict"]].values.tolist() == [["", "clean"], ["blend", "clean"]]
+
+
+def test_detection_table_gives_an_input_detectors_rates_over_seeds_and_counts_a_shared_row_once():
+    def detected(seed, tpr, fpr, asr):
+        meta = {"threshold": 0.1, "detection": {"tpr": tpr, "fpr": fpr}}
+        return dataclasses.replace(row(seed, asr=asr, defense="dede"), settings=RowSettings(defense_meta=meta))
+
+    first = detected(0, 90.0, 4.0, 10.0)
+    rows = [first, dataclasses.replace(first, suite="cost"), detected(1, 70.0, 6.0, 30.0), row(0, defense="mimic")]
+    table = detection_table(rows)
+    assert len(table) == 1 and table["seeds"].tolist() == [2]
+    assert table["TPR %"].tolist() == [f"80.00 ± {ci95(pd.Series([90.0, 70.0])):.2f}"]
+    assert table["ASR(all) % after rejection"].iloc[0].startswith("20.00 ±")
+    assert not len(detection_table([row(0, defense="mimic")]))
 
 
 def test_markdown_and_latex_tables_match_a_known_rendering():
