@@ -1,3 +1,3 @@
 """Defenses, one module each; importing the package registers them all in `harness.registry.DEFENSES`."""
 
-from defenses import anp, decree, dede, fp, ft, medic, mimic, moth, nad  # noqa: F401
+from defenses import anp, decree, dede, fp, ft, medic, mimic, moth, nad, ssl_cleanse  # noqa: F401

@@ -19,6 +19,7 @@ EXPECTED = {
         "mimic": {"distillation_epochs": 75, "mine_steps_per_stage": 240},
         "moth": {"hardening_epochs": 2, "warmup_steps": 38, "pair_steps_first": 15, "pair_steps_later": 10},
         "nad": {"teacher_epochs": 5, "distillation_epochs": 5},
+        "ssl_cleanse": {"inversion_epochs": 75, "unlearning_epochs": 38},
     },
     "paper": {  # fraction 1: the reference recipes themselves
         "anp": {"mask_iterations": 2000},
@@ -30,6 +31,7 @@ EXPECTED = {
         "mimic": {"distillation_epochs": 1000, "mine_steps_per_stage": 3200},
         "moth": {"hardening_epochs": 2, "warmup_steps": 500, "pair_steps_first": 200, "pair_steps_later": 50},
         "nad": {"teacher_epochs": 10, "distillation_epochs": 20},
+        "ssl_cleanse": {"inversion_epochs": 1000, "unlearning_epochs": 500},
     },
 }
 
