@@ -216,11 +216,12 @@ def html_report(rows: list[Row], sources: list[Path], power: list[str] | None = 
 
 
 def power_notes(rows: Iterable[Row]) -> list[str]:
-    """What the detectors' verdicts in the rows are worth: harness/power.py's measured rates for each profile they ran on."""
+    """What DECREE's verdicts in the rows are worth: harness/power.py's measured rates for each profile they ran on (the
+    only detector whose power has been measured; another's verdicts carry no power line)."""
     from harness.power import power_lines
 
     steps = {r.profile.split("+")[0]: r.settings.defense_meta["steps"].get("inversion_steps") for r in rows
-             if "flagged" in r.settings.defense_meta and "steps" in r.settings.defense_meta}
+             if r.defense == "decree" and "flagged" in r.settings.defense_meta and "steps" in r.settings.defense_meta}
     return [line for profile, n in sorted(steps.items()) for line in power_lines(profile, n or 0)]
 
 

@@ -162,3 +162,14 @@ def test_harness_report_pages_several_results_folders_and_replaces_nothing_witho
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "x.html")]) == 2
     assert "no rows in" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
+
+
+def test_power_lines_speak_for_decree_alone():
+    from harness.report import power_notes
+
+    def judged(defense: str, steps: dict) -> Row:
+        row = _row("badencoder", defense, 75.0, 10.0)
+        return dataclasses.replace(row, settings=RowSettings(defense_meta={"flagged": True, "steps": steps}))
+
+    assert power_notes([judged("ssl_cleanse", {"inversion_epochs": 75, "unlearning_epochs": 38})]) == []  # its power is unmeasured
+    assert power_notes([judged("decree", {"inversion_steps": 300, "unlearning_epochs": 8})])

@@ -11,6 +11,8 @@ from defenses.ssl_cleanse import (ClusterTrigger, Detection, SSLCleanseConfig, a
                                   inversion_objective, invert_cluster, ssl_cleanse, stamp)
 from harness.contract import Budget
 from harness.losses import mean_pairwise_cosine
+from harness.rows import Row, RowSettings
+from harness.tables import render, verdict_table
 from harness.training import batched_features, to_float
 from tests.conftest import TRIGGER
 
@@ -117,3 +119,17 @@ def test_mitigation_runs_whatever_the_verdict_and_lowers_the_collapse(encoders):
     x = TRIGGER.stamp(subset.images[:64]).float() / 255
     with torch.no_grad():
         assert mean_pairwise_cosine(fixed.encoder(x)) < mean_pairwise_cosine(backdoored(x))
+
+
+def test_the_verdict_table_shows_ssl_cleanses_evidence_beside_decrees():
+    def judged(defense: str, meta: dict) -> Row:
+        return Row(suite="effectiveness", profile="tiny", attack="badencoder", defense=defense, pretrain="fmnist", downstream="fmnist",
+                   seed=0, acc=80.0, asr_all=5.0, asr_nontarget=5.0, n_test=10, n_nontarget=9, seconds={"attack": 1.0},
+                   settings=RowSettings(defense_meta=meta))
+
+    rows = [judged("decree", {"flagged": False, "l1_share": 0.07, "stamped_cosine": 0.99}),
+            judged("ssl_cleanse", {"flagged": True, "l1_share": 0.03, "anomaly_index": 3.25, "mask_l1_shares": [0.03, 0.4, 0.5]})]
+    table = verdict_table(rows).set_index("defense")
+    assert table.loc["ssl_cleanse", ["verdict", "l1_share", "anomaly_index", "stamped_cosine"]].tolist() == ["backdoor", "0.0300", "3.2500", ""]
+    assert table.loc["decree", ["verdict", "anomaly_index"]].tolist() == ["clean", ""]
+    assert "nan" not in render(verdict_table(rows), "markdown")
