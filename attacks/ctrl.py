@@ -52,6 +52,9 @@ YUV_TO_RGB = torch.tensor([[1.0, 0.0, 1.14], [1.0, -0.396, -0.581], [1.0, 2.029,
 
 @dataclass(frozen=True)
 class CTRLConfig:
+    # Attack side, the implant criterion: on tiny, `python benchmarks/calibrate.py implant ctrl --seeds 1` and the
+    # attacker's levers (--attack-set poison_ratio=0.1, and with magnitude=200) did not implant under the tiny victim's
+    # SimCLR recipe, so the defaults stay the authors' and tiny's CTRL rows read "did not implant" (docs/RESULTS.md).
     magnitude: float = 100.0  # added to each chosen DCT coefficient, on the 0..255 scale
     channels: tuple[int, ...] = (1, 2)  # of YUV: 1 = U, 2 = V (chrominance)
     positions: tuple[tuple[int, int], ...] = ((15, 15), (31, 31))  # DCT coefficients within each window

@@ -57,6 +57,9 @@ REFERENCE_EPOCHS = 200  # the authors' schedule is written for 200 epochs
 
 @dataclass(frozen=True)
 class DRUPEConfig:
+    # Attack side, the implant criterion: on tiny, `python benchmarks/calibrate.py implant drupe --seeds 1` implants on
+    # Fashion-MNIST in both scenarios and not on digits (nor with --attack-set warm_up_epochs=0); the defaults stay the
+    # authors', and tiny's digits rows read "did not implant".
     lambda1: float = 1.0  # weight of utility on the reference images
     lambda2: float = 1.0  # weight of utility on the shadow images
     weight_decay: float = 5e-4
