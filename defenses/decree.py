@@ -22,7 +22,8 @@ clean images keep theirs,
 
     min_f'  mean(1 - cos(f'(x'), f(x))) + mean(1 - cos(f'(x), f(x))),
 
-f the frozen suspect, BatchNorm frozen (eval mode) as in BadEncoder.
+f the frozen suspect, BatchNorm frozen (eval mode) as in BadEncoder (harness/unlearning.py,
+which SSL-Cleanse shares).
 
 Budget (the rule of harness/profiles.py): the reference inverts for 1000 epochs
 over a 1,000-image shadow set at batch 256, 4,000 steps, scaled by the budget's
@@ -39,7 +40,6 @@ every one of them.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
@@ -47,10 +47,11 @@ import torch
 from torch import Tensor
 
 from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, DefenseResult, Steps
-from harness.losses import cosine_distance, mean_pairwise_cosine
+from harness.losses import mean_pairwise_cosine
 from harness.models import Encoder
 from harness.registry import DEFENSES
-from harness.training import Progress, descend, freeze, run_epochs, seed_everything, to_float
+from harness.training import Progress, freeze, seed_everything, to_float
+from harness.unlearning import unlearn
 
 
 @dataclass(frozen=True)
@@ -141,30 +142,6 @@ def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torc
     return Inversion(mask, pattern, share, _stamped_cosine(encoder, clean.images, mask, pattern, device), share < config.flag_below)
 
 
-def unlearn(suspect: Encoder, inversion: Inversion, clean: CleanSubset, budget: Budget, epochs: int, gen: torch.Generator) -> tuple[Encoder, float]:
-    """Fine-tune the suspect so stamped clean images keep their clean features."""
-    device = budget.device
-    reference = freeze(copy.deepcopy(suspect))
-    encoder = suspect.eval()  # BatchNorm frozen
-    for p in encoder.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=budget.lr)
-
-    images = clean.images.to(device)
-
-    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx], device)
-        with torch.no_grad():
-            target = reference(x)
-        stamped, plain = encoder(torch.cat([inversion.stamp(x), x])).chunk(2)
-        loss = cosine_distance(stamped, target) + cosine_distance(plain, target)
-        descend(optimizer, loss)
-        return {"loss": loss.detach()}
-
-    progress = run_epochs("decree unlearning", epochs, len(clean), budget.batch_size, gen, step, device=device)
-    return encoder.eval(), progress.seconds
-
-
 @DEFENSES.register("decree", config=DecreeConfig)
 def decree(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config: DecreeConfig) -> DefenseResult:
     gen = seed_everything(seed, "decree")
@@ -180,5 +157,6 @@ def decree(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, conf
         "inversion_seconds": time.perf_counter() - start,
         "steps": steps.as_dict(),
     }
-    encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion, clean, budget, steps.unlearning_epochs, gen)
+    encoder, meta["unlearning_seconds"] = unlearn(encoder, inversion.stamp, clean, budget, steps.unlearning_epochs, gen,
+                                                  "decree unlearning")
     return DefenseResult(encoder.cpu(), meta)

@@ -55,7 +55,7 @@ Adaptations, stated:
   was read on (the reference records the epoch's mean over its batches);
 - the mitigation: the reference fine-tunes with a BYOL loss between augmented
   clean views against a frozen copy plus a term pulling a view stamped with the
-  reversed trigger onto the frozen features; here DECREE's unlearning (above) with
+  reversed trigger onto the frozen features; here DECREE's unlearning (harness/unlearning.py) with
   the profile's Adam learning rate, BatchNorm frozen (eval mode) as in BadEncoder.
 
 Budget (the rule of harness/profiles.py): each cluster's inversion epochs (1000)
@@ -65,9 +65,9 @@ are not scaled, since the outlier rule needs its population.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -77,8 +77,8 @@ from harness.contract import MIN_EPOCHS, MIN_STEPS, Budget, CleanSubset, Defense
 from harness.losses import cosine_distance
 from harness.models import Encoder
 from harness.registry import DEFENSES
-from harness.training import (Progress, batched_features, descend, freeze, run_epochs, seed_everything, shuffled_batches,
-                              to_float)
+from harness.training import Progress, batched_features, descend, freeze, seed_everything, shuffled_batches, to_float
+from harness.unlearning import unlearn
 
 CONSISTENCY = 1.4826  # MAD of a normal distribution -> its standard deviation (Neural Cleanse)
 REFERENCE_MAD_DIVISOR = 0.6745  # the reference code divides the MAD by this as well
@@ -165,11 +165,6 @@ def stamp(x: Tensor, mask: Tensor, pattern: Tensor) -> Tensor:
 def inversion_objective(features: Tensor, targets: Tensor, mask: Tensor, lam: float) -> Tensor:
     """The reference's norm-MSE 2 - 2 cos between stamped features and their target features, plus lambda * L1 share."""
     return 2 * cosine_distance(features, targets) + lam * mask.mean()
-
-
-def unlearning_loss(stamped: Tensor, plain: Tensor, original: Tensor) -> Tensor:
-    """Stamped and plain clean images both keep the frozen suspect's features of the plain images."""
-    return cosine_distance(stamped, original) + cosine_distance(plain, original)
 
 
 def anomaly_indices(shares: Tensor) -> Tensor:
@@ -273,31 +268,16 @@ def detect(encoder: Encoder, clean: CleanSubset, config: SSLCleanseConfig, gen: 
     return Detection(labels, triggers, anomaly_indices(shares), config.flag_above)
 
 
-def unlearn(suspect: Encoder, triggers: list[ClusterTrigger], clean: CleanSubset, budget: Budget, epochs: int,
-            gen: torch.Generator) -> tuple[Encoder, float]:
-    """Fine-tune the suspect so clean images stamped with any of `triggers` keep their clean features."""
-    device = budget.device
-    reference = freeze(copy.deepcopy(suspect))
-    encoder = suspect.eval()  # BatchNorm frozen
-    for p in encoder.parameters():
-        p.requires_grad_(True)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=budget.lr)
+def unlearning_stamp(triggers: list[ClusterTrigger], gen: torch.Generator, device: torch.device) -> Callable[[Tensor], Tensor]:
+    """Stamps each image of a batch with one of `triggers`, drawn at random."""
     masks = torch.stack([t.mask for t in triggers]).to(device)
     patterns = torch.stack([t.pattern for t in triggers]).to(device)
-    images = clean.images.to(device)
 
-    def step(idx: Tensor, epoch: int) -> dict[str, Tensor]:
-        x = to_float(images[idx], device)
-        with torch.no_grad():
-            original = reference(x)
-        pick = torch.randint(len(triggers), (len(idx),), generator=gen).to(device)
-        stamped, plain = encoder(torch.cat([stamp(x, masks[pick], patterns[pick]), x])).chunk(2)
-        loss = unlearning_loss(stamped, plain, original)
-        descend(optimizer, loss)
-        return {"loss": loss.detach()}
+    def stamp_batch(x: Tensor) -> Tensor:
+        pick = torch.randint(len(triggers), (len(x),), generator=gen).to(device)
+        return stamp(x, masks[pick], patterns[pick])
 
-    progress = run_epochs("ssl-cleanse unlearning", epochs, len(clean), budget.batch_size, gen, step, device=device)
-    return encoder.eval(), progress.seconds
+    return stamp_batch
 
 
 @DEFENSES.register("ssl_cleanse", config=SSLCleanseConfig)
@@ -321,5 +301,6 @@ def ssl_cleanse(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int,
         "steps": steps.as_dict(),
     }
     triggers = [found.triggers[c] for c in found.unlearned]
-    encoder, meta["unlearning_seconds"] = unlearn(encoder, triggers, clean, budget, steps.unlearning_epochs, gen)
+    encoder, meta["unlearning_seconds"] = unlearn(encoder, unlearning_stamp(triggers, gen, device), clean, budget,
+                                                  steps.unlearning_epochs, gen, "ssl-cleanse unlearning")
     return DefenseResult(encoder.cpu(), meta)
