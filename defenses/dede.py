@@ -23,8 +23,9 @@ detection rates (AUROC).
 
 Adaptations, documented: the authors' decoder is a vision transformer (a
 12-layer patch encoder and a 4-layer decoder); here a small convolutional
-decoder takes the embedding and the visible patches (the CPU budget). A
-deployed detector needs a threshold: it is the (1 - `false_positive_budget`)
+decoder takes the embedding and the visible patches (the CPU budget); every
+test input is scored under one mask, drawn once per detector, so a verdict
+depends on the input alone. A deployed detector needs a threshold: it is the (1 - `false_positive_budget`)
 quantile of the scores of a held-out share of the defender's clean images (5 %:
 a defender-side choice, fixed before any attack is seen), so the harness
 reports true- and false-positive rates at that threshold and the ASR that
@@ -110,19 +111,20 @@ def reconstruction_error(decoder: Decoder, features: Tensor, x: Tensor, visible:
 
 @dataclass(frozen=True, eq=False)
 class DecoderScore:
-    """DeDe's score of an input: its reconstruction error with almost every patch hidden (fixed masks, seeded)."""
+    """DeDe's score of an input: its reconstruction error with almost every patch hidden.
+
+    Every input is scored under the one mask `visible` (1, 1, H, W), drawn once: a score depends on the input alone,
+    not on where it sits in a batch."""
 
     encoder: Encoder
     decoder: Decoder
-    config: DeDeConfig
-    seed: int
+    visible: Tensor
+    hidden_ratio: float
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed)  # every call draws the same masks: a score depends on the input only
-        visible = patch_visibility(len(images), images.shape[-1], self.config.patch, self.config.test_mask_ratio, gen)
-        visible = visible.to(images.device)
-        return reconstruction_error(self.decoder, self.encoder(images), images, visible, self.config.test_mask_ratio)
+        visible = self.visible.to(images.device).expand(len(images), -1, -1, -1)
+        return reconstruction_error(self.decoder, self.encoder(images), images, visible, self.hidden_ratio)
 
 
 @DEFENSES.register("dede", config=DeDeConfig, tags=(INPUT_DETECTION,))
@@ -152,7 +154,8 @@ def dede(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, config
     start = time.perf_counter()
     progress = run_epochs("dede decoder", steps.decoder_epochs, len(training), min(budget.batch_size, len(training)), gen, step,
                           device=device)
-    score = DecoderScore(encoder, decoder.eval(), config, seed)
+    scoring_mask = patch_visibility(1, training.shape[-1], config.patch, config.test_mask_ratio, gen)
+    score = DecoderScore(encoder, decoder.eval(), scoring_mask, config.test_mask_ratio)
     with torch.no_grad():
         clean_scores = score(to_float(calibration.to(device), device)).cpu()
     threshold = torch.quantile(clean_scores, 1 - config.false_positive_budget).item()

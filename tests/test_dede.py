@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from defenses.dede import DeDeConfig, dede, patch_visibility
-from harness.contract import Budget
+from harness.contract import Budget, CleanSubset
 from harness.data import load_dataset
+from harness.models import build_encoder
 from tests.conftest import TRIGGER
 
 CPU = torch.device("cpu")
@@ -45,3 +46,13 @@ def test_flags_triggered_inputs_of_a_backdoored_encoder_far_above_its_false_posi
     # A white patch is itself unusual to a decoder: on the clean encoder most triggered inputs are flagged too (a
     # finding, reported with the rows); the backdoor's collapse onto the target embedding adds to it.
     assert tpr > control_tpr and control_fpr < 20
+
+
+def test_a_score_depends_on_the_input_alone_not_on_its_place_in_a_batch():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    found = dede(build_encoder("resnet18", 4).eval(), CleanSubset(images), Budget(fraction=0.001, batch_size=8, lr=1e-3, device=CPU),
+                 seed=0, config=DeDeConfig())
+    x = images.float() / 255
+    alone = torch.cat([found.detector.score(x[i : i + 1]) for i in range(len(x))])
+    assert torch.allclose(found.detector.score(x.flip(0)).flip(0), alone, atol=1e-6)
