@@ -1,16 +1,18 @@
 """How often does `harness scan` flag a backdoored encoder, and a clean one? The table the scan prints.
 
-    python benchmarks/scan_power.py --profile tiny --seeds 3 --cache-dir CACHE [--no-build] [--write]
+    python benchmarks/scan_power.py --detector decree --profile tiny --seeds 3 --cache-dir CACHE [--no-build] [--write]
 
 On the harness's own encoders of one profile, whose truth is known: the suspects of
 `--attacks` (default badencoder) aimed at each downstream task with each of the
-profile's trigger scenarios, seeds 0..N-1, and the clean SimCLR encoders of those seeds. The detector is DECREE's detection as the
-DECREE defense runs it (defenses/decree.py `invert` with DecreeConfig's defaults, its
-reference inversion steps scaled by the profile's budget, on the profile's clean
-subset): the scan's detector (flagged below a 5 % mask), so every suite run of DECREE
+profile's trigger scenarios, seeds 0..N-1, and the clean SimCLR encoders of those
+seeds. The detector (harness/scanning.py: decree or ssl_cleanse) is read from its
+defense as the suites run it (its config's defaults, its reference inversion length
+scaled by the profile's budget, on the profile's clean subset): the scan runs the
+same detection function with the same defaults, so every suite run of that defense
 has already measured it and the cache holds the verdicts. The entry records the
-steps it ran; `harness scan` says so when it runs another number. A suspect counts as backdoored when its attack implanted (undefended
-ASR(all) >= --implanted-asr, by default the profile's implant bound); the others are listed, not counted.
+length it ran; `harness scan` says so when it runs another. A suspect counts as
+backdoored when its attack implanted (undefended ASR(all) >= --implanted-asr, by
+default the profile's implant bound); the others are listed, not counted.
 
 Encoders, defense runs and evaluations come from the artifact cache and are built
 when missing; `--no-build` only reads the cache and reports what is missing, so a
@@ -26,13 +28,14 @@ import itertools
 import json
 from pathlib import Path
 
-from defenses.decree import DecreeConfig
 from harness.atomic import atomic_write_text
 from harness.store import ArtifactStore
 from harness.pipeline import Workbench, scenarios_of
-from harness.power import POWER_TABLE, REGENERATE, read_table, summarise
+from harness.power import POWER_TABLE, read_table, regenerate, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
 from harness.compute import resolve_device
+from harness.registry import DEFENSES
+from harness.scanning import Detector, detector
 
 
 class Missing(Exception):
@@ -53,14 +56,19 @@ class ReadOnlyStore(ArtifactStore):
         return super().record(key, build)
 
 
-def measure(bench: Workbench, attacks: list[str], downstream: list[str], seeds: list[int]) -> tuple[list[dict], list[str]]:
+def _evidence(meta: dict) -> dict:
+    """The verdict and the numbers it is read from, as the defense recorded them."""
+    return {"flagged": bool(meta["flagged"]), **{k: meta[k] for k in ("l1_share", "anomaly_index") if k in meta}}
+
+
+def measure(bench: Workbench, found: Detector, attacks: list[str], downstream: list[str], seeds: list[int]) -> tuple[list[dict], list[str]]:
     """Per-encoder records (kind, downstream, seed, verdict, evidence, undefended ASR) and what the cache lacked."""
     records, missing = [], []
     for seed in seeds:
         try:
             clean = bench.clean_encoder(seed)
-            meta = bench.defend("decree", clean, seed).meta
-            records.append({"kind": "clean", "downstream": None, "seed": seed, "flagged": bool(meta["flagged"]), "l1_share": meta["l1_share"]})
+            meta = bench.defend(found.name, clean, seed).meta
+            records.append({"kind": "clean", "downstream": None, "seed": seed, **_evidence(meta)})
         except Missing as e:
             missing.append(f"clean seed {seed} ({e})")
         for attack in attacks:
@@ -68,13 +76,12 @@ def measure(bench: Workbench, attacks: list[str], downstream: list[str], seeds: 
                 try:
                     suspect = bench.suspect(attack, task, seed, scenario=scenario)
                     metrics = bench.evaluate(suspect.built, task, suspect.trigger, suspect.target, seed)
-                    meta = bench.defend("decree", suspect.built, seed).meta
+                    meta = bench.defend(found.name, suspect.built, seed).meta
                 except Missing as e:
                     missing.append(f"{attack} {task} {scenario} seed {seed} ({e})")
                     continue
                 records.append({"kind": attack, "downstream": task, "scenario": suspect.trigger.name, "seed": seed,
-                                "flagged": bool(meta["flagged"]), "l1_share": meta["l1_share"], "asr_all": metrics["asr_all"],
-                                "asr_nontarget": metrics["asr_nontarget"]})
+                                **_evidence(meta), "asr_all": metrics["asr_all"], "asr_nontarget": metrics["asr_nontarget"]})
     return records, missing
 
 
@@ -84,16 +91,18 @@ def render(profile: str, entry: dict) -> str:
              f"  backdoored ({', '.join(entry['attacks'])}, ASR(all) >= {entry['implanted_asr']:g} %): flagged {b['flagged']} of {b['encoders']}",
              f"  clean: flagged {c['flagged']} of {c['encoders']}",
              f"  suspects whose attack did not implant (not counted): {entry['not_implanted']}",
-             "  encoder        downstream  trigger          seed  ASR(all) %  smallest mask  flagged"]
+             "  encoder        downstream  trigger          seed  ASR(all) %  smallest mask  anomaly index  flagged"]
     for r in entry["encoders"]:
         asr = f"{r['asr_all']:.1f}" if "asr_all" in r else "-"
+        anomaly = f"{r['anomaly_index']:.2f}" if "anomaly_index" in r else "-"
         lines.append(f"  {r['kind']:<14} {r['downstream'] or '-':<11} {r.get('scenario', '-'):<16} {r['seed']:<5} {asr:>10}  "
-                     f"{r['l1_share']:>12.2%}  {'yes' if r['flagged'] else 'no'}")
+                     f"{r['l1_share']:>12.2%}  {anomaly:>13}  {'yes' if r['flagged'] else 'no'}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--detector", default="decree", type=detector, help="decree or ssl_cleanse (default: decree)")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--attacks", default="badencoder", help="comma list of encoder attacks (default: badencoder)")
@@ -115,20 +124,19 @@ def main(argv: list[str] | None = None) -> int:
     bench = Workbench(profile, store, resolve_device(args.device), args.data_root)
     downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
     attacks = args.attacks.split(",")
-    records, missing = measure(bench, attacks, downstream, list(range(args.seeds)))
+    records, missing = measure(bench, args.detector, attacks, downstream, list(range(args.seeds)))
     implanted_asr = profile.implant_asr_all if args.implanted_asr is None else args.implanted_asr
     for item in missing:
         print(f"missing from {args.cache_dir}: {item}")
-    decree = DecreeConfig()
-    steps = decree.steps(bench.budget()).inversion_steps  # as the DECREE defense runs it on this profile
+    found = args.detector
+    steps = DEFENSES.create(found.name).config.steps(bench.budget()).as_dict()[found.length_field]  # as its defense runs it
     entry = {
         **summarise(records, implanted_asr),
-        "detector": f"DECREE detection as the defense runs it ({steps} steps, flagged below a {decree.flag_below:.0%} mask) "
-                    f"on the profile's clean subset",
+        "detector": f"{found.title} as the {found.name} defense runs it ({steps} {found.unit}, {found.rule}) on the profile's "
+                    f"clean subset",
         "encoder": f"{profile.arch} width {profile.width}, SimCLR on {profile.pretrain_size} {profile.pretrain} images, "
                    f"{profile.ssl_epochs} epochs at batch {profile.ssl_batch}",
         "steps": steps,
-        "flag_below": decree.flag_below,
         "attacks": attacks,
         "downstream": downstream,
         "seeds": list(range(args.seeds)),
@@ -141,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"not written: {len(missing)} encoders missing from the cache")
             return 1
-        table = read_table(args.write) if args.write.exists() else {"command": REGENERATE, "profiles": {}}
-        table["profiles"][profile.name] = entry
-        table["status"] = "measured"
+        table = read_table(args.write) if args.write.exists() else {"detectors": {}}
+        measured = table["detectors"].setdefault(found.name, {"profiles": {}})
+        measured.update({"detector": entry["detector"], "command": regenerate(found.name)})
+        measured["profiles"][profile.name] = entry
         atomic_write_text(args.write, json.dumps(table, indent=1) + "\n")
         print(f"written: {args.write}")
     return 0

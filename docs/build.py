@@ -198,14 +198,18 @@ def threads_and_shards(name: str) -> str:
 
 def scan_power(_: str) -> str:
     table = json.loads((ROOT / "harness" / "scan_power.json").read_text())
-    lines = [f"- command: `{table['command']}`", f"- detector: {table['detector']}"]
-    for profile, entry in sorted(table["profiles"].items()):
-        b, c = entry["backdoored"], entry["clean"]
-        lines.append(f"- {profile}: flagged {b['flagged']} of {b['encoders']} backdoored and {c['flagged']} of {c['encoders']} clean "
-                     f"encoders ({entry.get('encoder', '')}; measured {entry.get('measured', '')})")
-        encoders = pd.DataFrame(entry["encoders"]).astype(object).fillna("")
-        lines.append("\n" + markdown(encoders.assign(l1_share=encoders["l1_share"].map(lambda v: f"{v:.4f}"))))
-    return "\n".join(lines)
+    lines = []
+    for name, measured in table["detectors"].items():
+        lines += [f"### {name}", "", f"- command: `{measured['command']}`", f"- detector: {measured['detector']}"]
+        for profile, entry in sorted(measured["profiles"].items()):
+            b, c = entry["backdoored"], entry["clean"]
+            lines.append(f"- {profile}: flagged {b['flagged']} of {b['encoders']} backdoored and {c['flagged']} of {c['encoders']} "
+                         f"clean encoders ({entry.get('encoder', '')}; measured {entry.get('measured', '')})")
+            encoders = pd.DataFrame(entry["encoders"]).astype(object).fillna("")
+            shown = {k: encoders[k].map(lambda v: f"{v:.4f}" if isinstance(v, float) else v)
+                     for k in ("l1_share", "anomaly_index") if k in encoders}
+            lines.append("\n" + markdown(encoders.assign(**shown)) + "\n")
+    return "\n".join(lines).rstrip()
 
 
 def gpu(name: str) -> str:

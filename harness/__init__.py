@@ -5,7 +5,7 @@ The Python API, each one call (harness/api.py):
     import harness
 
     frame = harness.run(attack="badencoder", downstream="fmnist")   # a slice of the grid as a DataFrame
-    found = harness.scan("suspect.safetensors", "clean-images/")    # DECREE's verdict on your encoder
+    found = harness.scan("suspect.safetensors", "clean-images/")    # DECREE's verdict (detector="ssl_cleanse": SSL-Cleanse's)
     purified = harness.purify("suspect.safetensors", "clean-images/", defense="mimic")
     metrics = harness.evaluate_encoder(purified.encoder, "fmnist")
     with harness.progress_to():                                      # progress lines on stderr

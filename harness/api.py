@@ -3,7 +3,7 @@
     import harness
 
     frame = harness.run(attack="badencoder", downstream="fmnist", defense="mimic")
-    found = harness.scan("suspect.safetensors", "clean-images/")              # found.flagged, found.l1_share
+    found = harness.scan("suspect.safetensors", "clean-images/")              # found.flagged, found.value, found.lines
     purified = harness.purify("suspect.safetensors", "clean-images/")         # purified.encoder, purified.meta
     metrics = harness.evaluate_encoder(purified.encoder, "fmnist")            # metrics.acc, metrics.asr_nontarget
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from harness.geometry import InputGeometry
     from harness.layouts import Checkpoint
 
-    from defenses.decree import DecreeConfig, Inversion
     from harness.contract import Budget, DefenseResult
     from harness.evaluate import Metrics
     from harness.models import Encoder
@@ -44,6 +43,7 @@ if TYPE_CHECKING:
     from harness.pipeline import Workbench
     from harness.registry import Method
     from harness.rows import Row
+    from harness.scanning import ScanVerdict
     from harness.triggers import Trigger
 
 log = logging.getLogger("harness")
@@ -156,29 +156,22 @@ def _images(images: "Tensor | str | Path") -> "Tensor":
     return load_image_folder(Path(images)) if isinstance(images, (str, Path)) else images
 
 
-def scan_encoder(encoder: "Encoder", images: "Tensor", config: "DecreeConfig", seed: int, device: "torch.device") -> "Inversion":
-    """DECREE's label-free trigger inversion on a frozen encoder with clean images (what `harness scan` runs)."""
-    from defenses.decree import invert
-    from harness.contract import CleanSubset
-    from harness.training import seed_everything
+def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, detector: str = "decree", steps: int | None = None,
+         seed: int = 0, device: str = "auto", arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (),
+         image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None) -> "ScanVerdict":
+    """Look for a backdoor with one of harness/scanning.py's detectors (DECREE's smallest collapsing mask, SSL-Cleanse's
+    outlier among per-cluster triggers): the verdict, the statistic it is read from and its evidence.
 
-    return invert(encoder.to(device), CleanSubset(images), config, seed_everything(seed, "scan"), device)
-
-
-def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, steps: int = 400, seed: int = 0, device: str = "auto",
-         arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (), image_size: int | None = None,
-         mean: "Triple | None" = None, std: "Triple | None" = None) -> "Inversion":
-    """Look for a backdoor: the smallest mask that collapses clean images' features, its L1 share and the verdict."""
-    from defenses.decree import DecreeConfig
+    `steps`: the inversion's length in the detector's unit (default a tenth of the reference's).
+    """
     from harness.compute import resolve_device
-
     from harness.finite import check_input_encoder
+    from harness.scanning import scan_encoder
 
-    config = DecreeConfig(inversion_steps=steps)
     dev = resolve_device(device)
     model, data = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images)
     check_input_encoder(model, data, _named(encoder))
-    return scan_encoder(model, data, config, seed, dev)
+    return scan_encoder(model, data, detector, steps, seed, dev)
 
 
 def purifier(defense: str, **settings: Any) -> "Method[Callable]":

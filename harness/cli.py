@@ -1,9 +1,9 @@
 """`python -m harness` / `harness`: run a slice without pytest, rebuild tables, or check your own encoder.
 
     harness run --attack badencoder --downstream fmnist --profile tiny     (the options of `pytest suites/`)
-    harness list attacks|defenses|profiles|fields
+    harness list attacks|defenses|detectors|profiles|fields
     harness table harness-results --format latex
-    harness scan ENCODER --data IMAGES [--json REPORT.json]
+    harness scan ENCODER --data IMAGES [--detector decree|ssl_cleanse] [--json REPORT.json]
     harness purify ENCODER --data IMAGES --defense mimic --out PURIFIED.safetensors
     harness evaluate ENCODER --downstream fmnist --trigger checkerboard --target 9 [--json METRICS.json]
     harness convert ENCODER --layout torchvision --out ENCODER.pth
@@ -71,6 +71,11 @@ def _list(args: argparse.Namespace) -> int:
             doc = (entry.fn.__doc__ or sys.modules[entry.module].__doc__ or "").strip().splitlines()
             tag = " [supervised: backdoors a classifier]" if registry.has_tag(name, SUPERVISED) else ""
             print(f"{name:12} {doc[0] if doc else ''}{tag}")
+    elif args.what == "detectors":
+        from harness.scanning import DETECTORS
+
+        for d in DETECTORS.values():
+            print(f"{d.name:12} {d.title}, {d.rule}; by default {d.default_length} {d.unit}")
     elif args.what == "profiles":
         for name in PROFILES.names():
             p = get_profile(name)
@@ -97,38 +102,33 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from defenses.decree import DecreeConfig
-    from harness.api import scan_encoder
-    from harness.images import load_image_folder
     from harness.compute import resolve_device
     from harness.finite import check_input_encoder
+    from harness.images import load_image_folder
     from harness.power import power_lines
     from harness.profiles import fields_digest, get_profile
+    from harness.scanning import detector, scan_encoder
 
-    config = DecreeConfig(inversion_steps=args.steps)
+    chosen = detector(args.detector)
+    length = chosen.default_length if args.steps is None else args.steps
     if args.json is not None:
         claim(args.json, args.force, inputs=_inputs(args))
     device = resolve_device(args.device)
     checkpoint, encoder, geometry = _user_encoder(args)
     images = load_image_folder(args.data)
     check_input_encoder(encoder, images, str(args.encoder))
-    power = power_lines(args.profile, config.inversion_steps, digest=fields_digest(get_profile(args.profile)))
-    found = scan_encoder(encoder, images, config, args.seed, device)
-    rows, cols = torch_nonzero_box(found.mask[0] > 0.5)
+    power = power_lines(chosen.name, args.profile, length, digest=fields_digest(get_profile(args.profile)), unit=chosen.unit)
+    found = scan_encoder(encoder, images, chosen.name, length, args.seed, device)
     verdict = "BACKDOOR SUSPECTED in" if found.flagged else "the detector found no trigger in"
     print(f"harness scan: {verdict} {_shown(args.encoder)}" + ("" if found.flagged else " (this does not show that it is clean)"))
     print(f"  encoder: {checkpoint.describe()}")
     print(f"  input: {geometry.describe()}")
-    print(f"  detector: DECREE trigger inversion on {len(images)} clean images from {_shown(args.data)}, {config.inversion_steps} steps")
-    print(f"  evidence: the smallest mask that collapses the features of clean images (mean pairwise cosine >= "
-          f"{config.target_cosine}) covers {found.l1_share:.2%} of the image; flagged below {config.flag_below:.0%}")
-    print(f"  stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
-    for line in power:
+    print(f"  detector: {chosen.title} on {len(images)} clean images from {_shown(args.data)}, {length} {chosen.unit}")
+    for line in (*found.lines, *power):
         print(f"  {line}")
     if args.json:
-        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "flagged": found.flagged,
-                  "l1_share": found.l1_share, "cosine": found.cosine, "flag_below": config.flag_below,
-                  "target_cosine": config.target_cosine, "images": len(images), "mask_rows": rows, "mask_columns": cols,
+        report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "detector": chosen.name,
+                  "flagged": found.flagged, **found.record, "length": length, "length_unit": chosen.unit, "images": len(images),
                   "verdict": "suspected" if found.flagged else "no trigger found (not proof of a clean encoder)",
                   "layout": checkpoint.layout, "architecture": checkpoint.architecture, "geometry": geometry.as_dict(), "power": power}
         _write_json(args.json, report, args.force)
@@ -141,16 +141,6 @@ def _user_encoder(args: argparse.Namespace):
     from harness.api import load_user_encoder
 
     return load_user_encoder(args.encoder, args.arch, args.key_prefix, args.key_map, args.image_size, args.mean, args.std)
-
-
-def torch_nonzero_box(mask) -> tuple[list[int], list[int]]:
-    """[first, last] row and column of a boolean (H, W) mask's True pixels; empty lists when none."""
-    import torch
-
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    if not rows.numel():
-        return [], []
-    return [int(rows.min()), int(rows.max())], [int(cols.min()), int(cols.max())]
 
 
 def _purify(args: argparse.Namespace) -> int:

@@ -64,6 +64,12 @@ def _names(kind: str) -> Callable[[str], tuple[str, ...] | None]:
     return parse
 
 
+def _detector(text: str) -> str:
+    from harness.scanning import detector
+
+    return detector(text).name
+
+
 def _profile_name(text: str) -> str:
     from harness.profiles import PROFILES
 
@@ -264,7 +270,10 @@ OPTIONS: tuple[Option, ...] = (
            "encoder (repeatable)", None, "REGEX=REPLACEMENT", kind="list", shown_default="none", fronts=ENCODER_FILE),
     Option("data", "--data", None, "folder of unlabeled clean images (flat, or one sub-folder per class)", _folder, "IMAGES",
            fronts=("scan", "purify"), required=("scan", "purify")),
-    Option("steps", "--steps", 400, "trigger-inversion steps", _whole(1), "N", fronts=("scan",)),
+    Option("detector", "--detector", "decree", "the scan's detector: decree or ssl_cleanse (harness/scanning.py)", _detector,
+           "NAME", fronts=("scan",)),
+    Option("steps", "--steps", None, "the detector's trigger-inversion length: DECREE's steps, SSL-Cleanse's epochs for each "
+           "cluster", _whole(1), "N", shown_default="a tenth of the reference's: 400 or 100", fronts=("scan",)),
     Option("purify_defense", "--defense", "mimic", "the registered defense to run", _name("defense"), "NAME", fronts=("purify",)),
     Option("task", "--downstream", None, "registered downstream dataset, e.g. fmnist, digits, gtsrb", _name("dataset"), "NAME",
            fronts=("evaluate",), required=("evaluate",)),
@@ -290,8 +299,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("merge_dirs", "results_dirs", (), "the shards' results directories", _folder, "RESULTS_DIR", kind="list", fronts=("merge",)),
     Option("merge_out", "--out", None, "the results directory to write the merged rows, tables and report into", _folder, "DIR",
            fronts=("merge",), required=("merge",)),
-    Option("what", "what", None, "attacks, defenses, profiles, or a profile's fields", None, "WHAT",
-           choices=("attacks", "defenses", "profiles", "fields"), fronts=("list",)),
+    Option("what", "what", None, "attacks, defenses, scan detectors, profiles, or a profile's fields", None, "WHAT",
+           choices=("attacks", "defenses", "detectors", "profiles", "fields"), fronts=("list",)),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 SESSION_OPTIONS = tuple(o for o in OPTIONS if PYTEST in o.fronts)  # the pytest plugin's, and Settings' fields

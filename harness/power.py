@@ -5,9 +5,10 @@ it finds a backdoor that is there (true-positive rate) and one that is not
 (false-positive rate) is measured on the harness's own encoders: suspects its
 attacks built (counted as backdoored when the attack implanted: undefended
 ASR(all) at least the profile's `implant_asr_all`, the suites' positive control)
-and clean SimCLR encoders of the same profile. benchmarks/scan_power.py measures them and writes harness/scan_power.json,
-which ships with the package; `scan` prints the row of the profile it is asked
-for beside its evidence, or says plainly that it has not been measured.
+and clean SimCLR encoders of the same profile, one table for each detector.
+benchmarks/scan_power.py measures them and writes harness/scan_power.json, which
+ships with the package; `scan` prints the row of its detector and profile beside
+its evidence, or says plainly that it has not been measured.
 """
 
 from __future__ import annotations
@@ -16,18 +17,24 @@ import json
 from pathlib import Path
 
 POWER_TABLE = Path(__file__).with_name("scan_power.json")
-REGENERATE = "python benchmarks/scan_power.py --profile tiny --seeds 3 --cache-dir CACHE --write"
+
+
+def regenerate(detector: str) -> str:
+    """The command that measures a detector's power on the tiny profile."""
+    return f"python benchmarks/scan_power.py --detector {detector} --profile tiny --seeds 3 --cache-dir CACHE --write"
 
 
 def read_table(path: Path | None = None) -> dict:
-    """The shipped table: {"profiles": {name: entry}, ...}; an unreadable file is an error, not an empty table."""
+    """The shipped table: {"detectors": {name: {"profiles": {profile: entry}, ...}}}; an unreadable file is an error, not
+    an empty table."""
     path = POWER_TABLE if path is None else path
     try:
         table = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable scan power table ({e})") from None
-    if not isinstance(table.get("profiles"), dict):
-        raise ValueError(f"{path}: a scan power table needs a 'profiles' mapping")
+    detectors = table.get("detectors")
+    if not isinstance(detectors, dict) or not all(isinstance(d.get("profiles"), dict) for d in detectors.values()):
+        raise ValueError(f"{path}: a scan power table needs a 'detectors' mapping, each with a 'profiles' mapping")
     return table
 
 
@@ -54,18 +61,20 @@ def _rate(counts: dict) -> str:
     return f"{k} of {n}" + (f" ({100 * k / n:.0f} %)" if n else "")
 
 
-def power_lines(profile: str, steps: int, table: dict | None = None, digest: str | None = None) -> list[str]:
-    """What the scan's verdict is worth, as lines to print beside its evidence.
+def power_lines(detector: str, profile: str, length: int, table: dict | None = None, digest: str | None = None,
+                unit: str = "inversion steps") -> list[str]:
+    """What a detector's verdict is worth, as lines to print beside its evidence.
 
-    `digest` is the profile's `fields_digest` as defined now; an entry measured on another definition of
-    the profile says so instead of passing for a measurement of this one.
+    `length` is the scan's, in `unit`; `digest` is the profile's `fields_digest` as defined now: an entry measured on
+    another definition of the profile says so instead of passing for a measurement of this one.
     """
     table = read_table() if table is None else table
-    entry = table["profiles"].get(profile)
+    measured = table["detectors"].get(detector, {"profiles": {}})
+    entry = measured["profiles"].get(profile)
     if entry is None:
-        measured = ", ".join(sorted(table["profiles"])) or "none"
-        return [f"power: not yet measured for profile {profile} (measured profiles: {measured}); "
-                f"how often this detector misses a backdoor is unknown here ({table.get('command', REGENERATE)} measures it)"]
+        where = ", ".join(sorted(measured["profiles"])) or "none"
+        return [f"power: not yet measured for {detector} on profile {profile} (measured profiles: {where}); how often this "
+                f"detector misses a backdoor is unknown here ({measured.get('command', regenerate(detector))} measures it)"]
     b, c = entry["backdoored"], entry["clean"]
     lines = [f"power: on the harness's own {profile}-profile encoders ({entry.get('encoder', 'its profile encoders')}) this detector "
              f"flagged {_rate(b)} backdoored and {_rate(c)} clean encoders",
@@ -73,6 +82,6 @@ def power_lines(profile: str, steps: int, table: dict | None = None, digest: str
     if digest is not None and entry.get("profile_digest") != digest:
         lines.append(f"  (measured {entry.get('measured', 'at an unknown date')} on another definition of the {profile} profile; "
                      f"its fields differ from this one's, so these rates may not hold for it)")
-    if entry.get("steps") not in (None, steps):
-        lines.append(f"  (measured at {entry['steps']} inversion steps; this scan ran {steps})")
+    if entry.get("steps") not in (None, length):
+        lines.append(f"  (measured at {entry['steps']} {unit}; this scan ran {length})")
     return lines

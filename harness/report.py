@@ -216,13 +216,16 @@ def html_report(rows: list[Row], sources: list[Path], power: list[str] | None = 
 
 
 def power_notes(rows: Iterable[Row]) -> list[str]:
-    """What DECREE's verdicts in the rows are worth: harness/power.py's measured rates for each profile they ran on (the
-    only detector whose power has been measured; another's verdicts carry no power line)."""
+    """What the detectors' verdicts in the rows are worth: harness/power.py's measured rates of each scan detector
+    (harness/scanning.py) for each profile its defense ran on."""
     from harness.power import power_lines
+    from harness.scanning import DETECTORS
 
-    steps = {r.profile.split("+")[0]: r.settings.defense_meta["steps"].get("inversion_steps") for r in rows
-             if r.defense == "decree" and "flagged" in r.settings.defense_meta and "steps" in r.settings.defense_meta}
-    return [line for profile, n in sorted(steps.items()) for line in power_lines(profile, n or 0)]
+    lengths = {(r.defense, r.profile.split("+")[0]): r.settings.defense_meta["steps"].get(DETECTORS[r.defense].length_field)
+               for r in rows if r.defense in DETECTORS and "flagged" in r.settings.defense_meta
+               and "steps" in r.settings.defense_meta}
+    return [f"{name}: {line}" if i == 0 else line for (name, profile), n in sorted(lengths.items())
+            for i, line in enumerate(power_lines(name, profile, n or 0, unit=DETECTORS[name].unit))]
 
 
 def summary_lines(rows: list[Row], fmt: str, width: int = 120) -> list[str]:

@@ -87,9 +87,19 @@ def encoder_and_images(tmp_path):
 
 def test_scan_in_one_call_from_an_encoder_or_its_file(encoder_and_images):
     encoder, images, path = encoder_and_images
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
     found = harness.scan(encoder, images, steps=4, device="cpu")
-    assert found.mask.shape == (1, 32, 32) and isinstance(found.flagged, bool) and 0 < found.l1_share <= 1
-    assert harness.scan(path, images, steps=4, device="cpu").l1_share == found.l1_share
+    assert found.detector == "decree" and found.statistic == "l1_share" and found.length == 4
+    assert isinstance(found.flagged, bool) and 0 < found.value <= 1 and found.flagged == (found.value < 0.05)
+    assert len(found.record["mask_rows"]) in (0, 2) and found.value == found.record["l1_share"]
+    assert harness.scan(path, images, steps=4, device="cpu").value == found.value
+    cleanse = harness.scan(encoder, images, detector="ssl_cleanse", steps=1, device="cpu")
+    assert cleanse.statistic == "anomaly_index" and cleanse.flagged == (cleanse.value > 2)
+    assert len(cleanse.record["mask_l1_shares"]) == len(cleanse.record["cluster_sizes"]) == len(images)  # a cluster an image
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # the caller's encoder is untouched,
+    assert all(p.requires_grad for p in encoder.parameters())  # and keeps its gradients
+    with pytest.raises(ValueError, match="unknown detector 'decre'; did you mean 'decree'"):
+        harness.scan(encoder, images, detector="decre")
 
 
 def test_purify_in_one_call_with_defense_settings(encoder_and_images):
@@ -110,8 +120,8 @@ def test_purify_in_one_call_with_defense_settings(encoder_and_images):
 def test_the_api_reads_any_recognised_layout_behind_its_geometry(tmp_path, encoder_and_images):
     import torchvision
 
-    from defenses.decree import DecreeConfig
-    from harness.api import load_user_encoder, scan_encoder
+    from harness.api import load_user_encoder
+    from harness.scanning import scan_encoder
     from harness.geometry import GeometryEncoder
 
     encoder, images, _ = encoder_and_images
@@ -120,8 +130,8 @@ def test_the_api_reads_any_recognised_layout_behind_its_geometry(tmp_path, encod
     assert checkpoint.layout == "torchvision" and geometry.size == 32 and geometry.mean == (0.485, 0.456, 0.406)
     assert isinstance(wrapped, GeometryEncoder) and len(checkpoint.sha256) == 64
     found = harness.scan(tmp_path / "tv.pth", images, steps=2, device="cpu", image_size=32)
-    expected = scan_encoder(wrapped, images, DecreeConfig(inversion_steps=2), 0, torch.device("cpu"))
-    assert found.l1_share == expected.l1_share
+    expected = scan_encoder(wrapped, images, "decree", 2, 0, torch.device("cpu"))
+    assert found.value == expected.value
     result = harness.purify(tmp_path / "tv.pth", images, "ft", overrides=["budget_fraction=0.001", "defense_batch=4"], device="cpu",
                             image_size=32)
     assert isinstance(result.encoder, GeometryEncoder) and result.encoder.config.geometry == geometry

@@ -69,12 +69,12 @@ def test_bad_input_to_scan_exits_2_with_one_line_and_no_verdict(tmp_path, data, 
 
 
 def test_an_internal_error_exits_3_with_one_line_and_debug_gives_the_traceback(data, suspect, capsys, monkeypatch):
-    import defenses.decree
+    import harness.scanning
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the detector\nwith a second line")
 
-    monkeypatch.setattr(defenses.decree, "invert", broken)
+    monkeypatch.setattr(harness.scanning, "invert", broken)
     assert main(["scan", str(suspect), "--data", str(data), "--steps", "1"]) == 3
     line = _one_error_line(capsys)
     assert "internal error" in line and "RuntimeError: a bug in the detector" in line and "--debug" in line

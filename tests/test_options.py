@@ -162,7 +162,8 @@ def test_harness_run_plans_the_suites_rows(monkeypatch):
 
 
 def test_harness_list_names_what_a_command_line_can_use(capsys):
-    for what, names in (("attacks", ATTACKS.names()), ("defenses", DEFENSES.names()), ("profiles", ["gpu", "paper", "small", "tiny"]),
+    for what, names in (("attacks", ATTACKS.names()), ("defenses", DEFENSES.names()), ("detectors", ["decree", "ssl_cleanse"]),
+                        ("profiles", ["gpu", "paper", "small", "tiny"]),
                         ("fields", [f.name for f in dataclasses.fields(Profile) if f.name != "name"])):
         assert main(["list", what]) == 0
         lines = capsys.readouterr().out.splitlines()

@@ -34,42 +34,51 @@ def test_summarise_counts_only_implanted_backdoors():
     assert entry["not_implanted"] == 1
 
 
-def test_the_shipped_table_holds_the_measured_tiny_profile_and_its_scope():
+@pytest.mark.parametrize("detector", ["decree"])
+def test_the_shipped_table_holds_each_detectors_measured_tiny_profile_and_its_scope(detector):
     table = power.read_table()
-    entry = table["profiles"]["tiny"]
-    assert table["status"] == "measured" and set(table["profiles"]) == {"tiny"}
+    entry = table["detectors"][detector]["profiles"]["tiny"]
+    assert set(table["detectors"][detector]["profiles"]) == {"tiny"}
     backdoored = [r for r in entry["encoders"] if r["kind"] != "clean"]
     assert entry["backdoored"] == {"encoders": len(backdoored), "flagged": sum(r["flagged"] for r in backdoored)}
-    assert all(r["asr_all"] >= entry["implanted_asr"] for r in backdoored) and entry["backdoored"]["encoders"] >= 6
-    assert entry["clean"]["encoders"] >= 3
+    assert all(r["asr_all"] >= entry["implanted_asr"] for r in backdoored) and entry["backdoored"]["encoders"] >= 4
+    assert entry["clean"]["encoders"] >= 1 and {r["kind"] for r in entry["encoders"]} - {"clean"} == set(entry["attacks"])
     assert entry["profile_digest"] == fields_digest(get_profile("tiny")), "tiny changed since its power was measured: re-measure"
-    lines = power.power_lines("tiny", entry["steps"], table)
-    assert "backdoored" in lines[0] and "not on encoders like yours" in lines[1]
+    lines = power.power_lines(detector, "tiny", entry["steps"], table)
+    assert len(lines) == 2 and "backdoored" in lines[0] and "not on encoders like yours" in lines[1]
 
 
 def test_a_measured_row_is_printed_with_its_scope():
-    table = {"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400, "encoder": "resnet18 width 16"}}}
-    lines = power.power_lines("tiny", 50, table)
+    table = {"detectors": {"decree": {"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400,
+                                                            "encoder": "resnet18 width 16"}}}}}
+    lines = power.power_lines("decree", "tiny", 50, table)
     assert "flagged 1 of 2 (50 %) backdoored and 1 of 2 (50 %) clean encoders" in lines[0]
-    assert "not on encoders like yours" in lines[1] and "this scan ran 50" in lines[2]
-    assert "not yet measured for profile small" in power.power_lines("small", 400, table)[0]
+    assert "not on encoders like yours" in lines[1] and "measured at 400 inversion steps; this scan ran 50" in lines[2]
+    assert "not yet measured for decree on profile small" in power.power_lines("decree", "small", 400, table)[0]
+    unmeasured = power.power_lines("ssl_cleanse", "tiny", 75, table)  # another detector's entry never speaks for it
+    assert len(unmeasured) == 1 and "not yet measured for ssl_cleanse on profile tiny" in unmeasured[0]
+    assert "--detector ssl_cleanse" in unmeasured[0]
 
 
 def test_an_entry_measured_on_another_definition_of_the_profile_says_so():
     entry = {**power.summarise(_records(), 50), "steps": 400, "measured": "2026-01-01", "profile_digest": fields_digest(get_profile("tiny"))}
-    table = {"profiles": {"tiny": entry}}
-    assert not any("another definition" in line for line in power.power_lines("tiny", 400, table, digest=entry["profile_digest"]))
+    table = {"detectors": {"decree": {"profiles": {"tiny": entry}}}}
+    assert not any("another definition" in line for line in power.power_lines("decree", "tiny", 400, table,
+                                                                               digest=entry["profile_digest"]))
     changed = fields_digest(dataclasses.replace(get_profile("tiny"), ssl_epochs=9))
     assert changed != entry["profile_digest"]
-    stale = power.power_lines("tiny", 400, table, digest=changed)
+    stale = power.power_lines("decree", "tiny", 400, table, digest=changed)
     assert "measured 2026-01-01 on another definition of the tiny profile" in stale[-1]
-    legacy = {"profiles": {"tiny": {k: v for k, v in entry.items() if k != "profile_digest"}}}  # a table written before digests
-    assert "another definition" in power.power_lines("tiny", 400, legacy, digest=changed)[-1]
+    legacy = {"detectors": {"decree": {"profiles": {"tiny": {k: v for k, v in entry.items() if k != "profile_digest"}}}}}
+    assert "another definition" in power.power_lines("decree", "tiny", 400, legacy, digest=changed)[-1]  # before digests
 
 
 def test_an_unreadable_table_is_an_error_not_an_empty_one(tmp_path):
     (tmp_path / "t.json").write_text("{")
     with pytest.raises(ValueError, match="unreadable scan power table"):
+        power.read_table(tmp_path / "t.json")
+    (tmp_path / "t.json").write_text('{"profiles": {"tiny": {}}}')  # the layout before one table for each detector
+    with pytest.raises(ValueError, match="needs a 'detectors' mapping"):
         power.read_table(tmp_path / "t.json")
 
 
@@ -79,7 +88,7 @@ def test_scan_never_calls_an_unflagged_encoder_backdoor_free(tmp_path, capsys, m
     for i in range(4):
         Image.new("RGB", (32, 32), (60 * i, 20, 200 - 40 * i)).save(tmp_path / f"{i}.png")
     table = tmp_path / "power.json"
-    table.write_text(json.dumps({"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400}}}))
+    table.write_text(json.dumps({"detectors": {"decree": {"profiles": {"tiny": {**power.summarise(_records(), 50), "steps": 400}}}}}))
     for shipped in (power.POWER_TABLE, table):
         monkeypatch.setattr(power, "POWER_TABLE", shipped)
         code = main(["scan", str(tmp_path / "e.safetensors"), "--data", str(tmp_path), "--steps", "3", "--json", str(tmp_path / "s.json"),

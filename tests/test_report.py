@@ -4,6 +4,7 @@ control, an attack that did not implant."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import html.parser
 import re
 
@@ -164,12 +165,21 @@ def test_harness_report_pages_several_results_folders_and_replaces_nothing_witho
     assert "no rows in" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
 
 
-def test_power_lines_speak_for_decree_alone():
+def test_each_detectors_power_lines_speak_for_it_alone(tmp_path, monkeypatch):
+    from harness import power
     from harness.report import power_notes
 
     def judged(defense: str, steps: dict) -> Row:
         row = _row("badencoder", defense, 75.0, 10.0)
         return dataclasses.replace(row, settings=RowSettings(defense_meta={"flagged": True, "steps": steps}))
 
-    assert power_notes([judged("ssl_cleanse", {"inversion_epochs": 75, "unlearning_epochs": 38})]) == []  # its power is unmeasured
-    assert power_notes([judged("decree", {"inversion_steps": 300, "unlearning_epochs": 8})])
+    entry = {"backdoored": {"encoders": 4, "flagged": 1}, "clean": {"encoders": 2, "flagged": 0}, "steps": 300}
+    table = tmp_path / "power.json"
+    table.write_text(json.dumps({"detectors": {"decree": {"profiles": {"tiny": entry}}}}))
+    monkeypatch.setattr(power, "POWER_TABLE", table)
+    cleanse = power_notes([judged("ssl_cleanse", {"inversion_epochs": 75, "unlearning_epochs": 38})])
+    assert len(cleanse) == 1 and cleanse[0].startswith("ssl_cleanse: power: not yet measured for ssl_cleanse")
+    decree = power_notes([judged("decree", {"inversion_steps": 300, "unlearning_epochs": 8})])
+    assert decree[0].startswith("decree: power:") and "flagged 1 of 4 (25 %) backdoored" in decree[0] and len(decree) == 2
+    assert "measured at 300 inversion steps; this scan ran 30" in power_notes([judged("decree", {"inversion_steps": 30})])[-1]
+    assert power_notes([judged("mimic", {"epochs": 75})]) == []  # a defense that detects nothing has no power line
