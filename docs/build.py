@@ -147,6 +147,7 @@ def newer_methods(name: str) -> str:
     undefended = frame[(frame["defense"] == "none") & ~frame["attack"].isin(("clean", "random"))]
     implanted = ", ".join(f"{r.attack} with `{r.scenario}` {'implanted' if r.implanted else 'did not implant'} "
                           f"(ASR(all) {r.asr_all:.2f} %)" for r in undefended.itertuples())
+    verdicts, detection = verdict_table(rows), detection_table(rows)
     return "\n\n".join([
         where_from(name),
         f"The positive controls: {implanted}. A defended row of a suspect that did not implant shows nothing about the defense.",
@@ -154,10 +155,9 @@ def newer_methods(name: str) -> str:
         finding_list(rows),
         "Every defense side by side (cells ACC / ASR(all) / ASR(non-target) %; DeDe's cells count flagged inputs as rejected):",
         markdown(comparison_table(frame)),
-        "The encoder detectors' verdicts (DECREE, SSL-Cleanse):",
-        markdown(verdict_table(rows)),
-        "The test-time input detector (DeDe), at the threshold it fixed on the defender's clean images:",
-        markdown(detection_table(rows)),
+        *(["The encoder detectors' verdicts (DECREE, SSL-Cleanse):", markdown(verdicts)] if len(verdicts) else []),
+        *(["The test-time input detector (DeDe), at the threshold it fixed on the defender's clean images:", markdown(detection)]
+          if len(detection) else []),
     ])
 
 
@@ -246,6 +246,7 @@ def gpu(name: str) -> str:
 DEMO = "pytest suites/test_effectiveness.py --attack=badencoder --downstream=fmnist -k patch"
 SUITE = "pytest suites/{} --harness-seeds=3 -n 2 --harness-results-dir docs/results/{}"
 NEWER = "pytest suites/test_effectiveness.py {} --downstream=fmnist --harness-seeds=1 -n 2 --harness-results-dir docs/results/{}"
+ONE_PROCESS = "pytest suites/test_effectiveness.py {} --downstream=fmnist --harness-seeds=1 --harness-results-dir docs/results/{}"
 SECTIONS = (
     Section("The demo (tiny, seed 0)", "demo", demo, DEMO),
     Section("The demo at two thread counts, and in two shards", "demo-n2", threads_and_shards, DEMO + " -n 2"),
@@ -261,6 +262,11 @@ SECTIONS = (
             NEWER.format("--attack=drupe,ctrl", "newer-attacks")),
     Section("The newer defenses, SSL-Cleanse and DeDe, against BadEncoder (tiny, seed 0)", "newer-defenses", newer_methods,
             NEWER.format("--attack=badencoder --defense=ssl_cleanse,dede", "newer-defenses")),
+    Section("DeDe after the one-mask fix, against BadEncoder and DRUPE (tiny, seed 0)", "dede-remeasure", newer_methods,
+            ONE_PROCESS.format("--attack=badencoder,drupe --defense=dede", "dede-remeasure")),
+    Section("The newer defenses against BASSL and the adaptive attacks (tiny, seed 0)", "newer-defenses-other-attacks",
+            newer_methods, ONE_PROCESS.format("--attack=bassl,adaptive,adaptive_mi --defense=ssl_cleanse,dede",
+                                              "newer-defenses-other-attacks")),
     Section("Poisoned clean data (tiny, 3 seeds)", "poisoned", sweep,
             SUITE.format('test_robustness.py -k poisoned --attack=badencoder --defense=mimic --downstream=fmnist', "poisoned")),
     Section("What a scan's verdict is worth", "", scan_power),
