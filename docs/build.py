@@ -50,7 +50,7 @@ def where_from(name: str) -> str:
     lines = [f"- command: `{p['command']}`" if "command" in p else "",
              f"- machine: {p['machine']}; code {p['code']}; {p['date']}",
              f"- wall time: {_minutes(p['wall_seconds'])}" + (f" ({p['wall_note']})" if p.get("wall_note") else "") if "wall_seconds" in p else "",
-             f"- rows: `docs/results/{name}/rows.jsonl`",
+             f"- rows: `docs/results/{name}/rows.jsonl`" if (RESULTS / name / "rows.jsonl").exists() else "",
              f"- note: {p['notes']}" if p.get("notes") else ""]
     return "\n".join(line for line in lines if line)
 
@@ -212,6 +212,36 @@ def scan_power(_: str) -> str:
     return "\n".join(lines).rstrip()
 
 
+def dede_budget(name: str) -> str:
+    """benchmarks/dede_budget.py's rows: DeDe's detection rates against its decoder's length, with the clean control."""
+    run = json.loads((RESULTS / name / "dede-budget.json").read_text())
+    table = pd.DataFrame(run["rows"]).rename(columns={"decoder_epochs": "decoder epochs", "tpr": "TPR %", "fpr": "FPR %",
+                                                      "acc": "ACC % after rejection", "asr_all": "ASR(all) % after rejection",
+                                                      "final_loss": "decoder loss"})
+    for column in ("TPR %", "FPR %", "ACC % after rejection", "ASR(all) % after rejection"):
+        table[column] = table[column].map(lambda v: f"{v:.2f}")
+    table["decoder loss"] = table["decoder loss"].map(lambda v: f"{v:.4f}")
+    return "\n\n".join([where_from(name), markdown(table)])
+
+
+def official_crosscheck(name: str) -> str:
+    """benchmarks/official_crosscheck.py's runs, one JSON per seed: undefended, the harness's MIMIC and the authors' code."""
+    folder = RESULTS / name
+    runs = sorted(folder.glob("seed*.json"))
+    table = pd.DataFrame([{"seed": path.stem.removeprefix("seed"), "encoder": label, "ACC %": f"{row['acc']:.2f}",
+                           "ASR(all) %": f"{row['asr_all']:.2f}", "ASR(non-target) %": f"{row['asr_nontarget']:.2f}"}
+                          for path in runs for label, row in json.loads(path.read_text())["rows"].items()])
+    notes = []
+    for path in runs:
+        run = json.loads(path.read_text())
+        mi = ", ".join(f"{k} {v:.4f}" for k, v in run["official"]["mi"].items())
+        notes.append(f"- {path.stem}: {run['epochs']} epochs and {run['mi_epochs']} MI epochs; the official code's MI estimates "
+                     f"(nats, on its random student): {mi}; its betas {', '.join(f'{b:g}' for b in run['official']['betas'])}; "
+                     f"what the launcher changed: {'; '.join(run['official']['patches'])}; seconds: harness MIMIC "
+                     f"{run['seconds']['harness']:.0f}, official MIMIC {run['seconds']['official']:.0f}")
+    return "\n\n".join([where_from(name), markdown(table), "\n".join(notes)])
+
+
 def gpu(name: str) -> str:
     folder = RESULTS / name
     check = json.loads((folder / "gpu_check.json").read_text())
@@ -267,8 +297,14 @@ SECTIONS = (
     Section("The newer defenses against BASSL and the adaptive attacks (tiny, seed 0)", "newer-defenses-other-attacks",
             newer_methods, ONE_PROCESS.format("--attack=bassl,adaptive,adaptive_mi --defense=ssl_cleanse,dede",
                                               "newer-defenses-other-attacks")),
+    Section("DeDe's decoder budget: its detection rates at 15, 50 and 200 decoder epochs (tiny, seed 0)", "dede-budget", dede_budget,
+            "python benchmarks/dede_budget.py --profile tiny --seed 0 --downstream fmnist --epochs 15,50,200 --cache-dir CACHE "
+            "--json docs/results/dede-budget/dede-budget.json"),
     Section("Poisoned clean data (tiny, 3 seeds)", "poisoned", sweep,
             SUITE.format('test_robustness.py -k poisoned --attack=badencoder --defense=mimic --downstream=fmnist', "poisoned")),
+    Section("The headline finding against the authors' MIMIC (tiny recipe, width 64, BadEncoder patch10, fmnist)",
+            "official-crosscheck", official_crosscheck, "python benchmarks/official_crosscheck.py --official CHECKOUT --set width=64 "
+            "--recipe tiny --seed 0 --json docs/results/official-crosscheck/seed0.json"),
     Section("What a scan's verdict is worth", "", scan_power),
     Section("On one GPU: the CUDA path, throughput, the gpu profile", "gpu-h200", gpu),
 )
