@@ -221,7 +221,17 @@ def dede_budget(name: str) -> str:
     for column in ("TPR %", "FPR %", "ACC % after rejection", "ASR(all) % after rejection"):
         table[column] = table[column].map(lambda v: f"{v:.2f}")
     table["decoder loss"] = table["decoder loss"].map(lambda v: f"{v:.4f}")
-    return "\n\n".join([where_from(name), markdown(table)])
+    rows = pd.DataFrame(run["rows"])
+    lines = []
+    for scenario, group in rows.groupby("scenario", sort=False):
+        at = {(r.encoder, r.decoder_epochs): r for r in group.itertuples()}
+        suspect = next(e for e in group["encoder"] if e != "clean")
+        for epochs in (group["decoder_epochs"].min(), group["decoder_epochs"].max()):
+            b, c = at[(suspect, epochs)], at[("clean", epochs)]
+            lines.append(f"- `{scenario}`, {epochs} decoder epochs: DeDe flagged {b.tpr:.2f} % of triggered inputs to the "
+                         f"{suspect} suspect and {c.tpr:.2f} % to the clean encoder (false-positive rates {b.fpr:.2f} / {c.fpr:.2f} %): "
+                         f"suspect minus control {b.tpr - c.tpr:+.2f} points")
+    return "\n\n".join([where_from(name), "\n".join(lines), markdown(table)])
 
 
 def official_crosscheck(name: str) -> str:
