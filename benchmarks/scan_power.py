@@ -31,7 +31,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_text
 from harness.store import ArtifactStore
 from harness.pipeline import Workbench, scenarios_of
-from harness.power import POWER_TABLE, read_table, regenerate, summarise
+from harness.power import POWER_TABLE, read_table, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
 from harness.compute import resolve_device
 from harness.registry import DEFENSES
@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         table = read_table(args.write) if args.write.exists() else {"detectors": {}}
         measured = table["detectors"].setdefault(found.name, {"profiles": {}})
-        measured.update({"detector": entry["detector"], "command": regenerate(found.name)})
+        command = (f"python benchmarks/scan_power.py --detector {found.name} --profile {profile.name} --attacks {args.attacks} "
+                   f"--downstream {args.downstream} --seeds {args.seeds} --cache-dir CACHE --write")
+        measured.update({"detector": entry["detector"], "command": command})
         measured["profiles"][profile.name] = entry
         atomic_write_text(args.write, json.dumps(table, indent=1) + "\n")
         print(f"written: {args.write}")

@@ -34,7 +34,7 @@ def test_summarise_counts_only_implanted_backdoors():
     assert entry["not_implanted"] == 1
 
 
-@pytest.mark.parametrize("detector", ["decree"])
+@pytest.mark.parametrize("detector", ["decree", "ssl_cleanse"])
 def test_the_shipped_table_holds_each_detectors_measured_tiny_profile_and_its_scope(detector):
     table = power.read_table()
     entry = table["detectors"][detector]["profiles"]["tiny"]
