@@ -234,6 +234,49 @@ def dede_budget(name: str) -> str:
     return "\n\n".join([where_from(name), "\n".join(lines), markdown(table)])
 
 
+def _flags(rows: list[Row], defense: str, attack: str) -> str:
+    """'k of n' implanted suspects of `attack` that `defense`'s detection flagged, with its evidence."""
+    judged = [r for r in rows if r.defense == defense and r.attack == attack and r.implanted and "flagged" in r.settings.defense_meta]
+    evidence = "anomaly_index" if defense == "ssl_cleanse" else "l1_share"
+    shown = ", ".join(f"{r.settings.defense_meta[evidence]:.3f}" for r in judged)
+    return f"{sum(r.settings.defense_meta['flagged'] for r in judged)} of {len(judged)} ({evidence.replace('_', ' ')} {shown})"
+
+
+def claims(_: str) -> str:
+    """Each newer method's paper claim beside what the committed rows measured (tiny, seed 0, Fashion-MNIST)."""
+    attacks = rows_of("newer-attacks")
+    defended = attacks + rows_of("newer-defenses") + rows_of("newer-defenses-other-attacks")
+    ctrl = next(r for r in attacks if r.attack == "ctrl" and r.defense == "none")
+    power = json.loads((ROOT / "harness" / "scan_power.json").read_text())["detectors"]
+    cleanse, decree = power["ssl_cleanse"]["profiles"]["tiny"], power["decree"]["profiles"]["tiny"]
+    mitigated = sorted((r.asr_all, r.attack, r.scenario) for r in defended if r.defense == "ssl_cleanse" and r.implanted)
+    dede = [r for r in rows_of("dede-remeasure") + rows_of("newer-defenses-other-attacks") if r.defense == "dede" and r.implanted]
+    tpr = [r.settings.defense_meta["detection"]["tpr"] for r in dede]
+    fpr = [r.settings.defense_meta["detection"]["fpr"] for r in dede]
+    budget = pd.DataFrame(json.loads((RESULTS / "dede-budget" / "dede-budget.json").read_text())["rows"])
+    top = budget[budget["decoder_epochs"] == budget["decoder_epochs"].max()]
+    at = {(r.scenario, r.encoder): r.tpr for r in top.itertuples()}
+    longest = ", ".join(f"`{sc}` {at[(sc, e)]:.2f} % on the suspect and {at[(sc, 'clean')]:.2f} % on the clean encoder"
+                        for sc, e in at if e != "clean")
+    return "\n".join([
+        f"- CTRL claims that poisoning at most 1 % of the training set gives at least 99 % ASR (docs/REFERENCE.md). Here, at its "
+        f"authors' settings: ASR(all) {ctrl.asr_all:.2f} %, not implanted.",
+        f"- DRUPE claims to evade detectors such as DECREE. Here DECREE flagged {_flags(attacks, 'decree', 'drupe')} implanted "
+        f"DRUPE suspects and SSL-Cleanse {_flags(attacks, 'ssl_cleanse', 'drupe')}; but of BadEncoder's suspects at tiny DECREE "
+        f"flags {decree['backdoored']['flagged']} of {decree['backdoored']['encoders']} and SSL-Cleanse "
+        f"{cleanse['backdoored']['flagged']} of {cleanse['backdoored']['encoders']} (the scan power below), so at tiny an evasion "
+        f"is not told apart from a detector that misses.",
+        f"- SSL-Cleanse claims an average detection success of 82.2 % on ImageNet-100 and an average ASR of 0.3 % after "
+        f"mitigation. Here it flagged {cleanse['backdoored']['flagged']} of {cleanse['backdoored']['encoders']} BadEncoder "
+        f"suspects and {cleanse['clean']['flagged']} of {cleanse['clean']['encoders']} clean encoders (scan power below); after "
+        f"its unlearning, ASR(all) of the implanted suspects ranged {mitigated[0][0]:.2f} ({mitigated[0][1]} {mitigated[0][2]}) to "
+        f"{mitigated[-1][0]:.2f} % ({mitigated[-1][1]} {mitigated[-1][2]}).",
+        f"- DeDe claims detection above DECREE's (by AUROC). Here, at tiny's budget, it flagged {min(tpr):.2f}-{max(tpr):.2f} % of "
+        f"triggered inputs to the implanted suspects at a {min(fpr):.2f}-{max(fpr):.2f} % false-positive rate; at the "
+        f"reference's {top['decoder_epochs'].max()} decoder epochs {longest} (DeDe's decoder budget, below).",
+    ])
+
+
 def official_crosscheck(name: str) -> str:
     """benchmarks/official_crosscheck.py's runs, one JSON per seed: undefended, the harness's MIMIC and the authors' code."""
     folder = RESULTS / name
@@ -302,6 +345,7 @@ SECTIONS = (
             NEWER.format("--attack=drupe,ctrl", "newer-attacks")),
     Section("The newer defenses, SSL-Cleanse and DeDe, against BadEncoder (tiny, seed 0)", "newer-defenses", newer_methods,
             NEWER.format("--attack=badencoder --defense=ssl_cleanse,dede", "newer-defenses")),
+    Section("The newer methods against their papers' claims (tiny, seed 0, Fashion-MNIST)", "", claims),
     Section("DeDe after the one-mask fix, against BadEncoder and DRUPE (tiny, seed 0)", "dede-remeasure", newer_methods,
             ONE_PROCESS.format("--attack=badencoder,drupe --defense=dede", "dede-remeasure")),
     Section("The newer defenses against BASSL and the adaptive attacks (tiny, seed 0)", "newer-defenses-other-attacks",
