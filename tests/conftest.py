@@ -1,9 +1,12 @@
 """Shared fixtures: a small backdoored encoder on real images, built once per session; a folder of 8 images and a small
-encoder file for the CLI; a stand-in Ghostscript."""
+encoder file for the CLI; a stand-in Ghostscript; the repository's scripts as modules."""
 
 import copy
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -19,6 +22,18 @@ from harness.triggers import make_trigger
 
 CPU = torch.device("cpu")
 TRIGGER = make_trigger("patch", 6)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository (benchmarks/*.py, docs/build.py) imported afresh as a module, since scripts are in no
+    package; registered in sys.modules, where a script's dataclasses look their module up."""
+    name = "_".join(Path(relative).with_suffix("").parts)  # e.g. benchmarks_scan_power
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

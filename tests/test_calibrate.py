@@ -1,22 +1,18 @@
 """benchmarks/calibrate.py: the profile rule's two criteria, measured for a setting, on a micro profile."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from harness.pipeline import Workbench
 from harness.profiles import USABLE_MARGIN
+from tests.conftest import load_script
 
 MICRO = ["width=4", "pretrain_size=256", "ssl_epochs=1", "attack_epochs=1", "shadow_size=128", "downstream_train_size=256",
          "downstream_test_size=128", "probe_epochs=30", "ssl_batch=64", "attack_batch=64"]
 
 
 def _calibrate():
-    spec = importlib.util.spec_from_file_location("calibrate", Path(__file__).resolve().parents[1] / "benchmarks" / "calibrate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("benchmarks/calibrate.py").main
 
 
 def _micro(tmp_path):

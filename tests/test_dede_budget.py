@@ -1,20 +1,16 @@
 """benchmarks/dede_budget.py: DeDe at several decoder lengths on a suspect and on the clean control, at micro size."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
+
 MICRO = ["width=4", "pretrain_size=128", "ssl_epochs=1", "attack_epochs=1", "shadow_size=64", "downstream_train_size=128",
          "downstream_test_size=64", "probe_epochs=5", "ssl_batch=64", "attack_batch=32", "defense_batch=16", "clean_ratio=0.25",
          "scenarios=patch"]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("dede_budget", ROOT / "benchmarks" / "dede_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/dede_budget.py")
 
 
 def test_each_length_runs_on_the_suspect_and_the_clean_control(tmp_path, capsys):

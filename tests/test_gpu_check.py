@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,12 +24,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_77(tmp_path):
 
 
 def _gpu_check():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_check.py")
 
 
 def _row(attack, defense, acc, asr, scenario="patch10", implanted=None, seconds=None, settings=None):

@@ -11,15 +11,14 @@ the suspect scores.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
+
 MICRO = ["width=64", "pretrain_size=128", "ssl_epochs=1", "attack_epochs=1", "shadow_size=64", "downstream_train_size=128",
          "downstream_test_size=64", "probe_epochs=5", "ssl_batch=64", "attack_batch=32", "defense_batch=16", "clean_ratio=0.25"]
 
@@ -165,10 +164,7 @@ FAKE = {
 
 
 def _crosscheck():
-    spec = importlib.util.spec_from_file_location("official_crosscheck", ROOT / "benchmarks" / "official_crosscheck.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/official_crosscheck.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,7 @@
 """What a scan verdict is worth: the shipped power table, its wording, and the script that measures it."""
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,7 @@ from harness.encoder_files import save_encoder
 from harness.cli import main
 from harness.models import build_encoder
 from harness.profiles import fields_digest, get_profile
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import load_script
 
 
 def _records():
@@ -101,10 +98,7 @@ def test_scan_never_calls_an_unflagged_encoder_backdoor_free(tmp_path, capsys, m
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("scan_power", REPO / "benchmarks" / "scan_power.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/scan_power.py")
 
 
 def test_the_power_script_reads_a_cache_without_building_and_writes_only_a_complete_table(tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 
 from harness.report import findings, html_report, summary_lines
 from harness.rows import Row, RowSettings
+from tests.conftest import load_script
 
 
 def _row(attack, defense, acc, asr, scenario="patch10", downstream="fmnist", seed=0, implanted=None, nontarget=None) -> Row:
@@ -126,14 +127,7 @@ def test_a_defense_is_read_only_on_the_seeds_its_attack_implanted_on():
 
 
 def _browser():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_in_browser.py"
-    spec = importlib.util.spec_from_file_location("report_in_browser", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/report_in_browser.py")
 
 
 def test_chromium_lays_the_page_out_as_its_html_says(tmp_path):
