@@ -356,9 +356,9 @@ SECTIONS = (
             "--json docs/results/dede-budget/dede-budget.json"),
     Section("Poisoned clean data (tiny, 3 seeds)", "poisoned", sweep,
             SUITE.format('test_robustness.py -k poisoned --attack=badencoder --defense=mimic --downstream=fmnist', "poisoned")),
-    Section("The headline finding against the authors' MIMIC (tiny recipe, width 64, BadEncoder patch10, fmnist)",
-            "official-crosscheck", official_crosscheck, "python benchmarks/official_crosscheck.py --official CHECKOUT --set width=64 "
-            "--recipe tiny --seed 0 --json docs/results/official-crosscheck/seed0.json"),
+    Section("The harness's MIMIC beside the authors' code (official_crosscheck.py: tiny recipe, width 64, BadEncoder patch10, fmnist)",
+            "official-crosscheck", official_crosscheck, "python benchmarks/official_crosscheck.py --official CHECKOUT --device cpu "
+            "--seed 0 --set width=64 --recipe tiny --json docs/results/official-crosscheck/seed0.json"),
     Section("What a scan's verdict is worth", "", scan_power),
     Section("On one GPU: the CUDA path, throughput, the gpu profile", "gpu-h200", gpu),
 )
