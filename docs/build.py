@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 
 from harness.report import findings  # noqa: E402
 from harness.rows import ResultsStore, Row, to_frame  # noqa: E402
+from harness.scanning import DETECTORS  # noqa: E402
 from harness.tables import (ablation_verdict, comparison_table, detection_table, long_table, paired_table, render,  # noqa: E402
                             verdict_table)
 
@@ -237,7 +238,7 @@ def dede_budget(name: str) -> str:
 def _flags(rows: list[Row], defense: str, attack: str) -> str:
     """'k of n' implanted suspects of `attack` that `defense`'s detection flagged, with its evidence."""
     judged = [r for r in rows if r.defense == defense and r.attack == attack and r.implanted and "flagged" in r.settings.defense_meta]
-    evidence = "anomaly_index" if defense == "ssl_cleanse" else "l1_share"
+    evidence = DETECTORS[defense].statistic
     shown = ", ".join(f"{r.settings.defense_meta[evidence]:.3f}" for r in judged)
     return f"{sum(r.settings.defense_meta['flagged'] for r in judged)} of {len(judged)} ({evidence.replace('_', ' ')} {shown})"
 

@@ -50,7 +50,8 @@ class Detector:
     unit: str  # what its length counts
     length_field: str  # the defense's `steps` field that holds that length (its rows' meta and the power table)
     reference_length: int
-    rule: str  # how its statistic decides
+    statistic: str  # the number its verdict is read from, as its defense's rows record it
+    rule: str  # how that number decides
     run: Callable[[Encoder, Tensor, int, torch.Generator, torch.device], ScanVerdict]
 
     @property
@@ -75,7 +76,8 @@ def _decree(encoder: Encoder, images: Tensor, steps: int, gen: torch.Generator, 
              f"stamped clean images' mean pairwise cosine {found.cosine:.4f}; mask > 0.5 spans rows {rows}, columns {cols}")
     record = {"l1_share": found.l1_share, "cosine": found.cosine, "flag_below": config.flag_below,
               "target_cosine": config.target_cosine, "mask_rows": rows, "mask_columns": cols}
-    return ScanVerdict("decree", found.flagged, "l1_share", found.l1_share, DETECTORS["decree"].rule, steps, lines, record)
+    return ScanVerdict("decree", found.flagged, DETECTORS["decree"].statistic, found.l1_share, DETECTORS["decree"].rule, steps,
+                       lines, record)
 
 
 def _ssl_cleanse(encoder: Encoder, images: Tensor, epochs: int, gen: torch.Generator, device: torch.device) -> ScanVerdict:
@@ -90,17 +92,17 @@ def _ssl_cleanse(encoder: Encoder, images: Tensor, epochs: int, gen: torch.Gener
              + ", ".join(f"{s:.3f}" for s in found.shares))
     record = {"anomaly_index": found.anomaly_index, "flag_above": config.flag_above, "l1_share": share, "chosen_cluster": chosen,
               "mask_l1_shares": found.shares, "hit_rates": [t.hit_rate for t in found.triggers], "cluster_sizes": sizes}
-    return ScanVerdict("ssl_cleanse", found.flagged, "anomaly_index", found.anomaly_index, DETECTORS["ssl_cleanse"].rule, epochs,
-                       lines, record)
+    return ScanVerdict("ssl_cleanse", found.flagged, DETECTORS["ssl_cleanse"].statistic, found.anomaly_index,
+                       DETECTORS["ssl_cleanse"].rule, epochs, lines, record)
 
 
 DECREE, SSL_CLEANSE = DecreeConfig(), SSLCleanseConfig()  # the defenses' defaults: a scan's verdict is theirs
 DETECTORS: dict[str, Detector] = {d.name: d for d in (
-    Detector("decree", "DECREE trigger inversion", "inversion steps", "inversion_steps", DECREE.inversion_steps,
+    Detector("decree", "DECREE trigger inversion", "inversion steps", "inversion_steps", DECREE.inversion_steps, "l1_share",
              f"flagged below a {DECREE.flag_below:.0%} mask", _decree),
     Detector("ssl_cleanse", "SSL-Cleanse trigger inversion into each k-means cluster", "inversion epochs for each cluster",
-             "inversion_epochs", SSL_CLEANSE.inversion_epochs, f"flagged above an anomaly index of {SSL_CLEANSE.flag_above:g}",
-             _ssl_cleanse),
+             "inversion_epochs", SSL_CLEANSE.inversion_epochs, "anomaly_index",
+             f"flagged above an anomaly index of {SSL_CLEANSE.flag_above:g}", _ssl_cleanse),
 )}
 
 
