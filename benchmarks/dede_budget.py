@@ -24,9 +24,12 @@ import json
 from pathlib import Path
 
 from harness.atomic import atomic_write_text
+from harness.cli import guarded
 from harness.compute import resolve_device
+from harness.outputs import claim
 from harness.pipeline import Workbench, scenarios_of
 from harness.profiles import get_profile, with_overrides
+from harness.registry import ATTACKS, DATASETS
 from harness.store import ArtifactStore
 
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     args = parser.parse_args(argv)
     try:
         lengths = [int(e) for e in args.epochs.split(",")]
@@ -68,14 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--epochs takes whole numbers separated by commas, got {args.epochs!r}")
     if min(lengths) < 1:
         parser.error("--epochs must be at least 1")
+    return guarded("dede_budget", lambda: run(args, lengths), args.debug)
+
+
+def run(args: argparse.Namespace, lengths: list[int]) -> int:
+    if args.json:
+        claim(args.json, args.force)
+    ATTACKS.get(args.attack), DATASETS.get(args.downstream)  # an unknown name is refused before anything is built
     profile = with_overrides(get_profile(args.profile), args.set)
     bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root)
     rows = measure(bench, args.attack, args.downstream, args.seed, lengths)
     if args.json:
         report = {"profile": profile.name, "overrides": args.set, "attack": args.attack, "downstream": args.downstream, "seed": args.seed, "rows": rows}
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n", exclusive=not args.force)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

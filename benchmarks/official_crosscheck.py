@@ -24,8 +24,8 @@ What the launcher changes, each said in the output when it fired:
   student and clipped at 0, and their weight update then divides 0 by 0 (NaN);
 - the device: `.cuda(...)` calls and `map_location='cuda:0'` go to the run's device;
 - no DataLoader workers (theirs re-spawn five for each of thousands of passes), no
-  `setproctitle`, and silent progress bars where tqdm is not installed (neither is
-  a dependency here);
+  `setproctitle` (not a dependency here), and their tqdm bars as one line each (its
+  last description: an epoch's loss), streamed to stderr as the run goes;
 - the last epoch's student is saved (theirs only at multiples of 1,000 epochs).
 
 Recipes: `tiny` is the profile's budget (the reference's 1,000 epochs and 200 MI
@@ -76,18 +76,22 @@ sys.path.insert(0, official)
 fired = []
 
 sys.modules["setproctitle"] = stand_in("setproctitle", setproctitle=lambda title: None)
-try:
-    import tqdm
-except ImportError:  # their progress bars: a silent stand-in where tqdm is not installed
-    class Bar:
-        def __init__(self, iterable, *args, **kwargs):
-            self.iterable = iterable
-        def __iter__(self):
-            return iter(self.iterable)
-        def set_description(self, text):
-            pass
-    sys.modules["tqdm"] = stand_in("tqdm", tqdm=Bar)
-    fired.append("tqdm not installed: progress bars silenced")
+
+
+class Bar:
+    """Their progress bars as one line each, printed when the bar ends: its last description (an epoch's loss)."""
+    def __init__(self, iterable, *args, **kwargs):
+        self.iterable, self.description = iterable, None
+    def __iter__(self):
+        yield from self.iterable
+        if self.description:
+            print(self.description, flush=True)
+    def set_description(self, text):
+        self.description = text
+
+
+sys.modules["tqdm"] = stand_in("tqdm", tqdm=Bar)
+fired.append("progress bars: one line each, their last description")
 
 if device.type == "cpu":
     torch.nn.Module.cuda = lambda self, device=None: self.to("cpu")
@@ -204,6 +208,18 @@ def official_data(images, folder: Path) -> None:
     np.savez(folder / "test.npz", x=x[:10], y=y[:10])
 
 
+def streamed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Run `command`, its output passed on to stderr line by line as `[official MIMIC] ...` while it runs; return its
+    exit code and its last non-empty line (what a failure says)."""
+    last = ""
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+        for line in run.stdout:
+            if line.strip():
+                last = line.strip()
+                print(f"[official MIMIC] {last}", file=sys.stderr, flush=True)
+    return run.returncode, last
+
+
 def metrics_line(name: str, m) -> str:
     return f"{name:18} ACC {m.acc:6.2f}   ASR(all) {m.asr_all:6.2f}   ASR(non-target) {m.asr_nontarget:6.2f}"
 
@@ -222,21 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".harness-cache"))
     parser.add_argument("--any-commit", action="store_true", help="run a checkout at another commit than the one checked")
     parser.add_argument("--json", type=Path, help="also write the rows and what the launcher did as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json file")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     args = parser.parse_args(argv)
-    try:
-        return crosscheck(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"official_crosscheck: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the CLI's contract: one line, exit 3
-        print(f"official_crosscheck: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
-        return 3
+    from harness.cli import guarded
+
+    return guarded("official_crosscheck", lambda: crosscheck(args), args.debug)
 
 
 def crosscheck(args: argparse.Namespace) -> int:
     from harness.compute import describe, prepare, resolve_device
     from harness.evaluate import evaluate
+    from harness.atomic import atomic_write_text
     from harness.layouts import load_checkpoint
+    from harness.outputs import claim
     from harness.pipeline import Workbench
     from harness.profiles import get_profile, with_overrides
     from harness.store import ArtifactStore
@@ -253,6 +268,8 @@ def crosscheck(args: argparse.Namespace) -> int:
         raise ValueError(f"the official SimCLR is ResNet-18 at width 64; this profile's encoder is {profile.arch} width {profile.width} "
                          "(add --set width=64)")
     epochs, mi_epochs = recipe_of(args.recipe, profile.budget_fraction)
+    if args.json:
+        claim(args.json, args.force)
     device = resolve_device(args.device)
     prepare(device)
     bench = Workbench(profile, ArtifactStore(args.cache_dir), device)
@@ -287,16 +304,15 @@ def crosscheck(args: argparse.Namespace) -> int:
             "student": str(work / "student.pth"), "report": str(work / "report.json"),
             "argv": ["--lr", str(profile.defense_lr), "--batch_size", str(profile.defense_batch), "--epochs", str(epochs),
                      "--pretraining_dataset", "cifar10", "--teacher", str(work / "teacher.pth"), "--ratio", "1.0",
-                     "--results_dir", str(work / "results"), "--seed", str(args.seed), "--gpu", "0"],
+                     "--results_dir", str(work / "results"), "--seed", str(args.seed), "--gpu", str(device.index or 0)],
         }
         (work / "launch.py").write_text(LAUNCHER)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(work / "launch.py"), json.dumps(settings)], cwd=work, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(args.official.resolve()), os.environ.get("PYTHONPATH", "")])})
+        returncode, tail = streamed([sys.executable, str(work / "launch.py"), json.dumps(settings)], work,
+                                    {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.official.resolve()), os.environ.get("PYTHONPATH", "")])})
         official_seconds = time.perf_counter() - start
-        if done.returncode != 0:
-            tail = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["no message"]
-            raise RuntimeError(f"the official MIMIC.py failed (exit {done.returncode}): {tail[0]}")
+        if returncode != 0:
+            raise RuntimeError(f"the official MIMIC.py failed (exit {returncode}): {tail or 'no message'}")
         report = json.loads((work / "report.json").read_text())
         student = load_checkpoint(work / "student.pth").encoder  # the student of their SimCLR, read as BadEncoder's layout
     rows["official MIMIC"] = probed(student)
@@ -308,10 +324,10 @@ def crosscheck(args: argparse.Namespace) -> int:
     print(f"launcher: {'; '.join(report['patches'])}")
     print(f"seconds: harness MIMIC {ours_seconds:.0f}, official MIMIC {official_seconds:.0f}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": {k: m.as_dict() for k, m in rows.items()}, "official": report, "epochs": epochs,
-                                         "mi_epochs": mi_epochs, "commit": commit, "seconds": {"harness": ours_seconds,
-                                                                                               "official": official_seconds}},
-                                        indent=1) + "\n")
+        record = {"rows": {k: m.as_dict() for k, m in rows.items()}, "official": report, "epochs": epochs, "mi_epochs": mi_epochs,
+                  "harness_steps": dict(ours.meta["steps"]), "commit": commit,
+                  "seconds": {"harness": ours_seconds, "official": official_seconds}}
+        atomic_write_text(args.json, json.dumps(record, indent=1) + "\n", exclusive=not args.force)
     return 0
 
 

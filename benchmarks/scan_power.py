@@ -29,13 +29,14 @@ import json
 from pathlib import Path
 
 from harness.atomic import atomic_write_text
+from harness.cli import guarded
 from harness.store import ArtifactStore
 from harness.pipeline import Workbench, scenarios_of
 from harness.power import POWER_TABLE, read_table, summarise
 from harness.profiles import fields_digest, get_profile, with_overrides
 from harness.compute import resolve_device
-from harness.registry import DEFENSES
-from harness.scanning import Detector, detector
+from harness.registry import ATTACKS, DATASETS, DEFENSES
+from harness.scanning import DETECTORS, Detector, detector
 
 
 class Missing(Exception):
@@ -56,9 +57,12 @@ class ReadOnlyStore(ArtifactStore):
         return super().record(key, build)
 
 
+STATISTICS = tuple(dict.fromkeys(d.statistic for d in DETECTORS.values()))  # every detector's, as the defenses record them
+
+
 def _evidence(meta: dict) -> dict:
-    """The verdict and the numbers it is read from, as the defense recorded them."""
-    return {"flagged": bool(meta["flagged"]), **{k: meta[k] for k in ("l1_share", "anomaly_index") if k in meta}}
+    """The verdict and the numbers detectors read verdicts from, as the defense recorded them."""
+    return {"flagged": bool(meta["flagged"]), **{k: meta[k] for k in STATISTICS if k in meta}}
 
 
 def measure(bench: Workbench, found: Detector, attacks: list[str], downstream: list[str], seeds: list[int]) -> tuple[list[dict], list[str]]:
@@ -91,12 +95,12 @@ def render(profile: str, entry: dict) -> str:
              f"  backdoored ({', '.join(entry['attacks'])}, ASR(all) >= {entry['implanted_asr']:g} %): flagged {b['flagged']} of {b['encoders']}",
              f"  clean: flagged {c['flagged']} of {c['encoders']}",
              f"  suspects whose attack did not implant (not counted): {entry['not_implanted']}",
-             "  encoder        downstream  trigger          seed  ASR(all) %  smallest mask  anomaly index  flagged"]
+             "  encoder        downstream  trigger          seed  ASR(all) %  " + "".join(f"{k:>14}" for k in STATISTICS) + "  flagged"]
     for r in entry["encoders"]:
         asr = f"{r['asr_all']:.1f}" if "asr_all" in r else "-"
-        anomaly = f"{r['anomaly_index']:.2f}" if "anomaly_index" in r else "-"
+        evidence = "".join(f"{r[k]:>14.4f}" if k in r else f"{'-':>14}" for k in STATISTICS)
         lines.append(f"  {r['kind']:<14} {r['downstream'] or '-':<11} {r.get('scenario', '-'):<16} {r['seed']:<5} {asr:>10}  "
-                     f"{r['l1_share']:>12.2%}  {anomaly:>13}  {'yes' if r['flagged'] else 'no'}")
+                     f"{evidence}  {'yes' if r['flagged'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -116,14 +120,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-build", action="store_true", help="only read the cache; report what is missing")
     parser.add_argument("--write", nargs="?", type=Path, const=POWER_TABLE, default=None, metavar="TABLE",
                         help=f"put the profile's entry into TABLE (default: {POWER_TABLE})")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal error")
     args = parser.parse_args(argv)
     if args.write and args.set:
         parser.error("--write records a registered profile's power; drop --set")
+    return guarded("scan_power", lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
     profile = with_overrides(get_profile(args.profile), args.set)
     store = (ReadOnlyStore if args.no_build else ArtifactStore)(args.cache_dir)
     bench = Workbench(profile, store, resolve_device(args.device), args.data_root)
     downstream = list(profile.downstream) if args.downstream == "all" else args.downstream.split(",")
     attacks = args.attacks.split(",")
+    for name in attacks:  # an unknown name is refused before anything is built
+        ATTACKS.get(name)
+    for name in downstream:
+        DATASETS.get(name)
     records, missing = measure(bench, args.detector, attacks, downstream, list(range(args.seeds)))
     implanted_asr = profile.implant_asr_all if args.implanted_asr is None else args.implanted_asr
     for item in missing:

@@ -34,6 +34,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from harness.outputs import claim, writable_folder
 
@@ -436,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help (0), or a usage error argparse has already printed in one line
         return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT
+    return guarded("harness", lambda: args.func(args), args.debug)
+
+
+def guarded(prog: str, work: Callable[[], int], debug: bool = False) -> int:
+    """`work()` under the exit-code contract of the module docstring: the harness's progress on stderr, and every
+    failure one line `PROG: error: ...` (the traceback first with `debug`). The repository's scripts keep it too."""
     from harness.compute import device_failure
     from harness.data import DatasetNotFound
     from harness.encoder_files import ArtifactError
@@ -443,31 +450,29 @@ def main(argv: list[str] | None = None) -> int:
     from harness.registry import UnknownNameError
     from harness.training import progress_to
 
+    def failed(code: int, line: str) -> int:
+        if debug:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
+
     try:
         with progress_to(sys.stderr):
-            return args.func(args)
+            return work()
     except (UnknownNameError, DatasetNotFound, ArtifactError, ValueError) as e:
-        return _failed(args, EXIT_BAD_INPUT, f"harness: error: {_one_line(str(e)) or type(e).__name__}")
+        return failed(EXIT_BAD_INPUT, f"{prog}: error: {_one_line(str(e)) or type(e).__name__}")
     except OSError as e:  # the user's disk: a folder where a file goes, no permission, no space, a file taken meanwhile
         where = f"{_shown(e.filename)}: " if e.filename is not None else ""
-        return _failed(args, EXIT_BAD_INPUT, f"harness: error: {where}{_one_line(e.strerror or str(e))}")
+        return failed(EXIT_BAD_INPUT, f"{prog}: error: {where}{_one_line(e.strerror or str(e))}")
     except NonFiniteDefense as e:  # the defense failed, not the harness: no traceback to ask for
-        return _failed(args, EXIT_INTERNAL, f"harness: error: {_one_line(str(e))}")
+        return failed(EXIT_INTERNAL, f"{prog}: error: {_one_line(str(e))}")
     except Exception as e:  # noqa: BLE001 - the contract: anything else is the harness's fault, and says so
         device = device_failure(e)
         if device is not None and "out of memory" in device:  # the GPU's limit, not a bug: lower a batch size
-            return _failed(args, EXIT_BAD_INPUT, f"harness: error: {_one_line(device)}")
+            return failed(EXIT_BAD_INPUT, f"{prog}: error: {_one_line(device)}")
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
         what = device or f"{type(e).__name__}: {first}"
-        return _failed(args, EXIT_INTERNAL, f"harness: internal error: {_one_line(what)} (rerun with --debug for the traceback)")
-
-
-def _failed(args: argparse.Namespace, code: int, line: str) -> int:
-    """Print `line` (the traceback first with --debug) and return `code`."""
-    if args.debug:
-        traceback.print_exc()
-    print(line, file=sys.stderr)
-    return code
+        return failed(EXIT_INTERNAL, f"{prog}: internal error: {_one_line(what)} (rerun with --debug for the traceback)")
 
 
 def _one_line(text: str) -> str:

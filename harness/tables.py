@@ -218,7 +218,8 @@ def verdict_table(rows: Iterable[Row]) -> pd.DataFrame:
         if "flagged" in meta:
             evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine", "anomaly_index") if k in meta}
             lines.append({"attack": r.attack, "scenario": r.scenario, "downstream": r.downstream, "defense": r.defense, "variant": r.variant, "seed": r.seed,
-                          "verdict": "backdoor" if meta["flagged"] else "clean", **{k: f"{v:.4f}" for k, v in evidence.items()}})
+                          "verdict": "flagged" if meta["flagged"] else "not flagged",  # not flagged is not shown clean
+                          **{k: f"{v:.4f}" for k, v in evidence.items()}})
     return _without_empty_variant(pd.DataFrame(lines).fillna("").drop_duplicates(ignore_index=True))
 
 

@@ -29,6 +29,7 @@ FAKE = {
         import torch
         from torch.utils.data import DataLoader
         import setproctitle
+        from tqdm import tqdm
         from models import get_encoder_architecture, weight_scheduler
         from datasets import get_pretraining_dataset
 
@@ -53,9 +54,11 @@ FAKE = {
         params = scheduler.update_weight(mi)
         assert not np.isnan(params).any(), "NaN betas"
         for epoch in range(1, args.epochs + 1):
-            for im_1, im_2 in loader:
+            bar = tqdm(loader)
+            for im_1, im_2 in bar:
                 assert im_1.min() >= 0, "normalised inputs"
                 student.load_state_dict(teacher.state_dict())  # the fake "distillation": a copy
+                bar.set_description(f"Train Epoch: [{epoch}/{args.epochs}], Loss: 0.0000")
             if epoch % 1000 == 0:
                 torch.save({"state_dict": student.state_dict()}, args.results_dir + f"/model{epoch}.pth")
     """,
@@ -194,6 +197,13 @@ def test_not_a_checkout_and_a_narrow_encoder_are_one_line_errors(fake_checkout, 
     few = [a for f in MICRO for a in ("--set", f)] + ["--set", "clean_ratio=0.05"]  # 6 images, batches of 16
     assert check.main(["--official", str(fake_checkout), "--any-commit", "--cache-dir", str(tmp_path / "c"), *few]) == 2
     assert "needs at least one batch of 16 clean images; this profile's defender has 6" in capsys.readouterr().err
+    for option in ("--attack", "--downstream"):
+        cache = tmp_path / option.strip("-")
+        assert check.main(["--official", str(fake_checkout), "--any-commit", "--cache-dir", str(cache), option, "typo",
+                           *[a for f in MICRO for a in ("--set", f)]]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("official_crosscheck: error: ") and "typo" in err and err.count("\n") == 1
+        assert not cache.exists()  # refused before anything is built
 
 
 def test_the_fake_official_run_is_patched_read_back_and_probed(fake_checkout, tmp_path, capsys):
@@ -211,3 +221,16 @@ def test_the_fake_official_run_is_patched_read_back_and_probed(fake_checkout, tm
             "uniform betas: all MI estimates were 0", "the last epoch's student saved"} <= set(patches)
     assert result["official"]["betas"] == [3500.0] * 4  # alpha0 + alpha1 / 4 each (the fake fails on a hook left firing)
     assert "official MIMIC" in out.out and "launcher: " in out.out
+    assert "[official MIMIC] Train Epoch: [1/1], Loss: 0.0000" in out.err  # their progress, one line a bar, as it runs
+    assert "] epoch 1/" in out.err  # the harness's stages report their epochs too
+
+
+def test_an_existing_json_is_refused_before_any_work(fake_checkout, tmp_path, capsys):
+    report = tmp_path / "crosscheck.json"
+    report.write_text("the user's own file\n")
+    cache = tmp_path / "cache"
+    code = _crosscheck().main(["--official", str(fake_checkout), "--any-commit", "--json", str(report), "--cache-dir", str(cache),
+                               *[a for f in MICRO for a in ("--set", f)]])
+    err = capsys.readouterr().err
+    assert code == 2 and "exists; pass --force to replace it" in err and err.count("\n") == 1
+    assert report.read_text() == "the user's own file\n" and not cache.exists()

@@ -110,3 +110,19 @@ def test_the_power_script_reads_a_cache_without_building_and_writes_only_a_compl
     assert not any((tmp_path / "cache").rglob("*.safetensors"))
     with pytest.raises(SystemExit):
         script.main(["--write", "--set", "width=4"])
+
+
+def test_the_power_script_measures_a_detector_on_built_encoders(tmp_path, capsys):
+    micro = ["width=4", "pretrain_size=128", "ssl_epochs=1", "attack_epochs=1", "shadow_size=64", "downstream_train_size=128",
+             "downstream_test_size=64", "probe_epochs=5", "ssl_batch=64", "attack_batch=32", "defense_batch=16", "clean_ratio=0.25",
+             "scenarios=patch", "budget_fraction=0.01"]
+    settings = ["--cache-dir", str(tmp_path / "cache"), "--seeds", "1", "--downstream", "fmnist", "--device", "cpu",
+                *[a for f in micro for a in ("--set", f)]]
+    assert _script().main(["--detector", "ssl_cleanse", *settings]) == 0
+    out = capsys.readouterr().out
+    assert "SSL-Cleanse" in out and "clean: flagged" in out and "of 1\n" in out and "missing" not in out
+    clean_line = next(line for line in out.splitlines() if line.strip().startswith("clean "))
+    assert len(clean_line.split()) == 8  # encoder, -, -, seed, -, its l1_share and anomaly index, flagged: each recorded
+    assert _script().main(["--attacks", "typo", *settings]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scan_power: error: ") and "typo" in err and err.count("\n") == 1

@@ -206,7 +206,7 @@ def test_verdict_table_lists_detector_rows_with_their_evidence():
     flagged = dataclasses.replace(row(0, defense="decree"), settings=RowSettings(defense_meta={"flagged": True, "l1_share": 0.02}))
     clean = dataclasses.replace(row(1, defense="decree"), settings=RowSettings(defense_meta={"flagged": False, "l1_share": 0.07}))
     table = verdict_table([flagged, clean, row(0, defense="mimic")])
-    assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "backdoor", "0.0200"], [1, "clean", "0.0700"]]
+    assert table[["seed", "verdict", "l1_share"]].values.tolist() == [[0, "flagged", "0.0200"], [1, "not flagged", "0.0700"]]
     assert "variant" not in table
 
 
@@ -216,7 +216,7 @@ def test_verdict_table_lists_an_encoder_once_and_names_its_variant():
     rows = [effectiveness, dataclasses.replace(effectiveness, suite="cost"),  # one encoder, two suites
             dataclasses.replace(effectiveness, suite="generalisation", variant="blend")]
     table = verdict_table(rows)
-    assert table[["variant", "verdict"]].values.tolist() == [["", "clean"], ["blend", "clean"]]
+    assert table[["variant", "verdict"]].values.tolist() == [["", "not flagged"], ["blend", "not flagged"]]
 
 
 def test_detection_table_gives_an_input_detectors_rates_over_seeds_and_counts_a_shared_row_once():
