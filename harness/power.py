@@ -62,11 +62,12 @@ def _rate(counts: dict) -> str:
 
 
 def power_lines(detector: str, profile: str, length: int, table: dict | None = None, digest: str | None = None,
-                unit: str = "inversion steps") -> list[str]:
+                unit: str = "inversion steps", ran: str = "this scan ran") -> list[str]:
     """What a detector's verdict is worth, as lines to print beside its evidence.
 
-    `length` is the scan's, in `unit`; `digest` is the profile's `fields_digest` as defined now: an entry measured on
-    another definition of the profile says so instead of passing for a measurement of this one.
+    `length` is the scan's (or the rows'), in `unit`, said as `ran`; `digest` is the `fields_digest` of the profile
+    the verdict was made on: an entry measured on another definition of the profile says so instead of passing for a
+    measurement of this one.
     """
     table = read_table() if table is None else table
     measured = table["detectors"].get(detector, {"profiles": {}})
@@ -83,5 +84,5 @@ def power_lines(detector: str, profile: str, length: int, table: dict | None = N
         lines.append(f"  (measured {entry.get('measured', 'at an unknown date')} on another definition of the {profile} profile; "
                      f"its fields differ from this one's, so these rates may not hold for it)")
     if entry.get("steps") not in (None, length):
-        lines.append(f"  (measured at {entry['steps']} {unit}; this scan ran {length})")
+        lines.append(f"  (measured at {entry['steps']} {unit}; {ran} {length})")
     return lines

@@ -175,5 +175,28 @@ def test_each_detectors_power_lines_speak_for_it_alone(tmp_path, monkeypatch):
     assert len(cleanse) == 1 and cleanse[0].startswith("ssl_cleanse: power: not yet measured for ssl_cleanse")
     decree = power_notes([judged("decree", {"inversion_steps": 300, "unlearning_epochs": 8})])
     assert decree[0].startswith("decree: power:") and "flagged 1 of 4 (25 %) backdoored" in decree[0] and len(decree) == 2
-    assert "measured at 300 inversion steps; this scan ran 30" in power_notes([judged("decree", {"inversion_steps": 30})])[-1]
+    assert "measured at 300 inversion steps; these rows ran 30" in power_notes([judged("decree", {"inversion_steps": 30})])[-1]
     assert power_notes([judged("mimic", {"epochs": 75})]) == []  # a defense that detects nothing has no power line
+
+
+def test_power_notes_of_a_changed_profile_say_the_rates_may_not_hold(tmp_path, monkeypatch):
+    from harness import power
+    from harness.profiles import fields_digest, get_profile, with_overrides
+    from harness.report import power_notes
+
+    tiny = get_profile("tiny")
+    entry = {"backdoored": {"encoders": 4, "flagged": 1}, "clean": {"encoders": 2, "flagged": 0}, "steps": 300,
+             "profile_digest": fields_digest(tiny)}
+    table = tmp_path / "power.json"
+    table.write_text(json.dumps({"detectors": {"decree": {"profiles": {"tiny": entry}}}}))
+    monkeypatch.setattr(power, "POWER_TABLE", table)
+
+    def judged(profile, name: str) -> Row:
+        meta = {"flagged": False, "steps": {"inversion_steps": 300}}
+        return dataclasses.replace(_row("badencoder", "decree", 75.0, 10.0), profile=name,
+                                   settings=RowSettings(profile=dataclasses.asdict(profile), defense_meta=meta))
+
+    assert not any("another definition" in line for line in power_notes([judged(tiny, "tiny")]))
+    wider = with_overrides(tiny, ["width=32"])
+    notes = power_notes([judged(wider, "tiny+" + fields_digest(wider)[:6])])
+    assert notes[0].startswith("decree: power:") and "another definition of the tiny profile" in notes[-1]
