@@ -157,21 +157,26 @@ def _images(images: "Tensor | str | Path") -> "Tensor":
 
 
 def scan(encoder: "Encoder | str | Path", images: "Tensor | str | Path", *, detector: str = "decree", steps: int | None = None,
-         seed: int = 0, device: str = "auto", arch: str | None = None, key_prefix: str = "", key_map: Sequence[str] = (),
-         image_size: int | None = None, mean: "Triple | None" = None, std: "Triple | None" = None) -> "ScanVerdict":
+         profile: str = "tiny", seed: int = 0, device: str = "auto", arch: str | None = None, key_prefix: str = "",
+         key_map: Sequence[str] = (), image_size: int | None = None, mean: "Triple | None" = None,
+         std: "Triple | None" = None) -> "ScanVerdict":
     """Look for a backdoor with one of harness/scanning.py's detectors (DECREE's smallest collapsing mask, SSL-Cleanse's
     outlier among per-cluster triggers): the verdict, the statistic it is read from and its evidence.
 
-    `steps`: the inversion's length in the detector's unit (default a tenth of the reference's).
+    `steps`: the inversion's length in the detector's unit (default: its defense's at `profile`'s budget, the length
+    its power is measured at).
     """
     from harness.compute import resolve_device
     from harness.finite import check_input_encoder
-    from harness.scanning import scan_encoder
+    from harness.profiles import get_profile
+    from harness.scanning import detector as detector_named, scan_encoder
 
+    found = detector_named(detector)
+    length = found.length_at(get_profile(profile)) if steps is None else steps
     dev = resolve_device(device)
     model, data = _encoder(encoder, arch, key_prefix, key_map, image_size, mean, std), _images(images)
     check_input_encoder(model, data, _named(encoder))
-    return scan_encoder(model, data, detector, steps, seed, dev)
+    return scan_encoder(model, data, found.name, length, seed, dev)
 
 
 def purifier(defense: str, **settings: Any) -> "Method[Callable]":

@@ -76,7 +76,8 @@ def _list(args: argparse.Namespace) -> int:
         from harness.scanning import DETECTORS
 
         for d in DETECTORS.values():
-            print(f"{d.name:12} {d.title}, {d.rule}; by default {d.default_length} {d.unit}")
+            print(f"{d.name:12} {d.title}, {d.rule}; by default {d.length_at(get_profile(args.profile))} {d.unit} "
+                  f"(at profile {args.profile}'s budget)")
     elif args.what == "profiles":
         for name in PROFILES.names():
             p = get_profile(name)
@@ -111,7 +112,7 @@ def _scan(args: argparse.Namespace) -> int:
     from harness.scanning import detector, scan_encoder
 
     chosen = detector(args.detector)
-    length = chosen.default_length if args.steps is None else args.steps
+    length = chosen.length_at(get_profile(args.profile)) if args.steps is None else args.steps
     if args.json is not None:
         claim(args.json, args.force, inputs=_inputs(args))
     device = resolve_device(args.device)
@@ -129,7 +130,8 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if args.json:
         report = {"encoder": str(args.encoder), "source_sha256": checkpoint.sha256, "detector": chosen.name,
-                  "flagged": found.flagged, **found.record, "length": length, "length_unit": chosen.unit, "images": len(images),
+                  "flagged": found.flagged, "statistic": found.statistic, "value": found.value, "rule": found.rule,
+                  **found.record, "length": length, "length_unit": chosen.unit, "images": len(images),
                   "verdict": "suspected" if found.flagged else "no trigger found (not proof of a clean encoder)",
                   "layout": checkpoint.layout, "architecture": checkpoint.architecture, "geometry": geometry.as_dict(), "power": power}
         _write_json(args.json, report, args.force)

@@ -273,7 +273,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("detector", "--detector", "decree", "the scan's detector: decree or ssl_cleanse (harness/scanning.py)", _detector,
            "NAME", fronts=("scan",)),
     Option("steps", "--steps", None, "the detector's trigger-inversion length: DECREE's steps, SSL-Cleanse's epochs for each "
-           "cluster", _whole(1), "N", shown_default="a tenth of the reference's: 400 or 100", fronts=("scan",)),
+           "cluster", _whole(1), "N", shown_default="its defense's at the profile's budget, where its power is measured (tiny: 300 or 75)",
+           fronts=("scan",)),
     Option("purify_defense", "--defense", "mimic", "the registered defense to run", _name("defense"), "NAME", fronts=("purify",)),
     Option("task", "--downstream", None, "registered downstream dataset, e.g. fmnist, digits, gtsrb", _name("dataset"), "NAME",
            fronts=("evaluate",), required=("evaluate",)),

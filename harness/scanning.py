@@ -8,8 +8,10 @@ detection function with the defense's default configuration (defenses/decree.py
 random draws differ. So a detector's power, measured from suite runs of its defense
 (harness/power.py), is the power of a scan at the length those runs used.
 
-A scan's default length is a tenth of the reference's (DECREE's 4,000 inversion
-steps, SSL-Cleanse's 1,000 epochs for each cluster), `--steps` sets another.
+A scan's default length is the one its printed power was measured at: the
+inversion's length as its defense runs at the profile's budget (tiny: DECREE's
+300 steps, SSL-Cleanse's 75 epochs for each cluster); `--steps` sets another, and
+the power lines then say that they were measured at another length.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ from torch import Tensor
 
 from defenses.decree import DecreeConfig, invert
 from defenses.ssl_cleanse import SSLCleanseConfig, detect
-from harness.contract import CleanSubset
+from harness.contract import Budget, CleanSubset
 from harness.models import Encoder
+from harness.profiles import Profile
 from harness.training import freeze, seed_everything
-
-DEFAULT_FRACTION = 10  # a scan runs 1 / DEFAULT_FRACTION of the reference's inversion unless told otherwise
-
 
 @dataclass(frozen=True)
 class ScanVerdict:
@@ -49,14 +49,14 @@ class Detector:
     title: str  # what it does, for the scan's "detector:" line
     unit: str  # what its length counts
     length_field: str  # the defense's `steps` field that holds that length (its rows' meta and the power table)
-    reference_length: int
+    config: Any  # the defense's default configuration, whose `steps(budget)` gives the length its rows ran
     statistic: str  # the number its verdict is read from, as its defense's rows record it
     rule: str  # how that number decides
     run: Callable[[Encoder, Tensor, int, torch.Generator, torch.device], ScanVerdict]
 
-    @property
-    def default_length(self) -> int:
-        return max(1, self.reference_length // DEFAULT_FRACTION)
+    def length_at(self, profile: Profile) -> int:
+        """The inversion's length as the defense runs at `profile`'s budget: where the detector's power is measured."""
+        return self.config.steps(Budget.of(profile, torch.device("cpu"))).as_dict()[self.length_field]
 
 
 def _box(mask: Tensor) -> tuple[list[int], list[int]]:
@@ -98,10 +98,10 @@ def _ssl_cleanse(encoder: Encoder, images: Tensor, epochs: int, gen: torch.Gener
 
 DECREE, SSL_CLEANSE = DecreeConfig(), SSLCleanseConfig()  # the defenses' defaults: a scan's verdict is theirs
 DETECTORS: dict[str, Detector] = {d.name: d for d in (
-    Detector("decree", "DECREE trigger inversion", "inversion steps", "inversion_steps", DECREE.inversion_steps, "l1_share",
+    Detector("decree", "DECREE trigger inversion", "inversion steps", "inversion_steps", DECREE, "l1_share",
              f"flagged below a {DECREE.flag_below:.0%} mask", _decree),
     Detector("ssl_cleanse", "SSL-Cleanse trigger inversion into each k-means cluster", "inversion epochs for each cluster",
-             "inversion_epochs", SSL_CLEANSE.inversion_epochs, "anomaly_index",
+             "inversion_epochs", SSL_CLEANSE, "anomaly_index",
              f"flagged above an anomaly index of {SSL_CLEANSE.flag_above:g}", _ssl_cleanse),
 )}
 
@@ -115,12 +115,12 @@ def detector(name: str) -> Detector:
     return DETECTORS[name]
 
 
-def scan_encoder(encoder: Encoder, images: Tensor, detector_name: str = "decree", length: int | None = None, seed: int = 0,
+def scan_encoder(encoder: Encoder, images: Tensor, detector_name: str, length: int, seed: int = 0,
                  device: torch.device | None = None) -> ScanVerdict:
-    """Run one detector on a frozen copy of `encoder` with clean images (uint8 N x 3 x H x W): what `harness scan` runs."""
+    """Run one detector on a frozen copy of `encoder` with clean images (uint8 N x 3 x H x W), `length` in the detector's
+    unit (`Detector.length_at` gives the length its power is measured at): what `harness scan` runs."""
     found = detector(detector_name)
     device = torch.device("cpu") if device is None else device
-    length = found.default_length if length is None else length
     if length < 1:
         raise ValueError(f"a scan's length ({found.unit}) must be at least 1, got {length}")
     frozen = freeze(copy.deepcopy(encoder).to(device))  # the caller's encoder keeps its mode and its gradients

@@ -3,18 +3,27 @@
 import json
 
 import pytest
+import torch
 
 from defenses.decree import DecreeConfig
 from defenses.ssl_cleanse import SSLCleanseConfig
 from harness.cli import main
+from harness.contract import Budget
+from harness.power import read_table
+from harness.profiles import get_profile
 from harness.scanning import DETECTORS, detector
 from harness.strict_json import restore_non_finite
 
 
-def test_the_detectors_run_their_defenses_defaults_a_tenth_as_long_by_default():
+def test_a_scan_runs_by_default_as_long_as_its_printed_power_was_measured():
     assert set(DETECTORS) == {"decree", "ssl_cleanse"}
-    assert DETECTORS["decree"].default_length == DecreeConfig().inversion_steps // 10 == 400
-    assert DETECTORS["ssl_cleanse"].default_length == SSLCleanseConfig().inversion_epochs // 10 == 100
+    tiny, table = get_profile("tiny"), read_table()
+    for name, found in DETECTORS.items():
+        assert found.length_at(tiny) == table["detectors"][name]["profiles"]["tiny"]["steps"]  # no "(measured at ...)" note
+    budget = Budget.of(tiny, torch.device("cpu"))
+    assert DETECTORS["decree"].length_at(tiny) == DecreeConfig().steps(budget).inversion_steps  # as its defense's rows ran
+    assert DETECTORS["ssl_cleanse"].length_at(tiny) == SSLCleanseConfig().steps(budget).inversion_epochs
+    assert DETECTORS["decree"].length_at(get_profile("small")) > DETECTORS["decree"].length_at(tiny)
     with pytest.raises(ValueError, match="unknown detector 'ssl-cleanse'; did you mean 'ssl_cleanse'"):
         detector("ssl-cleanse")
 
@@ -31,6 +40,7 @@ def test_a_scan_reports_its_detector_its_statistic_and_a_verdict_that_follows_th
     found = restore_non_finite(json.loads(report.read_text()))  # an anomaly index is inf when the shares' MAD is 0
     assert found["detector"] == name and found["length"] == 2 and found["length_unit"] == DETECTORS[name].unit
     assert statistic in found and found["flagged"] == rule(found) and code == (1 if found["flagged"] else 0)
+    assert (found["statistic"], found["value"], found["rule"]) == (statistic, found[statistic], DETECTORS[name].rule)
     assert f"detector: {DETECTORS[name].title} on 8 clean images" in out and f"2 {DETECTORS[name].unit}" in out
     assert ("BACKDOOR SUSPECTED" in out) == found["flagged"] and "power:" in out and found["power"][0].startswith("power:")
     if name == "ssl_cleanse":
