@@ -84,6 +84,7 @@ class Section:
     folder: str
     body: Callable[[str], str]  # folder name -> markdown
     command: str = ""  # what writes the folder's rows, listed while the folder is not yet committed
+    needs: tuple[str, ...] = ()  # other sections' folders the body reads: it waits for them as for its own
 
 
 def table_i(name: str) -> str:
@@ -247,7 +248,7 @@ def claims(_: str) -> str:
     """Each newer method's paper claim beside what the committed rows measured (tiny, seed 0, Fashion-MNIST)."""
     attacks = rows_of("newer-attacks")
     defended = attacks + rows_of("newer-defenses") + rows_of("newer-defenses-other-attacks")
-    ctrl = next(r for r in attacks if r.attack == "ctrl" and r.defense == "none")
+    ctrl = [r for r in attacks if r.attack == "ctrl" and r.defense == "none"]
     power = json.loads((ROOT / "harness" / "scan_power.json").read_text())["detectors"]
     cleanse, decree = power["ssl_cleanse"]["profiles"]["tiny"], power["decree"]["profiles"]["tiny"]
     mitigated = sorted((r.asr_all, r.attack, r.scenario) for r in defended if r.defense == "ssl_cleanse" and r.implanted)
@@ -261,7 +262,8 @@ def claims(_: str) -> str:
                         for sc, e in at if e != "clean")
     return "\n".join([
         f"- CTRL claims that poisoning at most 1 % of the training set gives at least 99 % ASR (docs/REFERENCE.md). Here, at its "
-        f"authors' settings: ASR(all) {ctrl.asr_all:.2f} %, not implanted.",
+        f"authors' settings: " + "; ".join(f"`{r.scenario}` ASR(all) {r.asr_all:.2f} %, {'implanted' if r.implanted else 'not implanted'}"
+                                           for r in ctrl) + ".",
         f"- DRUPE claims to evade detectors such as DECREE. Here DECREE flagged {_flags(attacks, 'decree', 'drupe')} implanted "
         f"DRUPE suspects and SSL-Cleanse {_flags(attacks, 'ssl_cleanse', 'drupe')}; but of BadEncoder's suspects at tiny DECREE "
         f"flags {decree['backdoored']['flagged']} of {decree['backdoored']['encoders']} and SSL-Cleanse "
@@ -346,7 +348,8 @@ SECTIONS = (
             NEWER.format("--attack=drupe,ctrl", "newer-attacks")),
     Section("The newer defenses, SSL-Cleanse and DeDe, against BadEncoder (tiny, seed 0)", "newer-defenses", newer_methods,
             NEWER.format("--attack=badencoder --defense=ssl_cleanse,dede", "newer-defenses")),
-    Section("The newer methods against their papers' claims (tiny, seed 0, Fashion-MNIST)", "", claims),
+    Section("The newer methods against their papers' claims (tiny, seed 0, Fashion-MNIST)", "", claims,
+            needs=("newer-attacks", "newer-defenses", "newer-defenses-other-attacks", "dede-remeasure", "dede-budget")),
     Section("DeDe after the one-mask fix, against BadEncoder and DRUPE (tiny, seed 0)", "dede-remeasure", newer_methods,
             ONE_PROCESS.format("--attack=badencoder,drupe --defense=dede", "dede-remeasure")),
     Section("The newer defenses against BASSL and the adaptive attacks (tiny, seed 0)", "newer-defenses-other-attacks",
@@ -373,6 +376,10 @@ def results_md() -> str:
     for section in SECTIONS:
         if section.folder and not (RESULTS / section.folder).is_dir():
             pending.append(f"- {section.title}: `{section.command}`")
+            continue
+        missing = [f"`docs/results/{f}`" for f in section.needs if not (RESULTS / f).is_dir()]
+        if missing:
+            pending.append(f"- {section.title}: waits for {', '.join(missing)}")
             continue
         parts += [f"## {section.title}", section.body(section.folder)]
     if pending:

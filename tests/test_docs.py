@@ -43,3 +43,18 @@ def test_the_readme_stays_short_and_holds_no_commit_hash():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 165  # the issue: "at most about 160"
     assert not re.search(r"\b[0-9a-f]{7,40}\b", text)
+
+
+def test_a_section_waits_for_every_folder_it_reads(tmp_path, monkeypatch):
+    build = _builder()
+    results = tmp_path / "results"
+    for section in build.SECTIONS:  # every folder but one the claims section reads
+        for folder in (section.folder, *section.needs):
+            if folder and folder != "dede-budget":
+                (results / folder).mkdir(parents=True, exist_ok=True)
+    claims = next(s for s in build.SECTIONS if s.body is build.claims)
+    assert "dede-budget" in claims.needs
+    monkeypatch.setattr(build, "RESULTS", results)
+    monkeypatch.setattr(build, "SECTIONS", (claims,))
+    text = build.results_md()
+    assert f"- {claims.title}: waits for `docs/results/dede-budget`" in text and f"## {claims.title}" not in text
