@@ -101,9 +101,11 @@ def decree_objective(features: Tensor, mask: Tensor, lam: float) -> tuple[Tensor
 
 
 @torch.no_grad()
-def _stamped_cosine(encoder: Encoder, images: Tensor, mask: Tensor, pattern: Tensor, device: torch.device) -> float:
-    x = to_float(images, device)
-    return mean_pairwise_cosine(encoder((1 - mask) * x + mask * pattern)).item()
+def _stamped_cosine(encoder: Encoder, images: Tensor, mask: Tensor, pattern: Tensor, device: torch.device, batch_size: int) -> float:
+    """Mean pairwise cosine of the stamped images' features, forwarded a batch at a time (a scan's folder may be large)."""
+    features = [encoder((1 - mask) * to_float(images[i : i + batch_size], device) + mask * pattern)
+                for i in range(0, len(images), batch_size)]
+    return mean_pairwise_cosine(torch.cat(features)).item()
 
 
 def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torch.Generator, device: torch.device, steps: int | None = None) -> Inversion:
@@ -137,9 +139,9 @@ def invert(encoder: Encoder, clean: CleanSubset, config: DecreeConfig, gen: torc
     progress.epoch(0, steps * config.batch_size, **({"l1_share": best[0]} if best else {"cosine": cosine.item()}))
     if best is None:
         mask, pattern = torch.sigmoid(mask_logits).detach(), torch.sigmoid(pattern_logits).detach()
-        return Inversion(mask, pattern, 1.0, _stamped_cosine(encoder, clean.images, mask, pattern, device), False)
+        return Inversion(mask, pattern, 1.0, _stamped_cosine(encoder, clean.images, mask, pattern, device, config.batch_size), False)
     share, mask, pattern = best
-    return Inversion(mask, pattern, share, _stamped_cosine(encoder, clean.images, mask, pattern, device), share < config.flag_below)
+    return Inversion(mask, pattern, share, _stamped_cosine(encoder, clean.images, mask, pattern, device, config.batch_size), share < config.flag_below)
 
 
 @DEFENSES.register("decree", config=DecreeConfig)

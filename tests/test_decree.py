@@ -43,3 +43,18 @@ def test_mitigation_runs_whatever_the_verdict_and_lowers_the_collapse(encoders):
     x = TRIGGER.stamp(subset.images[:64]).float() / 255
     with torch.no_grad():
         assert mean_pairwise_cosine(fixed.encoder(x)) < mean_pairwise_cosine(backdoored(x))  # triggered features no longer collapse as much
+
+
+def test_the_inversion_never_forwards_more_than_a_batch(encoders):
+    """A scan inverts on the user's whole image folder: the stamped cosine of the end must not forward it at once."""
+    _, backdoored, subset = encoders
+    sizes = []
+    hook = backdoored.register_forward_pre_hook(lambda module, inputs: sizes.append(len(inputs[0])))
+    try:
+        found = invert(backdoored, subset, DecreeConfig(batch_size=16), torch.Generator().manual_seed(0), CPU, steps=2)
+    finally:
+        hook.remove()
+    assert len(subset) > 16 and max(sizes) <= 16
+    x = (1 - found.mask) * subset.images.float() / 255 + found.mask * found.pattern
+    with torch.no_grad():
+        assert found.cosine == pytest.approx(mean_pairwise_cosine(backdoored(x)).item(), abs=1e-5)
