@@ -402,7 +402,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name: (what it does, its description
     "run": ("build and evaluate a slice of the effectiveness grid, print the table",
             "The options of `pytest suites/`, by the same names (the short forms without --harness- too), choosing the same grid: "
             "encoder attacks, every defense, the controls."),
-    "list": ("list the registered attacks, defenses, profiles, or a profile's fields", ""),
+    "list": ("list the registered attacks, defenses, scan detectors, profiles, or a profile's fields", ""),
     "table": ("rebuild the tables from a results directory's stored rows", ""),
     "export": ("write images of a dataset as PNG files (a folder for scan and purify)", ""),
     "convert": ("write an encoder file in a layout's tensor names (torchvision, badencoder, ...)", ""),
