@@ -325,7 +325,8 @@ def crosscheck(args: argparse.Namespace) -> int:
     print(f"seconds: harness MIMIC {ours_seconds:.0f}, official MIMIC {official_seconds:.0f}")
     if args.json:
         record = {"rows": {k: m.as_dict() for k, m in rows.items()}, "official": report, "epochs": epochs, "mi_epochs": mi_epochs,
-                  "harness_steps": dict(ours.meta["steps"]), "commit": commit,
+                  "lr": profile.defense_lr, "batch": profile.defense_batch, "seed": args.seed, "profile": profile.name,
+                  "overrides": args.set, "harness_steps": dict(ours.meta["steps"]), "commit": commit,
                   "seconds": {"harness": ours_seconds, "official": official_seconds}}
         atomic_write_text(args.json, json.dumps(record, indent=1) + "\n", exclusive=not args.force)
     return 0
