@@ -326,7 +326,8 @@ def crosscheck(args: argparse.Namespace) -> int:
     if args.json:
         record = {"rows": {k: m.as_dict() for k, m in rows.items()}, "official": report, "epochs": epochs, "mi_epochs": mi_epochs,
                   "lr": profile.defense_lr, "batch": profile.defense_batch, "seed": args.seed, "profile": profile.name,
-                  "overrides": args.set, "harness_steps": dict(ours.meta["steps"]), "commit": commit,
+                  "overrides": args.set, "harness_steps": dict(ours.meta["steps"]),
+                  "harness_mi": {k: ours.meta[k] for k in ("mi_per_stage", "beta_per_stage") if k in ours.meta}, "commit": commit,
                   "seconds": {"harness": ours_seconds, "official": official_seconds}}
         atomic_write_text(args.json, json.dumps(record, indent=1) + "\n", exclusive=not args.force)
     return 0

@@ -220,6 +220,7 @@ def test_the_fake_official_run_is_patched_read_back_and_probed(fake_checkout, tm
     assert {"inputs unnormalised (their CIFAR-10 statistics removed)", "hooks removed after their one forward",
             "uniform betas: all MI estimates were 0", "the last epoch's student saved"} <= set(patches)
     assert (result["epochs"], result["mi_epochs"], result["lr"], result["seed"]) == (1, 1, 1e-3, 0)
+    assert set(result["harness_mi"]) == {"mi_per_stage", "beta_per_stage"}  # the harness estimates MI on the suspect
     assert result["harness_steps"] == {"distillation_epochs": 1, "mine_steps_per_stage": 2}  # 1 MI epoch: 32 images, batches of 16
     assert result["official"]["betas"] == [3500.0] * 4  # alpha0 + alpha1 / 4 each (the fake fails on a hook left firing)
     assert "official MIMIC" in out.out and "launcher: " in out.out
