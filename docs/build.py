@@ -261,8 +261,8 @@ def claims(_: str) -> str:
     longest = ", ".join(f"`{sc}` {at[(sc, e)]:.2f} % on the suspect and {at[(sc, 'clean')]:.2f} % on the clean encoder"
                         for sc, e in at if e != "clean")
     return "\n".join([
-        f"- CTRL claims that poisoning at most 1 % of the training set gives at least 99 % ASR (docs/REFERENCE.md). Here, at its "
-        f"authors' settings: " + "; ".join(f"`{r.scenario}` ASR(all) {r.asr_all:.2f} %, {'implanted' if r.implanted else 'not implanted'}"
+        "- CTRL claims that poisoning at most 1 % of the training set gives at least 99 % ASR (docs/REFERENCE.md). Here, at its "
+        "authors' settings: " + "; ".join(f"`{r.scenario}` ASR(all) {r.asr_all:.2f} %, {'implanted' if r.implanted else 'not implanted'}"
                                            for r in ctrl) + ".",
         f"- DRUPE claims to evade detectors such as DECREE. Here DECREE flagged {_flags(attacks, 'decree', 'drupe')} implanted "
         f"DRUPE suspects and SSL-Cleanse {_flags(attacks, 'ssl_cleanse', 'drupe')}; but of BadEncoder's suspects at tiny DECREE "
@@ -281,21 +281,31 @@ def claims(_: str) -> str:
 
 
 def official_crosscheck(name: str) -> str:
-    """benchmarks/official_crosscheck.py's runs, one JSON per seed: undefended, the harness's MIMIC and the authors' code."""
-    folder = RESULTS / name
-    runs = sorted(folder.glob("seed*.json"))
-    table = pd.DataFrame([{"seed": path.stem.removeprefix("seed"), "encoder": label, "ACC %": f"{row['acc']:.2f}",
+    """benchmarks/official_crosscheck.py's runs, one JSON each, named in the provenance's `runs` with the command that
+    wrote it: undefended, the harness's MIMIC and the authors' code, side by side."""
+    folder, prov = RESULTS / name, provenance(name)
+    runs = {stem: json.loads((folder / f"{stem}.json").read_text()) for stem in prov["runs"]}
+    for stem, run in runs.items():
+        if "lr" in run and run["lr"] != prov["runs"][stem]["lr"]:
+            raise ValueError(f"{name}/{stem}.json ran at lr {run['lr']:g}, its provenance says {prov['runs'][stem]['lr']:g}")
+    table = pd.DataFrame([{"run": stem, "lr": f"{prov['runs'][stem]['lr']:g}", "encoder": label, "ACC %": f"{row['acc']:.2f}",
                            "ASR(all) %": f"{row['asr_all']:.2f}", "ASR(non-target) %": f"{row['asr_nontarget']:.2f}"}
-                          for path in runs for label, row in json.loads(path.read_text())["rows"].items()])
+                          for stem, run in runs.items() for label, row in run["rows"].items()])
     notes = []
-    for path in runs:
-        run = json.loads(path.read_text())
+    for stem, run in runs.items():
+        how = prov["runs"][stem]
         mi = ", ".join(f"{k} {v:.4f}" for k, v in run["official"]["mi"].items())
-        notes.append(f"- {path.stem}: {run['epochs']} epochs and {run['mi_epochs']} MI epochs; the official code's MI estimates "
-                     f"(nats, on its random student): {mi}; its betas {', '.join(f'{b:g}' for b in run['official']['betas'])}; "
-                     f"what the launcher changed: {'; '.join(run['official']['patches'])}; seconds: harness MIMIC "
-                     f"{run['seconds']['harness']:.0f}, official MIMIC {run['seconds']['official']:.0f}")
-    return "\n\n".join([where_from(name), markdown(table), "\n".join(notes)])
+        ours, theirs = run.get("harness_steps"), run.get("harness_mi")
+        notes.append(f"- {stem}: `{how['command']}` (code {how['code']}; wall {_minutes(how['wall_seconds'])}"
+                     + (f", {how['wall_note']}" if how.get("wall_note") else "") + f"). {run['epochs']} epochs and "
+                     f"{run['mi_epochs']} MI epochs" + (f" (the harness's MINE: {ours['mine_steps_per_stage']} steps a stage)" if ours else "")
+                     + (f"; the harness's MI estimates (nats, on the suspect): {', '.join(f'{k} {v:.4f}' for k, v in theirs['mi_per_stage'].items())}"
+                        f", its betas {', '.join(f'{b:.0f}' for b in theirs['beta_per_stage'].values())}" if theirs else "")
+                     + f"; the official code's MI estimates (nats, on its random student): {mi}; its betas "
+                     f"{', '.join(f'{b:g}' for b in run['official']['betas'])}; what the launcher changed: "
+                     f"{'; '.join(run['official']['patches'])}; seconds: harness MIMIC {run['seconds']['harness']:.0f}, official MIMIC "
+                     f"{run['seconds']['official']:.0f}")
+    return "\n\n".join([f"- machine: {prov['machine']}; {prov['date']}\n- note: {prov['notes']}", markdown(table), "\n".join(notes)])
 
 
 def gpu(name: str) -> str:
@@ -362,7 +372,7 @@ SECTIONS = (
             SUITE.format('test_robustness.py -k poisoned --attack=badencoder --defense=mimic --downstream=fmnist', "poisoned")),
     Section("The harness's MIMIC beside the authors' code (official_crosscheck.py: tiny recipe, width 64, BadEncoder patch10, fmnist)",
             "official-crosscheck", official_crosscheck, "python benchmarks/official_crosscheck.py --official CHECKOUT --device cpu "
-            "--seed 0 --set width=64 --recipe tiny --json docs/results/official-crosscheck/seed0.json"),
+            "--seed N --set width=64 --recipe tiny --json docs/results/official-crosscheck/seedN.json"),
     Section("What a scan's verdict is worth", "", scan_power),
     Section("On one GPU: the CUDA path, throughput, the gpu profile", "gpu-h200", gpu),
 )
