@@ -30,12 +30,11 @@ from typing import Iterable
 import pandas as pd
 
 from harness.profiles import CONTROL_ASR_AT_MOST, USABLE_MARGIN
-from harness.rows import HEADLINE, Row, to_frame
+from harness.rows import CONFIGURATION, HEADLINE, Row, to_frame
 from harness.statistics import ci95, implant_label
 from harness.tables import (BEST_MAX_ACC_DROP, ablation_verdict, comparison_table, cost_table, detection_table, long_table,
-                            paired_table, verdict_table)
+                            one_row_per_encoder, paired_table, verdict_table)
 
-CONFIGURATION = ("profile", "precision", "attack", "scenario", "downstream")  # what one finding is about
 CONTROLS = ("clean", "random")
 
 
@@ -87,8 +86,7 @@ class Finding:
 
 def findings(rows: Iterable[Row]) -> list[Finding]:
     """One finding per configuration that has an attack: its defenses read against its clean control."""
-    frame = to_frame(rows)
-    frame = frame[frame["variant"].fillna("") == ""]
+    frame = one_row_per_encoder(to_frame(rows))  # a row the suites share (effectiveness, cost, ...) counts once
     attacked = frame[~frame["attack"].isin(CONTROLS)]
     out = []
     for key, group in attacked.groupby(list(CONFIGURATION), sort=True):

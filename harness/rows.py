@@ -28,6 +28,7 @@ HEADLINE = "asr_all"  # the paper's ASR: every triggered test image classified a
 # a configuration: a row up to its seed; rows of different precisions (harness/compute.py) are never merged
 KEYS = ("suite", "profile", "precision", "attack", "scenario", "downstream", "defense", "variant")
 IDENTITY = (*KEYS, "seed")  # a row's identity: two rows with these fields equal are the same row
+CONFIGURATION = ("profile", "precision", "attack", "scenario", "downstream")  # one line of a table, one finding
 SCHEMA = 2  # of a stored row: 1 held its settings as a JSON string, 2 as an object
 
 

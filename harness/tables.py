@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from harness import strict_json
 from harness.options import TABLE_FORMATS
-from harness.rows import HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
+from harness.rows import CONFIGURATION, HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
 from harness.statistics import ci95, implant_label, paired_difference, summarise
 
 BEST_MAX_ACC_DROP = 5.0  # points of ACC a defense may lose against the undefended encoder and still be marked best
@@ -104,11 +104,11 @@ def _marks(group: pd.DataFrame, means: dict[str, tuple[float, float]], asr: str,
     return {best: " *"} if len(tied) == 1 else {d: " ~" for d in tied}
 
 
-def _one_row_per_encoder(frame: pd.DataFrame) -> pd.DataFrame:
-    """Plain rows (no variant), one per (profile, attack, scenario, downstream, defense, seed): suites that share
-    an encoder (effectiveness and cost) hold the same row twice, which must count once in means and pairs."""
+def one_row_per_encoder(frame: pd.DataFrame) -> pd.DataFrame:
+    """Plain rows (no variant), one per (profile, precision, attack, scenario, downstream, defense, seed): suites that
+    share an encoder (effectiveness and cost) hold the same row twice, which must count once in means and pairs."""
     plain = frame[frame["variant"].fillna("") == ""]
-    return plain.drop_duplicates(subset=["profile", "attack", "scenario", "downstream", "defense", "seed"], keep="first")
+    return plain.drop_duplicates(subset=["profile", "precision", "attack", "scenario", "downstream", "defense", "seed"], keep="first")
 
 
 def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: float = BEST_MAX_ACC_DROP) -> pd.DataFrame:
@@ -122,28 +122,29 @@ def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: flo
     paired 95 % CI over seeds against the runner-up excludes 0; otherwise the leaders statistically
     tied with it are marked "~"; with one seed nothing is marked. Variants are the long table's business.
     """
-    plain = _one_row_per_encoder(frame)
+    plain = one_row_per_encoder(frame)
     attacked = plain[~plain["attack"].isin(("clean", "random"))]
     if attacked.empty:
         return pd.DataFrame()
     controls = plain[plain["attack"].isin(("clean", "random")) & (plain["defense"] == "none")]
     defenses = sorted(attacked["defense"].unique(), key=lambda d: (d != "none", d))
     lines = []
-    for (profile, attack, scenario, downstream), group in attacked.groupby(["profile", "attack", "scenario", "downstream"], sort=True):
+    for (profile, precision, attack, scenario, downstream), group in attacked.groupby(list(CONFIGURATION), sort=True):
         means = {d: (g["acc"].mean(), g[asr].mean(), g["asr_nontarget"].mean()) for d, g in group.groupby("defense")}
         marks = _marks(group, {d: (a, r) for d, (a, r, _) in means.items()}, asr, max_acc_drop)
-        line = {"profile": profile, "attack": attack, "scenario": scenario, "downstream": downstream}
+        line = {"profile": profile, "precision": precision, "attack": attack, "scenario": scenario, "downstream": downstream}
         line["exposure"] = f"{group['exposure'].mean():.1f}" if group["exposure"].notna().any() else ""
         line["implanted"] = implant_label(group[group["defense"] == "none"]["implanted"])
         for control in ("clean", "random"):
-            mine = controls[(controls["attack"] == control) & (controls["downstream"] == downstream) & (controls["profile"] == profile)]
+            mine = controls[(controls["attack"] == control) & (controls["downstream"] == downstream) & (controls["profile"] == profile)
+                            & (controls["precision"] == precision)]
             mine = mine[mine["scenario"] == scenario] if (mine["scenario"] == scenario).any() else mine[mine["scenario"] == ""]
             line[control] = _cell(mine["acc"].mean(), mine[asr].mean(), mine["asr_nontarget"].mean()) if len(mine) else ""
         for d in defenses:
             line[d] = _cell(*means[d]) + marks.get(d, "") if d in means else ""
         lines.append(line)
     table = pd.DataFrame(lines)
-    table = _without_uniform(table, ("profile",))
+    table = _without_uniform(table, ("profile", "precision"))
     empty = ("exposure", "implanted", "scenario", "clean", "random")
     return table.drop(columns=[c for c in empty if c in table and not table[c].astype(bool).any()])
 
@@ -158,20 +159,21 @@ def paired_table(frame: pd.DataFrame, reference: str = "mimic", metrics: tuple[s
     A negative ASR difference means the defense left less backdoor than the reference; "seeds" is the
     number of pairs. Variants and controls are left out.
     """
-    plain = _one_row_per_encoder(frame)
+    plain = one_row_per_encoder(frame)
     plain = plain[~plain["attack"].isin(("clean", "random"))]
     lines = []
-    for (profile, attack, scenario, downstream), group in plain.groupby(["profile", "attack", "scenario", "downstream"], sort=True):
+    for (profile, precision, attack, scenario, downstream), group in plain.groupby(list(CONFIGURATION), sort=True):
         if reference not in set(group["defense"]):
             continue
         for d in sorted(set(group["defense"]) - {reference, "none"}):
-            line = {"profile": profile, "attack": attack, "scenario": scenario, "downstream": downstream, "defense": d}
+            line = {"profile": profile, "precision": precision, "attack": attack, "scenario": scenario, "downstream": downstream,
+                    "defense": d}
             for m in metrics:
                 mean, ci, n = paired_difference(group, d, reference, m)
                 line[f"{METRIC_TITLES[m]} - {reference}"] = format_cell(mean, ci, n)
                 line["seeds"] = n
             lines.append(line)
-    return _without_uniform(pd.DataFrame(lines), ("profile",)) if lines else pd.DataFrame()
+    return _without_uniform(pd.DataFrame(lines), ("profile", "precision")) if lines else pd.DataFrame()
 
 
 ABLATION_MARGIN = 20.0  # points of ASR(all) over the clean control by which clone loss alone must inherit the backdoor

@@ -200,3 +200,12 @@ def test_power_notes_of_a_changed_profile_say_the_rates_may_not_hold(tmp_path, m
     wider = with_overrides(tiny, ["width=32"])
     notes = power_notes([judged(wider, "tiny+" + fields_digest(wider)[:6])])
     assert notes[0].startswith("decree: power:") and "another definition of the tiny profile" in notes[-1]
+
+
+def test_a_row_that_suites_share_counts_once_in_a_finding():
+    """Effectiveness and cost (and robustness) read the same encoders: their rows must not narrow the control's CI."""
+    rows = [r for r in known_rows() if r.downstream == "fmnist" and r.scenario == "patch10"]
+    (alone,) = findings(rows)
+    (shared,) = findings(rows + [dataclasses.replace(r, suite=suite) for r in rows for suite in ("cost", "robustness")])
+    assert alone.implanted == shared.implanted == "yes"
+    assert (shared.clean_asr, shared.clean_ci, shared.reached, shared.missed) == (alone.clean_asr, alone.clean_ci, alone.reached, alone.missed)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from harness.rows import ResultsStore, Row, RowSettings, to_frame
 from harness.statistics import ci95
 from harness.report import write_reports
-from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, detection_table, long_table, render, verdict_table
+from harness.tables import BEST_MAX_ACC_DROP, comparison_table, cost_table, detection_table, long_table, paired_table, render, verdict_table
 
 
 def row(seed=0, acc=80.0, asr=5.0, attack="badencoder", defense="none", downstream="fmnist", seconds=None) -> Row:
@@ -251,3 +251,14 @@ def test_markdown_and_latex_tables_match_a_known_rendering():
         " badencoder & fmnist       & none      & 2       & 80.50 ± 6.35 & 100.00 ± 0.00 & 100.00 ± 0.00       \\\\\n"
         "\\bottomrule\n\\end{tabular}"
     )
+
+
+def test_rows_of_two_precisions_are_never_one_line():
+    rows = [dataclasses.replace(r, precision=p) for p, asr in (("fp32", 90.0), ("bf16", 10.0))
+            for r in (row(0, asr=100.0), row(0, asr=asr, defense="mimic"))]
+    table = comparison_table(to_frame(rows))
+    assert sorted(table["precision"]) == ["bf16", "fp32"]
+    assert sorted(cell.split(" / ")[1] for cell in table["mimic"]) == ["10.00", "90.00"]
+    mimic = [dataclasses.replace(r, defense="ft", asr_all=r.asr_all - 5) for r in rows if r.defense == "mimic"]
+    paired = paired_table(to_frame(rows + mimic))
+    assert sorted(paired["precision"]) == ["bf16", "fp32"]
