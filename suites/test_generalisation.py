@@ -17,7 +17,7 @@ import pytest
 
 from harness.gates import Gate, check
 from harness.planner import plan
-from harness.plugin import parametrize_cases, session_of
+from harness.plugin import parametrize_cases, require_implanted, session_of
 
 SUITE = "generalisation"
 CLEAN_ACC_DROP_AT_MOST = 5.0
@@ -37,6 +37,7 @@ def test_supervised_backdoor_is_implanted(harness, case) -> None:
 
 def test_supervised_backdoor_defended(harness, case) -> None:
     undefended, row = harness.rows(case)
+    require_implanted(row)
     for gate in harness.gates:
         check(row, gate, undefended)
 
