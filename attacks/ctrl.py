@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -60,6 +61,7 @@ class CTRLConfig:
     positions: tuple[tuple[int, int], ...] = ((15, 15), (31, 31))  # DCT coefficients within each window
     window: int = 32  # side of the DCT blocks, pixels
     poison_ratio: float = 0.01  # poisoned images, as a share of the pre-training set
+    follows_trigger_size: ClassVar[bool] = False  # its trigger is the frequency pattern, whatever the profile's trigger size
 
     def __post_init__(self) -> None:
         if self.window < 1 or IMAGE_SIZE % self.window:

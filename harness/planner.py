@@ -193,9 +193,19 @@ def _ablation(s: "Settings") -> list[Case]:
     ])
 
 
+def follows_trigger_size(attack: str) -> bool:
+    """Whether the attack's trigger takes the profile's trigger size, so that a trigger-size sweep moves it: not for an
+    attack whose config says its trigger is its own (CTRL's frequency pattern), nor for a user's suspect file."""
+    from harness.registry import ATTACKS
+    from harness.user_encoders import SUSPECT_FILE
+
+    return attack != SUSPECT_FILE and getattr(ATTACKS.get(attack).config_type, "follows_trigger_size", True)
+
+
 def _robustness(s: "Settings") -> list[Case]:
     suite = "robustness"
     common = {"attack": chosen_attacks(s), "downstream": chosen_downstream(s), "defense": [d for d in chosen_defenses(s) if d in ROBUSTNESS_OF]}
+    sized = {**common, "attack": [a for a in common["attack"] if follows_trigger_size(a)]}
 
     def trigger_size(attack: str, downstream: str, defense: str, trigger_size: int, seed: int) -> list[RowSpec]:
         point = {"variant": f"trigger_size={trigger_size}", "profile_changes": {"trigger_size": trigger_size}}
@@ -210,7 +220,7 @@ def _robustness(s: "Settings") -> list[Case]:
                 RowSpec(suite, attack, defense, downstream, seed, variant=f"clean_poison={clean_poison}", clean_poison=clean_poison)]
 
     return [
-        *grid("test_trigger_size", {**common, "trigger_size": TRIGGER_SIZES, "seed": s.seed_list}, trigger_size),
+        *grid("test_trigger_size", {**sized, "trigger_size": TRIGGER_SIZES, "seed": s.seed_list}, trigger_size),
         *grid("test_clean_ratio", {**common, "clean_ratio": CLEAN_RATIOS, "seed": s.seed_list}, clean_ratio),
         *grid("test_poisoned_clean_data", {**common, "clean_poison": CLEAN_POISON, "seed": s.seed_list}, clean_poison),
     ]

@@ -197,3 +197,12 @@ def test_a_commands_bad_option_is_one_line_naming_it(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_trigger_size_sweep_leaves_out_attacks_whose_trigger_has_no_size():
+    from harness.planner import plan
+
+    cases = plan(resolve({"attack": "badencoder,bassl,ctrl", "defense": "mimic", "downstream": "fmnist"}), "robustness")
+    swept = {dict(c.params)["attack"] for c in cases if c.test == "test_trigger_size"}
+    assert swept == {"badencoder", "bassl"}  # CTRL's frequency trigger is the same at every size: three equal pre-trainings
+    assert "ctrl" in {dict(c.params)["attack"] for c in cases if c.test == "test_clean_ratio"}
