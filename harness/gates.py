@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.rows import Row
+from harness.rows import Row, latest
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 METRICS = ("acc", "asr_all", "asr_nontarget", "acc_drop")
@@ -109,6 +109,7 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
     variant where there is one, else the plain row), as the suites read it. A row whose attack did not implant is
     not gated, as the suites skip it: it can show no defense working (`gated` counts the rows that are).
     """
+    rows = latest(rows)  # a row made again is read as it is now, not as an earlier run left it
     undefended = {r.identity: r for r in rows if r.defense == "none"}
     found = []
     for row in gated(rows):
@@ -124,8 +125,9 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
 
 
 def gated(rows: list[Row]) -> list[Row]:
-    """The defended rows a gate reads: not the controls, not the undefended rows, not a suspect that did not implant."""
-    return [r for r in rows if r.defense != "none" and r.attack not in ("clean", "random") and r.implanted is not False]
+    """The defended rows a gate or a baseline reads: not the controls, not the undefended rows, not a suspect that did
+    not implant; each once, the latest."""
+    return [r for r in latest(rows) if r.defense != "none" and r.attack not in ("clean", "random") and r.implanted is not False]
 
 
 def check_baseline(row: Row, baseline: dict[str, dict[str, float]], tolerance: float) -> None:

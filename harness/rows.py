@@ -281,6 +281,12 @@ def merge_folders(folders: Iterable[Path]) -> tuple[list[Row], list[str]]:
     return [row for row, _ in by_identity.values()], warnings
 
 
+def latest(rows: Iterable[Row]) -> list[Row]:
+    """One row per identity, the latest: a row made again (a re-run appends to rows.jsonl, two xdist workers build one
+    control) counts once."""
+    return list({r.identity: r for r in rows}.values())
+
+
 def to_frame(rows: Iterable[Row]) -> pd.DataFrame:
     """The rows as a frame, one column per field (settings as their JSON text), seconds left out."""
     records = [{**{k: v for k, v in r.record().items() if k not in ("seconds", "schema")},

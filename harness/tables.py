@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from harness import strict_json
 from harness.options import TABLE_FORMATS
-from harness.rows import CONFIGURATION, HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, to_frame
+from harness.rows import CONFIGURATION, HEADLINE, KEYS, METRIC_TITLES, METRICS, Row, latest, to_frame
 from harness.statistics import ci95, implant_label, paired_difference, summarise
 
 BEST_MAX_ACC_DROP = 5.0  # points of ACC a defense may lose against the undefended encoder and still be marked best
@@ -213,9 +213,8 @@ def verdict_table(rows: Iterable[Row]) -> pd.DataFrame:
     Suites that share an encoder (effectiveness and cost) record the same verdict; it is listed once. A detector leaves
     empty the evidence columns of another's.
     """
-    latest = {r.identity: r for r in rows}  # a row made again counts once: the latest, as in to_frame
     lines = []
-    for r in sorted(latest.values(), key=lambda r: r.identity):
+    for r in sorted(latest(rows), key=lambda r: r.identity):
         meta = r.settings.defense_meta
         if "flagged" in meta:
             evidence = {k: meta[k] for k in ("l1_share", "stamped_cosine", "anomaly_index") if k in meta}

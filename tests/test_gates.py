@@ -74,3 +74,15 @@ def test_any_gate_text_parses_or_is_a_value_error(text):
         assert "METRIC" in str(e)
         return
     assert all(g.metric in ("acc", "asr_all", "asr_nontarget", "acc_drop") for g in gates)
+
+
+def test_the_gate_reads_each_row_as_it_is_now_and_only_defended_rows(tmp_path):
+    from harness.gates import failures, gated
+
+    before, now = row(0, asr=50.0, defense="mimic"), row(0, asr=5.0, defense="mimic")
+    assert failures([before, now], (Gate("asr_all", "<=", 10),)) == []  # a re-run appended the fixed row after the old one
+    assert len(failures([now, before], (Gate("asr_all", "<=", 10),))) == 1
+    assert gated([row(0, asr=100.0), row(0, attack="clean"), before, now]) == [now]
+    path = tmp_path / "baseline.json"
+    save_baseline([row(0, asr=10.0)], path)  # an undefended suspect whose attack got stronger is no regression to gate
+    assert failures([row(0, asr=100.0), now], (), load_baseline(path)) == []

@@ -52,3 +52,23 @@ def test_every_defended_row_of_an_attack_that_did_not_implant_is_skipped(pyteste
     skipped = {c.get("name"): [e.get("message") for e in c if e.tag == "skipped"] for c in cases}
     assert any("badnets" in name for name in skipped) and any("badencoder" in name for name in skipped), skipped
     assert all(reasons and reasons[0].startswith("attack did not implant") for reasons in skipped.values()), skipped
+
+
+@pytest.mark.slow
+def test_a_baseline_judges_defended_rows_only(pytester: pytest.Pytester, tmp_path):
+    """An undefended suspect whose ASR rose (a stronger attack) is no regression; a defended row that fell back is."""
+    import dataclasses
+
+    from harness.gates import save_baseline
+    from harness.rows import ResultsStore
+
+    results, baseline = tmp_path / "results", tmp_path / "baseline.json"
+    run = [str(ROOT / "suites" / "test_effectiveness.py"), "-p", "no:cacheprovider", "-k", "defended", "--attack=badencoder",
+           "--defense=ft", "--downstream=fmnist", *MICRO, "--harness-set", "implant_asr_all=0", "--harness-set", "scenarios=patch",
+           f"--harness-cache-dir={tmp_path / 'cache'}", f"--harness-results-dir={results}", f"--harness-baseline={baseline}"]
+    pytester.runpytest_subprocess(*run, "--harness-update-baseline").assert_outcomes(passed=2)
+    rows = list(ResultsStore(results).rows_kept(lambda line: None))
+    save_baseline([dataclasses.replace(r, acc=r.acc + 50) for r in rows], baseline)  # every row "was" 50 points more accurate
+    again = pytester.runpytest_subprocess(*run)
+    again.assert_outcomes(passed=1, failed=1)
+    again.stdout.fnmatch_lines(["*regression for badencoder-patch10-fmnist-ft-seed0: acc = *"])
