@@ -58,6 +58,12 @@ def scenarios_of(attack: str, scenarios: tuple[str, ...]) -> tuple[str, ...]:
     return ("",) if brings_own_trigger(attack) else scenarios
 
 
+def _scenario_name(trigger: Trigger, target: int, default_target: int) -> str:
+    """A row's scenario: its trigger's name, and its target where that is not the task's default (a user's suspect file
+    may aim elsewhere), so that a control read with the user's trigger and target is never the profile's control row."""
+    return trigger.name if target == default_target else f"{trigger.name}-to-{target}"
+
+
 def backdoors_a_classifier(attack: str) -> bool:
     """Whether an attack (not a control) yields a backdoored classifier rather than an encoder."""
     return attack not in (CLEAN, RANDOM, SUSPECT_FILE) and ATTACKS.has_tag(attack, SUPERVISED)
@@ -519,7 +525,7 @@ class Workbench:
         })
         return Row(
             suite=spec.suite, profile=resolved_id(session_profile), attack=attack, defense=defense, variant=variant,
-            scenario=trigger.name, precision=self.precision,
+            scenario=_scenario_name(trigger, target, self.downstream(downstream)[0].default_target), precision=self.precision,
             pretrain=self.profile.pretrain, downstream=downstream, seed=seed,
             **{k: round(v, 4) for k, v in metrics.items() if k in ("acc", "asr_all", "asr_nontarget")},
             n_test=metrics["n_test"], n_nontarget=metrics["n_nontarget"],

@@ -149,3 +149,16 @@ def test_with_a_suspect_file_the_grid_has_one_attack_with_its_own_trigger(attack
     assert chosen_attacks(settings) == [SUSPECT_FILE] and chosen_attacks(settings, supervised=True) == []
     assert brings_own_trigger(SUSPECT_FILE) and settings.user_encoders().target == 3
     assert torch.equal(settings.user_encoders().trigger.mask, make_trigger("patch", get_profile("tiny").trigger_size).mask)
+
+
+def test_a_suspect_files_control_with_another_target_is_another_row(attacked, tmp_path):
+    """The clean control read with the user's trigger and target 3 is not the profile's control (target 9) of the same
+    trigger: a row's identity names its target where it is not the task's default, so the two are never merged."""
+    bench, suspect, path = attacked
+    users = Workbench(bench.profile, bench.store, CPU, user=UserEncoders(path, suspect.trigger, 3))
+    profiles = users.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0))
+    theirs = users.row(RowSpec("t", CLEAN, UNDEFENDED, "fmnist", 0, trigger_of=SUSPECT_FILE))
+    suspects = users.row(RowSpec("t", SUSPECT_FILE, UNDEFENDED, "fmnist", 0))
+    assert (profiles.settings.target, theirs.settings.target, suspects.settings.target) == (9, 3, 3)
+    assert profiles.identity != theirs.identity and theirs.scenario == suspects.scenario  # the finding pairs them
+    assert profiles.scenario == suspect.trigger.name == "patch10"
