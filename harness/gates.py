@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.rows import Row, latest
+from harness.rowspec import refitted_head
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 METRICS = ("acc", "asr_all", "asr_nontarget", "acc_drop")
@@ -105,8 +106,9 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
              tolerance: float = 2.0) -> list[str]:
     """What `harness gate` reports: each defended row that breaks a gate or regresses against the baseline, one line each.
 
-    A defended row is read against the undefended row of its suspect (same identity, defense `none`, its own
-    variant where there is one, else the plain row), as the suites read it. A row whose attack did not implant is
+    A defended row is read against the undefended row of its suspect (same identity, defense `none`: a supervised
+    attack's classifier with its head refitted where there is one, else its own variant, else the plain row), as the
+    suites read it. A row whose attack did not implant is
     not gated, as the suites skip it: it can show no defense working (`gated` counts the rows that are).
     """
     rows = latest(rows)  # a row made again is read as it is now, not as an earlier run left it
@@ -114,7 +116,8 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
     found = []
     for row in gated(rows):
         plain = dataclasses.replace(row, defense="none")
-        reference = undefended.get(plain.identity) or undefended.get(dataclasses.replace(plain, variant="").identity)
+        reference = next((undefended[r.identity] for r in (dataclasses.replace(plain, variant=refitted_head(row.variant)), plain,
+                                                           dataclasses.replace(plain, variant="")) if r.identity in undefended), None)
         for check_one in [*(lambda g=g: check(row, g, reference) for g in gates),
                           *([lambda: check_baseline(row, baseline, tolerance)] if baseline is not None else [])]:
             try:

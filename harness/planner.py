@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec
+from harness.rowspec import CLEAN, RANDOM, UNDEFENDED, RowSpec, refitted_head
 
 if TYPE_CHECKING:
     from harness.options import Settings
@@ -236,7 +236,7 @@ def _generalisation(s: "Settings") -> list[Case]:
 
     def defended(attack: str, family: str, defense: str, seed: int) -> list[RowSpec]:
         overrides = TRIGGER_FAMILIES[family]
-        return [RowSpec(suite, attack, UNDEFENDED, pretrain, seed, variant=f"{family} (refitted head)", attack_overrides=overrides,
+        return [RowSpec(suite, attack, UNDEFENDED, pretrain, seed, variant=refitted_head(family), attack_overrides=overrides,
                         refit_head=True),
                 RowSpec(suite, attack, defense, pretrain, seed, variant=family, attack_overrides=overrides)]
 

@@ -17,6 +17,12 @@ CONTROLS = (CLEAN, RANDOM)
 UNDEFENDED = "none"  # the defense column of an undefended encoder
 
 
+def refitted_head(variant: str) -> str:
+    """The variant of a supervised attack's undefended classifier with a head refitted on the defender's labelled
+    data: what its defended rows' ACC is read against (a defense leaves a backbone, and its head is refitted so)."""
+    return f"{variant} (refitted head)"
+
+
 def frozen_items(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     """A mapping as sorted (key, value) pairs: hashable, order-independent."""
     return tuple(sorted((mapping or {}).items()))

@@ -86,3 +86,16 @@ def test_the_gate_reads_each_row_as_it_is_now_and_only_defended_rows(tmp_path):
     path = tmp_path / "baseline.json"
     save_baseline([row(0, asr=10.0)], path)  # an undefended suspect whose attack got stronger is no regression to gate
     assert failures([row(0, asr=100.0), now], (), load_baseline(path)) == []
+
+
+def test_a_supervised_defended_row_is_read_against_the_classifier_with_its_head_refitted():
+    import dataclasses
+
+    from harness.gates import failures
+
+    def supervised(variant, acc, defense="none"):
+        return dataclasses.replace(row(0, acc=acc, attack="badnets", defense=defense), variant=variant)
+
+    rows = [supervised("grid", 90.0), supervised("grid (refitted head)", 70.0), supervised("grid", 68.0, defense="ft")]
+    assert failures(rows, (Gate("acc_drop", "<=", 5),)) == []  # 2 points below the refitted head, as the suite reads it
+    assert len(failures(rows[::2], (Gate("acc_drop", "<=", 5),))) == 1  # without that row: the attack's own head
