@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 
+from defenses.mimic import MimicConfig
 from harness.planner import VARIANTS, plan
 from harness.plugin import parametrize_cases, require_implanted, session_of
 
@@ -32,7 +33,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_variant(harness, case) -> None:
     *_controls, row = harness.rows(case)
     require_implanted(row)
-    overrides = VARIANTS[row.variant]
-    assert row.settings.defense_overrides == overrides
+    overrides, meta = VARIANTS[row.variant], row.settings.defense_meta  # what the defense recorded it did
     guided = overrides.get("mi_guidance", True) and overrides.get("attention", True)
-    assert len(row.settings.defense_meta["mi_per_stage"]) == (4 if guided else 0)
+    assert len(meta["mi_per_stage"]) == (4 if guided else 0) and (meta["steps"]["mine_steps_per_stage"] > 0) == guided
+    betas = list(meta["beta_per_stage"].values())
+    assert sum(betas) / len(betas) == pytest.approx(overrides.get("lambda2", MimicConfig().lambda2))  # lambda2 is their mean
