@@ -253,7 +253,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("gate", "--harness-gate", (), "bounds every defended row must meet, e.g. 'asr_nontarget<=10,acc_drop<=5'", _gates, "GATES",
            shown_default="none", fronts=(PYTEST, "gate")),
     Option("baseline", "--harness-baseline", None,
-           "fail a row whose ASR(non-target) rose or ACC fell beyond --harness-baseline-tolerance against this saved file",
+           "fail a defended row whose ASR (all or non-target) rose or ACC fell beyond --harness-baseline-tolerance against this "
+           "saved file",
            _folder, "FILE", shown_default="none", fronts=(PYTEST, "gate")),
     Option("update_baseline", "--harness-update-baseline", False,
            "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", fronts=(PYTEST,)),

@@ -31,11 +31,11 @@ import pandas as pd
 
 from harness.profiles import CONTROL_ASR_AT_MOST, USABLE_MARGIN
 from harness.rows import CONFIGURATION, HEADLINE, Row, to_frame
+from harness.rowspec import CONTROLS
 from harness.statistics import ci95, implant_label
 from harness.tables import (BEST_MAX_ACC_DROP, ablation_verdict, comparison_table, cost_table, detection_table, long_table,
                             one_row_per_encoder, paired_table, verdict_table)
 
-CONTROLS = ("clean", "random")
 
 
 @dataclass(frozen=True)

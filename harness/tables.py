@@ -229,24 +229,23 @@ def detection_table(rows: Iterable[Row]) -> pd.DataFrame:
     triggered test images flagged (TPR) and of clean test images flagged (FPR) at the threshold the detector fixed on
     the defender's clean images, and the ACC and ASR(all) left once flagged inputs are rejected (mean ± 95 % CI over seeds)."""
     # one row per configuration and seed: suites that share an encoder (effectiveness and cost) record the same detection
-    latest = {(r.attack, r.scenario, r.downstream, r.defense, r.variant, r.seed): r for r in rows}
-    records = [{"attack": r.attack, "scenario": r.scenario, "downstream": r.downstream, "defense": r.defense, "variant": r.variant,
-                "tpr": r.settings.defense_meta["detection"]["tpr"], "fpr": r.settings.defense_meta["detection"]["fpr"],
-                "acc": r.acc, "asr_all": r.asr_all, "implanted": r.implanted}
-               for r in latest.values() if "detection" in r.settings.defense_meta]
+    keys = [*CONFIGURATION, "defense", "variant"]
+    one = {(*(getattr(r, k) for k in keys), r.seed): r for r in latest(rows)}
+    records = [{**{k: getattr(r, k) for k in keys}, "tpr": r.settings.defense_meta["detection"]["tpr"],
+                "fpr": r.settings.defense_meta["detection"]["fpr"], "acc": r.acc, "asr_all": r.asr_all, "implanted": r.implanted}
+               for r in one.values() if "detection" in r.settings.defense_meta]
     if not records:
         return pd.DataFrame(columns=["attack", "defense", "seeds", "TPR %", "FPR %"])
     frame = pd.DataFrame.from_records(records)
     lines = []
-    for keys, group in frame.groupby(["attack", "scenario", "downstream", "defense", "variant"], sort=True):
-        line = dict(zip(["attack", "scenario", "downstream", "defense", "variant"], keys))
+    for values, group in frame.groupby(keys, sort=True):
+        line = dict(zip(keys, values))
         line["seeds"] = len(group)
         for column, title in (("tpr", "TPR %"), ("fpr", "FPR %"), ("acc", "ACC % after rejection"), ("asr_all", "ASR(all) % after rejection")):
             line[title] = format_cell(group[column].mean(), ci95(group[column]), len(group))
-        implanted = group["implanted"].dropna()
-        line["implanted"] = "" if implanted.empty else ("yes" if implanted.all() else "no" if not implanted.any() else "some")
+        line["implanted"] = implant_label(group["implanted"])
         lines.append(line)
-    return _without_empty_variant(pd.DataFrame(lines))
+    return _without_empty_variant(_without_uniform(pd.DataFrame(lines), ("profile", "precision")))
 
 
 def cost_table(rows: Iterable[Row]) -> pd.DataFrame:
