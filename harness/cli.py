@@ -311,17 +311,26 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
 
 
 def _rows_of(folders: "list[Path]") -> list:
-    """The rows of results folders; a warning line per folder with lines that are no row of this version (copied to
-    its misfits.jsonl), or, when there is no row at all, one error line that says why."""
+    """The rows of results folders made by one code version, the latest written: rows of other code never share a
+    table (a folder that outlived an update of the harness holds both), and a warning line says how many were left
+    out. Also a warning line per folder with lines that are no row of this version (copied to its misfits.jsonl), or,
+    when there is no row at all, one error line that says why."""
+    from collections import Counter
+
     from harness.rows import ResultsStore
 
     warnings: list[str] = []
     rows = [row for folder in folders for row in ResultsStore(folder).rows_kept(warnings.append)]
     if not rows:
         raise ValueError(f"no rows in {', '.join(str(Path(d) / 'rows.jsonl') for d in folders)}" + "".join(f"; {w}" for w in warnings))
+    code = rows[-1].settings.code
+    others = Counter(r.settings.code or "(none)" for r in rows if r.settings.code != code)
+    if others:
+        warnings.append(f"{sum(others.values())} rows of other code versions left out ({', '.join(f'{c}: {n}' for c, n in others.items())}); "
+                        f"the table holds the {len(rows) - sum(others.values())} rows of code {code or '(none)'}, the latest written")
     for line in warnings:
         _warn(line)
-    return rows
+    return [r for r in rows if r.settings.code == code]
 
 
 def _write_json(path: Path, report: dict, force: bool) -> None:

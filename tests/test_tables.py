@@ -262,3 +262,18 @@ def test_rows_of_two_precisions_are_never_one_line():
     mimic = [dataclasses.replace(r, defense="ft", asr_all=r.asr_all - 5) for r in rows if r.defense == "mimic"]
     paired = paired_table(to_frame(rows + mimic))
     assert sorted(paired["precision"]) == ["bf16", "fp32"]
+
+
+def test_harness_table_never_mixes_code_versions(tmp_path, capsys):
+    from harness.cli import main
+
+    store = ResultsStore(tmp_path)
+    for code, asr in (("old", 90.0), ("new", 10.0)):  # a folder that outlived an update of the harness
+        store.append(dataclasses.replace(row(0, asr=asr, defense="mimic"), settings=RowSettings(code=code)))
+        store.append(dataclasses.replace(row(1, asr=asr, defense="mimic"), settings=RowSettings(code=code)))
+    store.append(dataclasses.replace(row(2, asr=30.0, defense="mimic"), settings=RowSettings(code="old")))
+    store.append(dataclasses.replace(row(3, asr=10.0, defense="mimic"), settings=RowSettings(code="new")))
+    assert main(["table", str(tmp_path), "--format", "markdown"]) == 0
+    captured = capsys.readouterr()
+    assert "3 rows of other code versions left out (old: 3); the table holds the 3 rows of code new" in captured.err
+    assert "| 10.00 " in captured.out and "90.00" not in captured.out and "30.00" not in captured.out
