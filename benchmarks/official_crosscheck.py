@@ -254,8 +254,10 @@ def crosscheck(args: argparse.Namespace) -> int:
     from harness.outputs import claim
     from harness.pipeline import Workbench
     from harness.profiles import get_profile, with_overrides
+    from harness.registry import ATTACKS, DATASETS
     from harness.store import ArtifactStore
 
+    ATTACKS.get(args.attack), DATASETS.get(args.downstream)  # an unknown name is refused before anything else
     missing = [f for f in OFFICIAL_FILES if not (args.official / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{args.official}: not a checkout of wssun/MIMIC (no {missing[0]})")
