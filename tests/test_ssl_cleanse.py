@@ -130,6 +130,6 @@ def test_the_verdict_table_shows_ssl_cleanses_evidence_beside_decrees():
     rows = [judged("decree", {"flagged": False, "l1_share": 0.07, "stamped_cosine": 0.99}),
             judged("ssl_cleanse", {"flagged": True, "l1_share": 0.03, "anomaly_index": 3.25, "mask_l1_shares": [0.03, 0.4, 0.5]})]
     table = verdict_table(rows).set_index("defense")
-    assert table.loc["ssl_cleanse", ["verdict", "l1_share", "anomaly_index", "stamped_cosine"]].tolist() == ["backdoor", "0.0300", "3.2500", ""]
-    assert table.loc["decree", ["verdict", "anomaly_index"]].tolist() == ["clean", ""]
+    assert table.loc["ssl_cleanse", ["verdict", "l1_share", "anomaly_index", "stamped_cosine"]].tolist() == ["flagged", "0.0300", "3.2500", ""]
+    assert table.loc["decree", ["verdict", "anomaly_index"]].tolist() == ["not flagged", ""]
     assert "nan" not in render(verdict_table(rows), "markdown")
