@@ -310,27 +310,37 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def _rows_of(folders: "list[Path]") -> list:
-    """The rows of results folders made by one code version, the latest written: rows of other code never share a
-    table (a folder that outlived an update of the harness holds both), and a warning line says how many were left
-    out. Also a warning line per folder with lines that are no row of this version (copied to its misfits.jsonl), or,
-    when there is no row at all, one error line that says why."""
+def _rows_of(folders: "list[Path]", mixed_code: str = "latest") -> list:
+    """The rows of results folders, of one code version: rows of other code never share a table. A folder that outlived
+    an update of the harness holds several; with `mixed_code="latest"` its rows of the version it last wrote are kept
+    and a warning says how many were left out, with "refuse" (a gate, which must not skip a row) it is bad input.
+    Folders whose latest versions differ are not one table. Also a warning per folder with lines that are no row of
+    this version (copied to its misfits.jsonl), or, when there is no row at all, one error line that says why."""
     from collections import Counter
 
     from harness.rows import ResultsStore
 
     warnings: list[str] = []
-    rows = [row for folder in folders for row in ResultsStore(folder).rows_kept(warnings.append)]
+    read = {Path(folder): ResultsStore(folder).rows_kept(warnings.append) for folder in folders}
+    rows = [row for kept in read.values() for row in kept]
     if not rows:
         raise ValueError(f"no rows in {', '.join(str(Path(d) / 'rows.jsonl') for d in folders)}" + "".join(f"; {w}" for w in warnings))
-    code = rows[-1].settings.code
-    others = Counter(r.settings.code or "(none)" for r in rows if r.settings.code != code)
+    latest = {folder: kept[-1].settings.code or "(none)" for folder, kept in read.items() if kept}
+    if len(set(latest.values())) > 1:
+        (a, ca), (b, cb) = list(latest.items())[:2]
+        raise ValueError(f"{_shown(a)} was last written by code {ca}, {_shown(b)} by code {cb}: rows of other code are not one table")
+    code = next(iter(latest.values()))
+    others = Counter(r.settings.code or "(none)" for r in rows if (r.settings.code or "(none)") != code)
     if others:
-        warnings.append(f"{sum(others.values())} rows of other code versions left out ({', '.join(f'{c}: {n}' for c, n in others.items())}); "
-                        f"the table holds the {len(rows) - sum(others.values())} rows of code {code or '(none)'}, the latest written")
+        what = f"{sum(others.values())} rows of other code versions ({', '.join(f'{c}: {n}' for c, n in others.items())})"
+        if mixed_code == "refuse":
+            raise ValueError(f"{what} beside the {len(rows) - sum(others.values())} of code {code}: gate the rows of one run "
+                             "(a fresh --harness-results-dir)")
+        warnings.append(f"{what} left out; the table holds the {len(rows) - sum(others.values())} rows of code {code}, the "
+                        "latest written")
     for line in warnings:
         _warn(line)
-    return [r for r in rows if r.settings.code == code]
+    return [r for r in rows if (r.settings.code or "(none)") == code]
 
 
 def _write_json(path: Path, report: dict, force: bool) -> None:
@@ -375,7 +385,7 @@ def _gate(args: argparse.Namespace) -> int:
     """Exit 1, one line per failure, when a defended row breaks a gate or regresses against the baseline."""
     from harness.gates import failures, gated, load_baseline
 
-    rows = _rows_of([args.rows_dir])
+    rows = _rows_of([args.rows_dir], mixed_code="refuse")
     if not args.gate and args.baseline is None:
         raise ValueError("give --gate BOUNDS, --baseline FILE, or both")
     found = failures(rows, args.gate, None if args.baseline is None else load_baseline(args.baseline), args.baseline_tolerance)

@@ -275,5 +275,19 @@ def test_harness_table_never_mixes_code_versions(tmp_path, capsys):
     store.append(dataclasses.replace(row(3, asr=10.0, defense="mimic"), settings=RowSettings(code="new")))
     assert main(["table", str(tmp_path), "--format", "markdown"]) == 0
     captured = capsys.readouterr()
-    assert "3 rows of other code versions left out (old: 3); the table holds the 3 rows of code new" in captured.err
+    assert "3 rows of other code versions (old: 3) left out; the table holds the 3 rows of code new" in captured.err
     assert "| 10.00 " in captured.out and "90.00" not in captured.out and "30.00" not in captured.out
+
+
+def test_a_gate_refuses_rows_of_several_code_versions_and_folders_of_different_code_are_not_one_table(tmp_path, capsys):
+    from harness.cli import main
+
+    old, new = ResultsStore(tmp_path / "old"), ResultsStore(tmp_path / "new")
+    old.append(dataclasses.replace(row(0, asr=90.0, defense="mimic"), settings=RowSettings(code="old")))
+    new.append(dataclasses.replace(row(0, asr=10.0, defense="mimic"), settings=RowSettings(code="new")))
+    assert main(["report", str(tmp_path / "new"), str(tmp_path / "old"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "was last written by code new" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+    new.append(dataclasses.replace(row(1, asr=90.0, defense="mimic"), settings=RowSettings(code="old")))
+    new.append(dataclasses.replace(row(2, asr=10.0, defense="mimic"), settings=RowSettings(code="new")))
+    assert main(["gate", str(tmp_path / "new"), "--gate", "asr_all<=50"]) == 2  # a gate never skips a row it was given
+    assert "1 rows of other code versions (old: 1) beside the 2 of code new" in capsys.readouterr().err
