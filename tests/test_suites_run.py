@@ -41,17 +41,23 @@ def test_every_suite_reaches_its_assertions_at_micro_size(pytester: pytest.Pytes
 
 @pytest.mark.slow
 def test_every_defended_row_of_an_attack_that_did_not_implant_is_skipped(pytester: pytest.Pytester, tmp_path):
-    """The positive control gates every suite's defended rows, the supervised ones too: no micro suspect reaches 100 %."""
+    """The positive control gates every suite's defended rows, the supervised ones too: a suspect below 100 % ASR(all)
+    did not implant at a bound of 100 %."""
     report = tmp_path / "junit.xml"
     pytester.runpytest_subprocess(
         str(ROOT / "suites" / "test_generalisation.py"), str(ROOT / "suites" / "test_effectiveness.py"), "-p", "no:cacheprovider",
         "-k", "defended and not undefended", "--attack=badencoder,badnets", "--defense=ft", "--downstream=fmnist", *MICRO,
         "--harness-set", "implant_asr_all=100", "--harness-set", "scenarios=patch", "--harness-gate", "asr_all<=100",
         f"--harness-cache-dir={tmp_path / 'cache'}", f"--harness-results-dir={tmp_path / 'results'}", f"--junitxml={report}")
+    from harness.rows import ResultsStore
+
     cases = list(ElementTree.parse(report).getroot().iter("testcase"))
     skipped = {c.get("name"): [e.get("message") for e in c if e.tag == "skipped"] for c in cases}
-    assert any("badnets" in name for name in skipped) and any("badencoder" in name for name in skipped), skipped
-    assert all(reasons and reasons[0].startswith("attack did not implant") for reasons in skipped.values()), skipped
+    defended = [r for r in ResultsStore(tmp_path / "results").rows_kept(lambda line: None) if r.defense != "none"]
+    for attack in ("badencoder", "badnets"):  # each defended row of a suspect below the bound is a skip that says why
+        missed = sum(r.implanted is False for r in defended if r.attack == attack)
+        said = sum(bool(why) and why[0].startswith("attack did not implant") for name, why in skipped.items() if attack in name)
+        assert said == missed, (attack, skipped)
 
 
 @pytest.mark.slow
