@@ -216,24 +216,20 @@ def html_report(rows: list[Row], sources: list[Path], power: list[str] | None = 
 def power_notes(rows: Iterable[Row]) -> list[str]:
     """What the detectors' verdicts in the rows are worth: harness/power.py's measured rates of each scan detector
     (harness/scanning.py) for each profile its defense ran on. A row of a profile with changed fields (`tiny+...`) is
-    compared by the digest of the fields it recorded, so the registered profile's rates say they may not hold for it."""
+    not of the profile the rates were measured on, and the lines say that they may not hold for it."""
     from harness.power import power_lines
-    from harness.profiles import Profile, fields_digest
+    from harness.profiles import fields_digest, get_profile
     from harness.scanning import DETECTORS
 
-    def digest(fields: dict) -> str | None:
-        if not fields:
-            return None  # a row without its profile's fields: nothing to compare
-        try:
-            return fields_digest(Profile(**fields))
-        except (TypeError, ValueError):  # fields of another version of Profile
-            return "unreadable"
+    def digest(profile_id: str) -> str:
+        """The digest of the registered profile the rows ran, as defined now, or a mark that they ran a changed one."""
+        return fields_digest(get_profile(profile_id)) if "+" not in profile_id else f"changed fields ({profile_id})"
 
-    runs = {(r.defense, r.profile.split("+")[0], digest(r.settings.profile),
-             r.settings.defense_meta["steps"].get(DETECTORS[r.defense].length_field))
+    runs = {(r.defense, r.profile, r.settings.defense_meta["steps"].get(DETECTORS[r.defense].length_field))
             for r in rows if r.defense in DETECTORS and "flagged" in r.settings.defense_meta and "steps" in r.settings.defense_meta}
-    return [f"{name}: {line}" if i == 0 else line for name, profile, fields, n in sorted(runs, key=str)
-            for i, line in enumerate(power_lines(name, profile, n or 0, digest=fields, unit=DETECTORS[name].unit, ran="these rows ran"))]
+    return [f"{name}: {line}" if i == 0 else line for name, profile, n in sorted(runs, key=str)
+            for i, line in enumerate(power_lines(name, profile.split("+")[0], n or 0, digest=digest(profile), unit=DETECTORS[name].unit,
+                                                 ran="these rows ran"))]
 
 
 def summary_lines(rows: list[Row], fmt: str, width: int = 120) -> list[str]:

@@ -167,7 +167,10 @@ def test_each_detectors_power_lines_speak_for_it_alone(tmp_path, monkeypatch):
         row = _row("badencoder", defense, 75.0, 10.0)
         return dataclasses.replace(row, settings=RowSettings(defense_meta={"flagged": True, "steps": steps}))
 
-    entry = {"backdoored": {"encoders": 4, "flagged": 1}, "clean": {"encoders": 2, "flagged": 0}, "steps": 300}
+    from harness.profiles import fields_digest, get_profile
+
+    entry = {"backdoored": {"encoders": 4, "flagged": 1}, "clean": {"encoders": 2, "flagged": 0}, "steps": 300,
+             "profile_digest": fields_digest(get_profile("tiny"))}
     table = tmp_path / "power.json"
     table.write_text(json.dumps({"detectors": {"decree": {"profiles": {"tiny": entry}}}}))
     monkeypatch.setattr(power, "POWER_TABLE", table)
@@ -197,6 +200,8 @@ def test_power_notes_of_a_changed_profile_say_the_rates_may_not_hold(tmp_path, m
                                    settings=RowSettings(profile=dataclasses.asdict(profile), defense_meta=meta))
 
     assert not any("another definition" in line for line in power_notes([judged(tiny, "tiny")]))
+    swept = with_overrides(tiny, ["trigger_size=3"])  # a sweep point of a tiny session: its rows are tiny's
+    assert not any("another definition" in line for line in power_notes([judged(swept, "tiny")]))
     wider = with_overrides(tiny, ["width=32"])
     notes = power_notes([judged(wider, "tiny+" + fields_digest(wider)[:6])])
     assert notes[0].startswith("decree: power:") and "another definition of the tiny profile" in notes[-1]
