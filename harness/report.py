@@ -223,7 +223,12 @@ def power_notes(rows: Iterable[Row]) -> list[str]:
 
     def digest(profile_id: str) -> str:
         """The digest of the registered profile the rows ran, as defined now, or a mark that they ran a changed one."""
-        return fields_digest(get_profile(profile_id)) if "+" not in profile_id else f"changed fields ({profile_id})"
+        if "+" in profile_id:
+            return f"changed fields ({profile_id})"
+        try:
+            return fields_digest(get_profile(profile_id))
+        except KeyError:  # a profile this installation does not register (a plugin's)
+            return f"unregistered ({profile_id})"
 
     runs = {(r.defense, r.profile, r.settings.defense_meta["steps"].get(DETECTORS[r.defense].length_field))
             for r in rows if r.defense in DETECTORS and "flagged" in r.settings.defense_meta and "steps" in r.settings.defense_meta}
