@@ -1,6 +1,7 @@
 """How much of DeDe's verdict is its decoder's budget? Its detection rates against decoder epochs.
 
     python benchmarks/dede_budget.py --profile tiny --seed 0 --downstream fmnist --epochs 15,50,200 --cache-dir CACHE --json OUT
+        [--force: replace an existing OUT, which is otherwise refused before any work]
 
 The suites run DeDe at the profile's budget (tiny: 15 of the reference's 200 decoder
 epochs, the one rule of harness/profiles.py for every defense). This measures the

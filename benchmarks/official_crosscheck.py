@@ -1,7 +1,8 @@
 """The headline finding against the authors' own code: MIMIC's official implementation on the harness's suspect.
 
     python benchmarks/official_crosscheck.py --official PATH [--profile tiny --set width=64 --attack badencoder
-        --scenario patch --downstream fmnist --seed 0 --recipe tiny|full|EPOCHS,MI_EPOCHS --device auto --any-commit]
+        --scenario patch --downstream fmnist --seed 0 --recipe tiny|full|EPOCHS,MI_EPOCHS --device auto --any-commit
+        --json OUT --force --debug]
 
 PATH is a checkout of github.com/wssun/MIMIC (the commit below; another is refused
 unless --any-commit). The script builds (or reads from the cache) the harness's
@@ -33,7 +34,8 @@ epochs scaled by `budget_fraction`, rounded up), `full` the reference itself,
 `E,M` E epochs and M MI epochs. The harness's MIMIC runs the same epochs, batch and
 learning rate, with MINE steps for M epochs over the clean set.
 
-Exit codes as the CLI's: 0 done, 2 bad input (one line), 3 internal error.
+Exit codes as the CLI's: 0 done, 2 bad input (one line), 3 internal error. An existing
+--json file is refused before any work unless --force; progress goes to stderr.
 """
 
 from __future__ import annotations

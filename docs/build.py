@@ -262,8 +262,8 @@ def claims(_: str) -> str:
                         for sc, e in at if e != "clean")
     return "\n".join([
         "- CTRL claims that poisoning at most 1 % of the training set gives at least 99 % ASR (docs/REFERENCE.md). Here, at its "
-        "authors' settings: " + "; ".join(f"`{r.scenario}` ASR(all) {r.asr_all:.2f} %, {'implanted' if r.implanted else 'not implanted'}"
-                                           for r in ctrl) + ".",
+        "authors' settings: " + ("; ".join(f"`{r.scenario}` ASR(all) {r.asr_all:.2f} %, {'implanted' if r.implanted else 'not implanted'}"
+                                            for r in ctrl) or "no undefended CTRL row") + ".",
         f"- DRUPE claims to evade detectors such as DECREE. Here DECREE flagged {_flags(attacks, 'decree', 'drupe')} implanted "
         f"DRUPE suspects and SSL-Cleanse {_flags(attacks, 'ssl_cleanse', 'drupe')}; but of BadEncoder's suspects at tiny DECREE "
         f"flags {decree['backdoored']['flagged']} of {decree['backdoored']['encoders']} and SSL-Cleanse "

@@ -257,7 +257,7 @@ OPTIONS: tuple[Option, ...] = (
            "saved file",
            _folder, "FILE", shown_default="none", fronts=(PYTEST, "gate")),
     Option("update_baseline", "--harness-update-baseline", False,
-           "write this session's rows into the --harness-baseline file instead of checking against it", kind="flag", fronts=(PYTEST,)),
+           "write this session's defended rows into the --harness-baseline file instead of checking against it", kind="flag", fronts=(PYTEST,)),
     Option("baseline_tolerance", "--harness-baseline-tolerance", 2.0, "percentage points a row may move against the baseline",
            _points, "POINTS", shown_default="2", fronts=(PYTEST, "gate")),
     # The commands' own arguments.

@@ -47,7 +47,7 @@ def paired_difference(frame: pd.DataFrame, defense: str, reference: str, metric:
     """Mean and 95 % CI half-width of (defense - reference) on `metric` over the seeds both have; and their number.
 
     Rows pair by seed: the same suspect, the same clean data, two defenses. `frame` holds one configuration
-    (see `_one_row_per_encoder`), so each seed appears once per defense.
+    (see harness/tables.py `one_row_per_encoder`), so each seed appears once per defense.
     """
     a = frame[frame["defense"] == defense].set_index("seed")[metric]
     b = frame[frame["defense"] == reference].set_index("seed")[metric]

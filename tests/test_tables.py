@@ -231,6 +231,11 @@ def test_detection_table_gives_an_input_detectors_rates_over_seeds_and_counts_a_
     assert table["TPR %"].tolist() == [f"80.00 ± {ci95(pd.Series([90.0, 70.0])):.2f}"]
     assert table["ASR(all) % after rejection"].iloc[0].startswith("20.00 ±")
     assert not len(detection_table([row(0, defense="mimic")]))
+    assert "profile" not in table and "precision" not in table  # one profile and precision: no column says it again
+    other = detection_table(rows + [dataclasses.replace(first, precision="bf16")])
+    assert sorted(other["precision"]) == ["bf16", "fp32"] and other["seeds"].tolist() == [1, 2]
+    mixed = [dataclasses.replace(first, implanted=True), dataclasses.replace(detected(1, 70.0, 6.0, 30.0), implanted=False)]
+    assert detection_table(mixed)["implanted"].tolist() == ["1/2"]  # the positive control as the other tables label it
 
 
 def test_markdown_and_latex_tables_match_a_known_rendering():
