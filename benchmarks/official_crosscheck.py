@@ -12,8 +12,9 @@ head `g.*` of the official shape, randomly initialised: only `f` enters their
 losses; the images as `data/cifar10/train.npz`), runs their `MIMIC.py` in a
 subprocess through a small launcher that patches their objects in memory (their
 files are never edited, copied or vendored), reads their student back, probes it
-with the harness's probe, and prints side by side: undefended, the harness's MIMIC
-at the same recipe, the official MIMIC.
+with the harness's probe, and prints side by side: the clean encoder and the
+undefended suspect (the controls), the harness's MIMIC at the same recipe, the
+official MIMIC.
 
 What the launcher changes, each said in the output when it fired:
 - inputs unnormalised: their transforms normalise with CIFAR-10's statistics, the
@@ -291,7 +292,8 @@ def crosscheck(args: argparse.Namespace) -> int:
     def probed(encoder):
         return evaluate(encoder, train, test, suspect.trigger, suspect.target, probe, args.seed, device)
 
-    rows = {"undefended": probed(suspect.built.encoder)}
+    # the controls: the clean encoder with the same trigger (the level a removed backdoor comes down to), the suspect
+    rows = {"clean encoder": probed(bench.clean_encoder(args.seed).encoder), "undefended": probed(suspect.built.encoder)}
     steps_per_epoch = max(1, len(clean) // profile.defense_batch)
     harness_overrides = {"epochs": epochs, "mine_steps": mi_epochs * steps_per_epoch}
     start = time.perf_counter()

@@ -214,7 +214,7 @@ def test_the_fake_official_run_is_patched_read_back_and_probed(fake_checkout, tm
     assert code == 0, out.err
     result = json.loads(report.read_text())
     rows = result["rows"]
-    assert set(rows) == {"undefended", "harness MIMIC", "official MIMIC"}
+    assert set(rows) == {"clean encoder", "undefended", "harness MIMIC", "official MIMIC"}
     assert rows["official MIMIC"] == rows["undefended"]  # the fake copies the teacher: its student is the suspect, read back
     patches = result["official"]["patches"]
     assert {"inputs unnormalised (their CIFAR-10 statistics removed)", "hooks removed after their one forward",
