@@ -288,9 +288,19 @@ def official_crosscheck(name: str) -> str:
     for stem, run in runs.items():
         if "lr" in run and run["lr"] != prov["runs"][stem]["lr"]:
             raise ValueError(f"{name}/{stem}.json ran at lr {run['lr']:g}, its provenance says {prov['runs'][stem]['lr']:g}")
+        if "clean encoder" not in run["rows"] and "clean" in prov["runs"][stem]:  # a control measured after the run
+            run["rows"] = {"clean encoder": json.loads((folder / prov["runs"][stem]["clean"]).read_text()), **run["rows"]}
     table = pd.DataFrame([{"run": stem, "lr": f"{prov['runs'][stem]['lr']:g}", "encoder": label, "ACC %": f"{row['acc']:.2f}",
                            "ASR(all) %": f"{row['asr_all']:.2f}", "ASR(non-target) %": f"{row['asr_nontarget']:.2f}"}
                           for stem, run in runs.items() for label, row in run["rows"].items()])
+    controls = [f"- {file}: `{command}`" for file, command in prov.get("controls", {}).items()]
+    above = {stem: {who: run["rows"][f"{who} MIMIC"]["asr_all"] - run["rows"]["clean encoder"]["asr_all"] for who in ("harness", "official")}
+             for stem, run in runs.items() if "clean encoder" in run["rows"]}
+    lower = {min(points, key=points.get) for points in above.values()}
+    reading = ("ASR(all) each MIMIC left above its clean encoder's, in points: "
+               + "; ".join(f"{stem} harness {p['harness']:+.2f}, official {p['official']:+.2f}" for stem, p in above.items())
+               + (f". The {lower.pop()} MIMIC left less on every run." if len(lower) == 1 else
+                  ". Neither implementation left less on every run.")) if above else ""
     notes = []
     for stem, run in runs.items():
         how = prov["runs"][stem]
@@ -305,7 +315,8 @@ def official_crosscheck(name: str) -> str:
                      f"{', '.join(f'{b:g}' for b in run['official']['betas'])}; what the launcher changed: "
                      f"{'; '.join(run['official']['patches'])}; seconds: harness MIMIC {run['seconds']['harness']:.0f}, official MIMIC "
                      f"{run['seconds']['official']:.0f}")
-    return "\n\n".join([f"- machine: {prov['machine']}; {prov['date']}\n- note: {prov['notes']}", markdown(table), "\n".join(notes)])
+    return "\n\n".join(part for part in [f"- machine: {prov['machine']}; {prov['date']}\n- note: {prov['notes']}", markdown(table),
+                                          reading, "\n".join(notes + controls)] if part)
 
 
 def gpu(name: str) -> str:
