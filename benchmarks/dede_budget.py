@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, lengths: list[int]) -> int:
     if args.json:
         claim(args.json, args.force)
-    ATTACKS.get(args.attack), DATASETS.get(args.downstream)  # an unknown name is refused before anything is built
+    ATTACKS.get(args.attack)  # an unknown name is refused before anything is built
+    DATASETS.get(args.downstream)
     profile = with_overrides(get_profile(args.profile), args.set)
     bench = Workbench(profile, ArtifactStore(args.cache_dir), resolve_device(args.device), args.data_root)
     rows = measure(bench, args.attack, args.downstream, args.seed, lengths)

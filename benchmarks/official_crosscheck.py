@@ -260,7 +260,8 @@ def crosscheck(args: argparse.Namespace) -> int:
     from harness.registry import ATTACKS, DATASETS
     from harness.store import ArtifactStore
 
-    ATTACKS.get(args.attack), DATASETS.get(args.downstream)  # an unknown name is refused before anything else
+    ATTACKS.get(args.attack)  # an unknown name is refused before anything else
+    DATASETS.get(args.downstream)
     missing = [f for f in OFFICIAL_FILES if not (args.official / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{args.official}: not a checkout of wssun/MIMIC (no {missing[0]})")
