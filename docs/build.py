@@ -180,9 +180,10 @@ def side_by_side(runs: dict[str, str]) -> pd.DataFrame:
 
 
 def threads_and_shards(name: str) -> str:
-    """The demo at one process of two threads against two xdist workers of one thread each, and the latter in shards."""
-    one, two, shards = provenance("demo"), provenance(name), provenance("demo-shards")
-    frame = side_by_side({"1 process": "demo", "-n 2": name})
+    """The demo at one process of two threads against two xdist workers of one thread each, and the latter in shards
+    (`demo-1process` is the one-process run of the same code as the `-n 2` run)."""
+    one, two, shards = provenance("demo-1process"), provenance(name), provenance("demo-shards")
+    frame = side_by_side({"1 process": "demo-1process", "-n 2": name})
     differ = frame[(frame["ACC 1 process"] != frame["ACC -n 2"]) | (frame["ASR(all) 1 process"] != frame["ASR(all) -n 2"])]
     sharded = side_by_side({"-n 2": name, "2 shards merged": "demo-shards"})
     same = ((sharded["ACC -n 2"] == sharded["ACC 2 shards merged"]) & (sharded["ASR(all) -n 2"] == sharded["ASR(all) 2 shards merged"])).sum()
@@ -356,7 +357,8 @@ NEWER = "pytest suites/test_effectiveness.py {} --downstream=fmnist --harness-se
 ONE_PROCESS = "pytest suites/test_effectiveness.py {} --downstream=fmnist --harness-seeds=1 --harness-results-dir docs/results/{}"
 SECTIONS = (
     Section("The demo (tiny, seed 0)", "demo", demo, DEMO),
-    Section("The demo at two thread counts, and in two shards", "demo-n2", threads_and_shards, DEMO + " -n 2"),
+    Section("The demo at two thread counts, and in two shards", "demo-n2", threads_and_shards, DEMO + " -n 2",
+            needs=("demo-1process", "demo-shards")),
     Section("Table I: BadEncoder against every defense (tiny, 3 seeds)", "table-i-badencoder", table_i),
     Section("The ablation, the paper's trigger (tiny, 3 seeds)", "ablation", ablation),
     Section("MIMIC's weights swept (tiny, 3 seeds)", "weight-sweeps", sweep,
@@ -469,10 +471,11 @@ def readme_blocks() -> dict[str, str]:
     table = table.drop(columns=[c for c in ("scenario", "downstream", "seeds", "exposure", "implanted") if c in table])
     caution = ""
     if (RESULTS / "demo-n2").is_dir():
-        both = side_by_side({"one": "demo", "two": "demo-n2"})
+        both = side_by_side({"one": "demo-1process", "two": "demo-n2"})
         defended = both[~both["defense"].isin(("none",)) & ~both["attack"].isin(("clean", "random"))]
         reordered = list(defended.sort_values("ASR(all) one")["defense"]) != list(defended.sort_values("ASR(all) two")["defense"])
-        caution = (f"One seed is one draw: the same slice with `-n 2` (one thread per worker) moved these ASR(all) by up to "
+        caution = (f"One seed is one draw: an earlier run of this slice with `-n 2` (one thread per worker) moved its ASR(all) "
+                   f"against one process by up to "
                    f"{(both['ASR(all) one'] - both['ASR(all) two']).abs().max():.0f} points"
                    + (" and reordered the defenses" if reordered else "")
                    + " (docs/RESULTS.md); compare defenses over seeds (`--harness-seeds=3`).\n")
