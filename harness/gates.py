@@ -108,16 +108,15 @@ def failures(rows: list[Row], gates: tuple[Gate, ...], baseline: dict[str, dict[
 
     A defended row is read against the undefended row of its suspect (same identity, defense `none`: a supervised
     attack's classifier with its head refitted where there is one, else its own variant, else the plain row), as the
-    suites read it. A row whose attack did not implant is
-    not gated, as the suites skip it: it can show no defense working (`gated` counts the rows that are).
+    suites read it. A row whose attack did not implant is not gated, as the suites skip it: it can show no defense
+    working (`gated` counts the rows that are). A row made again is read as it is now (`latest`).
     """
-    rows = latest(rows)  # a row made again is read as it is now, not as an earlier run left it
-    undefended = {r.identity: r for r in rows if r.defense == "none"}
+    undefended = {r.identity: r for r in latest(rows) if r.defense == "none"}
     found = []
     for row in gated(rows):
         plain = dataclasses.replace(row, defense="none")
-        reference = next((undefended[r.identity] for r in (dataclasses.replace(plain, variant=refitted_head(row.variant)), plain,
-                                                           dataclasses.replace(plain, variant="")) if r.identity in undefended), None)
+        readings = (dataclasses.replace(plain, variant=v).identity for v in (refitted_head(row.variant), row.variant, ""))
+        reference = next((undefended[identity] for identity in readings if identity in undefended), None)
         for check_one in [*(lambda g=g: check(row, g, reference) for g in gates),
                           *([lambda: check_baseline(row, baseline, tolerance)] if baseline is not None else [])]:
             try:
