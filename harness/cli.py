@@ -321,16 +321,19 @@ def _rows_of(folders: "list[Path]", mixed_code: str = "latest") -> list:
     from harness.rows import ResultsStore
 
     warnings: list[str] = []
+    def code_of(row) -> str:
+        return row.settings.code or "(none)"
+
     read = {Path(folder): ResultsStore(folder).rows_kept(warnings.append) for folder in folders}
     rows = [row for kept in read.values() for row in kept]
     if not rows:
         raise ValueError(f"no rows in {', '.join(str(Path(d) / 'rows.jsonl') for d in folders)}" + "".join(f"; {w}" for w in warnings))
-    latest = {folder: kept[-1].settings.code or "(none)" for folder, kept in read.items() if kept}
+    latest = {folder: code_of(kept[-1]) for folder, kept in read.items() if kept}
     if len(set(latest.values())) > 1:
         (a, ca), (b, cb) = list(latest.items())[:2]
         raise ValueError(f"{_shown(a)} was last written by code {ca}, {_shown(b)} by code {cb}: rows of other code are not one table")
     code = next(iter(latest.values()))
-    others = Counter(r.settings.code or "(none)" for r in rows if (r.settings.code or "(none)") != code)
+    others = Counter(code_of(r) for r in rows if code_of(r) != code)
     if others:
         what = f"{sum(others.values())} rows of other code versions ({', '.join(f'{c}: {n}' for c, n in others.items())})"
         if mixed_code == "refuse":
@@ -340,7 +343,7 @@ def _rows_of(folders: "list[Path]", mixed_code: str = "latest") -> list:
                         "latest written")
     for line in warnings:
         _warn(line)
-    return [r for r in rows if (r.settings.code or "(none)") == code]
+    return [r for r in rows if code_of(r) == code]
 
 
 def _write_json(path: Path, report: dict, force: bool) -> None:
