@@ -179,6 +179,11 @@ def attention_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], betas
     return sum(betas[s] * attention_distance(student[s], teacher[s], p) for s in STAGES)
 
 
+def loss_weights(cfg: MimicConfig) -> dict[str, float]:
+    """The weight of each term of L: 1, lambda1 and 1, or 0 for a part the ablation switches off (L2's betas apart)."""
+    return {"l0": float(cfg.clone), "l1": cfg.lambda1 * cfg.contrastive, "l2": float(cfg.attention)}
+
+
 def mimic_loss(
     s_stages: dict[str, Tensor], s_feat: Tensor, t_stages: dict[str, Tensor], t_feat: Tensor,
     z1: Tensor, z2: Tensor, betas: dict[str, float], cfg: MimicConfig,
@@ -190,7 +195,8 @@ def mimic_loss(
     l0 = clone_loss(s_feat, t_feat)
     l1 = nt_xent(z1, z2, cfg.temperature)
     l2 = attention_loss(s_stages, t_stages, betas, cfg.attention_p)
-    loss = cfg.clone * l0 + cfg.contrastive * cfg.lambda1 * l1 + cfg.attention * l2
+    w = loss_weights(cfg)
+    loss = w["l0"] * l0 + w["l1"] * l1 + w["l2"] * l2
     return loss, {"l0": l0.detach(), "l1": l1.detach(), "l2": l2.detach()}
 
 
@@ -238,5 +244,6 @@ def mimic(suspect: Encoder, clean: CleanSubset, budget: Budget, seed: int, confi
         "localisation_seconds_per_stage": located.seconds,
         "distillation_seconds": progress.seconds,
         "steps": steps.as_dict(),
+        "loss_weights": loss_weights(config),
     }
     return DefenseResult(student.eval().cpu(), meta)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from defenses.mimic import MimicConfig
+from defenses.mimic import MimicConfig, loss_weights
 from harness.planner import VARIANTS, plan
 from harness.plugin import parametrize_cases, require_implanted, session_of
 
@@ -38,3 +38,4 @@ def test_variant(harness, case) -> None:
     assert len(meta["mi_per_stage"]) == (4 if guided else 0) and (meta["steps"]["mine_steps_per_stage"] > 0) == guided
     betas = list(meta["beta_per_stage"].values())
     assert sum(betas) / len(betas) == pytest.approx(overrides.get("lambda2", MimicConfig().lambda2))  # lambda2 is their mean
+    assert meta["loss_weights"] == loss_weights(MimicConfig(**overrides))  # what its loss multiplied L0, L1, L2 by

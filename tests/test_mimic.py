@@ -3,7 +3,7 @@ import inspect
 import pytest
 import torch
 
-from defenses.mimic import MimicConfig, attention_loss, clone_loss, mimic, mimic_loss, stage_weights
+from defenses.mimic import MimicConfig, attention_loss, clone_loss, loss_weights, mimic, mimic_loss, stage_weights
 from harness.contract import Budget, CleanSubset
 from harness.mine import MineConfig
 from harness.models import STAGES, build_encoder
@@ -46,6 +46,9 @@ def test_loss_terms_switch_off():
     only_clone, _ = mimic_loss(stages, feat, other, -feat, z[:1], z[1:], betas, MimicConfig(contrastive=False, attention=False))
     assert only_clone.item() == pytest.approx(terms["l0"].item())
     assert full.item() == pytest.approx((terms["l0"] + terms["l1"]).item() + attention_loss(stages, other, betas, 2).item(), rel=1e-5)
+    weighted, _ = mimic_loss(stages, feat, other, -feat, z[:1], z[1:], betas, MimicConfig(lambda1=0.4, clone=False))
+    assert weighted.item() == pytest.approx(0.4 * terms["l1"].item() + terms["l2"].item(), rel=1e-5)
+    assert loss_weights(MimicConfig(lambda1=0.4, clone=False)) == {"l0": 0.0, "l1": 0.4, "l2": 1.0}
 
 
 def test_loss_falls_under_gradient_steps():
