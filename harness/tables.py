@@ -108,7 +108,7 @@ def one_row_per_encoder(frame: pd.DataFrame) -> pd.DataFrame:
     """Plain rows (no variant), one per (profile, precision, attack, scenario, downstream, defense, seed): suites that
     share an encoder (effectiveness and cost) hold the same row twice, which must count once in means and pairs."""
     plain = frame[frame["variant"].fillna("") == ""]
-    return plain.drop_duplicates(subset=["profile", "precision", "attack", "scenario", "downstream", "defense", "seed"], keep="first")
+    return plain.drop_duplicates(subset=[*CONFIGURATION, "defense", "seed"], keep="first")
 
 
 def comparison_table(frame: pd.DataFrame, asr: str = HEADLINE, max_acc_drop: float = BEST_MAX_ACC_DROP) -> pd.DataFrame:
